@@ -18,14 +18,14 @@ _OPENINGS = [
 
 
 def builtin_prompts() -> list[str]:
-    """All built-in review openings (240 + 20), in a fixed order."""
+    """All built-in review openings (162), in a fixed order."""
     prompts = [f"{s} {v}" for s in _SUBJECTS for v in _VERBS]
     prompts += [f"{s} {v} really" for s in _SUBJECTS for v in _VERBS[:2]]
     prompts += [f"{s} {v} not" for s in _SUBJECTS[:6] for v in _VERBS[:2]]
     prompts += [f"{s} {v} quite" for s in _SUBJECTS[6:] for v in _VERBS[:2]]
     prompts += [f"{s} {v} a bit" for s in _SUBJECTS for v in _VERBS[2:4]]
     prompts += list(_OPENINGS)
-    prompts += [f"{o} the movie" for o in _OPENINGS[:10]]
+    prompts += [f"{s} was so" for s in _SUBJECTS[:10]]
     return prompts
 
 
