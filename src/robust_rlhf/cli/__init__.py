@@ -17,6 +17,8 @@ from robust_rlhf.errors import UserError
 # Command-group modules, in the order `--help` lists them.
 COMMAND_MODULES = [
     "robust_rlhf.cli.rm",
+    "robust_rlhf.cli.data",
+    "robust_rlhf.cli.simulate",
 ]
 
 

@@ -1,0 +1,150 @@
+"""The built-in gold-labelled task: positive-sentiment review continuation.
+
+Short review openings (`prompts.builtin_prompts`) are completed by the base policy
+(`smollm2-135m` by default); completions of the same prompt are paired and labelled by a gold
+reward (VADER compound by default): the completion with the higher gold score is `chosen`,
+optionally with Bradley-Terry sampling of the label and a label-noise rate (Gao et al. 2022;
+Coste et al. 2023). Pairs whose gold scores tie are skipped, because they carry no preference
+(their count is reported).
+
+The repository ships a small generated fixture (`data/fixtures/builtin_{train,validation,test}.jsonl`)
+so that tests and the default reward-model run need no generation. Regenerate it with
+
+    robust-rlhf data build-task --output-dir src/robust_rlhf/data/fixtures
+
+Prompts are split by prompt (not by pair) so validation/test prompts are unseen in training.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import random
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from robust_rlhf.data.preferences import PreferencePair, save_preferences_jsonl
+from robust_rlhf.data.prompts import builtin_prompts, split_prompts
+
+log = logging.getLogger(__name__)
+
+FIXTURE_DIR = Path(__file__).parent / "fixtures"
+SPLITS = ("train", "validation", "test")
+
+
+def builtin_split_path(split: str) -> Path:
+    from robust_rlhf.errors import UserError
+
+    if split not in SPLITS:
+        raise UserError(f"builtin:{split}: unknown split; use one of {', '.join(SPLITS)}")
+    return FIXTURE_DIR / f"builtin_{split}.jsonl"
+
+
+@dataclass
+class TaskConfig:
+    policy: str = "smollm2-135m"
+    """Base policy that completes the review openings."""
+    gold: str = "vader"
+    """Gold reward spec (see robust_rlhf.gold.load_gold)."""
+    completions_per_prompt: int = 6
+    """Completions sampled per prompt; pairs are drawn among them."""
+    pairs_per_prompt: int = 6
+    """Preference pairs kept per prompt (at most C(n, 2))."""
+    max_new_tokens: int = 20
+    """Completion length in tokens."""
+    temperature: float = 1.0
+    """Sampling temperature of the base policy."""
+    label_noise: float = 0.0
+    """Probability of flipping a label (Coste et al. use 0.25 in their hard setting)."""
+    bt_sampling: bool = False
+    """Sample labels from the Bradley-Terry model P(a > b) = sigmoid((g_a - g_b) / bt_temperature)."""
+    bt_temperature: float = 0.1
+    """Temperature of BT label sampling (gold scores are in [-1, 1])."""
+    split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
+    """Fractions of prompts for train / validation / test."""
+    batch_size: int = 36
+    """Generation batch size."""
+    seed: int = 0
+    """Seed for sampling, pairing, noise and the split."""
+
+
+def sample_completions(policy_name: str, prompts: Sequence[str], n: int, max_new_tokens: int,
+                       temperature: float, batch_size: int, seed: int) -> list[list[str]]:
+    """n sampled completions per prompt from a causal LM (left-padded, KV-cached generate)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
+
+    model = load_causal_lm(policy_name).eval()
+    tok = load_tokenizer(policy_name)
+    tok.padding_side = "left"
+    flat = [p for p in prompts for _ in range(n)]
+    out: list[str] = []
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i in tqdm(range(0, len(flat), batch_size), desc="sampling completions", unit="batch"):
+            batch = flat[i : i + batch_size]
+            enc = tok(batch, return_tensors="pt", padding=True)
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
+                                 top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
+            out.extend(tok.batch_decode(ids[:, enc.input_ids.shape[1]:], skip_special_tokens=True))
+    return [out[j * n : (j + 1) * n] for j in range(len(prompts))]
+
+
+def label_pairs(prompts: Sequence[str], completions: Sequence[Sequence[str]], gold_scores: Sequence[Sequence[float]],
+                cfg: TaskConfig, rng: random.Random) -> tuple[list[PreferencePair], int]:
+    """Pair completions of each prompt and label them by gold reward. Returns (pairs, n_ties)."""
+    pairs, ties = [], 0
+    for prompt, comps, scores in zip(prompts, completions, gold_scores):
+        candidates = list(itertools.combinations(range(len(comps)), 2))
+        rng.shuffle(candidates)
+        kept = 0
+        for a, b in candidates:
+            if kept >= cfg.pairs_per_prompt:
+                break
+            ga, gb = scores[a], scores[b]
+            if ga == gb or not comps[a].strip() or not comps[b].strip() or comps[a] == comps[b]:
+                ties += 1
+                continue
+            if cfg.bt_sampling:
+                p_a = 1.0 / (1.0 + math.exp(-(ga - gb) / cfg.bt_temperature))
+                a_wins = rng.random() < p_a
+            else:
+                a_wins = ga > gb
+            if cfg.label_noise > 0 and rng.random() < cfg.label_noise:
+                a_wins = not a_wins
+            c, r = (a, b) if a_wins else (b, a)
+            pairs.append(PreferencePair(prompt, comps[c], comps[r], extra={
+                "gold_chosen": scores[c], "gold_rejected": scores[r]}))
+            kept += 1
+    return pairs, ties
+
+
+def build_task(cfg: TaskConfig, output_dir: str | Path, prompts: Sequence[str] | None = None) -> dict:
+    """Generate, label and split the task; write builtin_{split}.jsonl files. Returns a summary."""
+    from robust_rlhf.gold import load_gold
+    from robust_rlhf.utils import atomic_write_json
+
+    prompts = list(prompts) if prompts is not None else builtin_prompts()
+    gold = load_gold(cfg.gold)
+    completions = sample_completions(cfg.policy, prompts, cfg.completions_per_prompt, cfg.max_new_tokens,
+                                     cfg.temperature, cfg.batch_size, cfg.seed)
+    scores = [gold([p] * len(c), list(c)) for p, c in zip(prompts, completions)]
+    rng = random.Random(cfg.seed)
+    parts = split_prompts(prompts, cfg.split_fractions, cfg.seed)
+    index = {p: i for i, p in enumerate(prompts)}
+    summary: dict = {"policy": cfg.policy, "gold": cfg.gold, "num_prompts": len(prompts)}
+    output_dir = Path(output_dir)
+    for split, split_prompts_ in zip(SPLITS, parts):
+        idx = [index[p] for p in split_prompts_]
+        pairs, ties = label_pairs([prompts[i] for i in idx], [completions[i] for i in idx],
+                                  [scores[i] for i in idx], cfg, rng)
+        save_preferences_jsonl(output_dir / f"builtin_{split}.jsonl", pairs)
+        summary[split] = {"prompts": len(idx), "pairs": len(pairs), "skipped_ties": ties}
+        log.info("%s: %d prompts, %d pairs (%d tied candidates skipped)", split, len(idx), len(pairs), ties)
+    atomic_write_json(output_dir / "builtin_task.json", {"config": cfg.__dict__, "summary": summary})
+    return summary

@@ -1,0 +1,235 @@
+"""Preference data in TRL's formats -> a list of `PreferencePair`.
+
+Supported layouts (TRL's dataset formats, https://huggingface.co/docs/trl/dataset_formats):
+* standard:         {"prompt": str, "chosen": str, "rejected": str}
+* implicit prompt:  {"chosen": str, "rejected": str}            (prompt = "")
+* conversational:   {"prompt": [messages], "chosen": [messages], "rejected": [messages]} or
+                    implicit-prompt conversational ({"chosen": [...], "rejected": [...]}), where a
+                    message is {"role": ..., "content": ...}. Rendered to text with the scoring
+                    tokenizer's chat template (plain "role: content" lines if it has none).
+An optional `subset` column gives per-subset scores; any other columns are kept in `extra`.
+
+Sources: .jsonl/.json, .csv, .parquet files, a `datasets.save_to_disk` folder, or a hub id
+(`hf:org/name[:split]`). Every bad row raises `UserError` naming file, line/row and field --
+nothing is silently dropped.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Sequence
+
+from robust_rlhf.errors import UserError
+
+Renderer = Callable[[list[dict]], str]
+
+
+@dataclass
+class PreferencePair:
+    prompt: str
+    chosen: str
+    rejected: str
+    subset: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def plain_chat_renderer(messages: list[dict]) -> str:
+    """Fallback for tokenizers without a chat template (e.g. encoder backbones)."""
+    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
+
+
+def tokenizer_chat_renderer(tokenizer) -> Renderer:
+    """Render messages with `tokenizer`'s chat template, or plainly if it has none."""
+    if getattr(tokenizer, "chat_template", None):
+        return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False)
+    return plain_chat_renderer
+
+
+def _iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
+    """Yield (location, row) with a human location like 'line 7' or 'row 3'."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json"):
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+        if suffix == ".json" and text.lstrip().startswith("["):
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+            for i, row in enumerate(rows):
+                yield f"item {i}", row
+            return
+        for lineno, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                yield f"line {lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
+    elif suffix == ".csv":
+        try:
+            with path.open(newline="", encoding="utf-8") as f:
+                for i, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
+                    yield f"line {i}", row
+        except UnicodeDecodeError as e:
+            raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+        except csv.Error as e:
+            raise UserError(f"{path}: malformed CSV ({e})") from None
+    elif suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        try:
+            table = pq.read_table(path)
+        except Exception as e:  # pyarrow raises several types for corrupt files
+            raise UserError(f"{path}: cannot read Parquet ({str(e).splitlines()[0]})") from None
+        for i, row in enumerate(table.to_pylist()):
+            yield f"row {i}", row
+    else:
+        raise UserError(f"{path}: unsupported file type {suffix!r} (use .jsonl, .json, .csv, .parquet or a datasets folder)")
+
+
+def _iter_dataset(ds, name: str) -> Iterator[tuple[str, dict]]:
+    for i, row in enumerate(ds):
+        yield f"{name} row {i}", row
+
+
+def iter_source(source: str | Path) -> tuple[str, Iterator[tuple[str, dict]]]:
+    """(display name, row iterator) for a file, a datasets folder or `hf:org/name[:split]`."""
+    s = str(source)
+    if s.startswith("hf:"):
+        import datasets
+
+        spec = s[3:]
+        name, _, split = spec.partition(":")
+        try:
+            ds = datasets.load_dataset(name, split=split or "train")
+        except Exception as e:
+            raise UserError(f"{s}: cannot load dataset from the hub ({str(e).splitlines()[0]})") from None
+        return s, _iter_dataset(ds, s)
+    path = Path(s)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder")
+    if path.is_dir():
+        import datasets
+
+        try:
+            ds = datasets.load_from_disk(str(path))
+        except Exception as e:
+            raise UserError(f"{path}: not a datasets folder ({str(e).splitlines()[0]})") from None
+        if isinstance(ds, datasets.DatasetDict):
+            split = "train" if "train" in ds else next(iter(ds))
+            ds = ds[split]
+        return str(path), _iter_dataset(ds, str(path))
+    try:
+        path.open("rb").close()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    return str(path), _iter_rows(path)
+
+
+def _text_field(value: Any, where: str, name: str, render: Renderer, allow_empty: bool = False) -> str:
+    if isinstance(value, list):
+        for j, m in enumerate(value):
+            if not isinstance(m, dict) or "role" not in m or "content" not in m:
+                raise UserError(f"{where}: field {name!r}[{j}]: a message must be an object with 'role' and 'content'")
+            if not isinstance(m["content"], str):
+                raise UserError(f"{where}: field {name!r}[{j}].content: expected text, got {type(m['content']).__name__}")
+        text = render(value) if value else ""
+    elif isinstance(value, str):
+        text = value
+    elif value is None or (isinstance(value, float) and math.isnan(value)):
+        raise UserError(f"{where}: field {name!r} is missing or null")
+    else:
+        raise UserError(f"{where}: field {name!r}: expected text or a list of messages, got {type(value).__name__}")
+    if not allow_empty and not text.strip():
+        raise UserError(f"{where}: field {name!r} is empty")
+    return text
+
+
+def parse_pair(row: Any, where: str, render: Renderer = plain_chat_renderer) -> PreferencePair:
+    """Validate one row of any supported layout into a `PreferencePair`."""
+    if not isinstance(row, dict):
+        raise UserError(f"{where}: expected an object with 'chosen' and 'rejected', got {type(row).__name__}")
+    for name in ("chosen", "rejected"):
+        if name not in row:
+            raise UserError(f"{where}: missing field {name!r} (have: {', '.join(sorted(map(str, row))) or 'nothing'})")
+    prompt_raw = row.get("prompt")
+    conversational = isinstance(row["chosen"], list)
+    if conversational and isinstance(prompt_raw, list):
+        # Render prompt+response as one conversation so the template places roles correctly;
+        # the response text is what follows the rendered prompt.
+        prompt = _text_field(prompt_raw, where, "prompt", render, allow_empty=True)
+        chosen_full = _text_field(prompt_raw + row["chosen"], where, "chosen", render)
+        rejected_full = _text_field(prompt_raw + row["rejected"], where, "rejected", render)
+        chosen = chosen_full[len(prompt):] if chosen_full.startswith(prompt) else chosen_full
+        rejected = rejected_full[len(prompt):] if rejected_full.startswith(prompt) else rejected_full
+        if not chosen_full.startswith(prompt) or not rejected_full.startswith(prompt):
+            prompt = ""
+            chosen, rejected = chosen_full, rejected_full
+    else:
+        prompt = "" if prompt_raw is None else _text_field(prompt_raw, where, "prompt", render, allow_empty=True)
+        chosen = _text_field(row["chosen"], where, "chosen", render)
+        rejected = _text_field(row["rejected"], where, "rejected", render)
+    subset = row.get("subset")
+    if subset is not None and not isinstance(subset, (str, int)):
+        raise UserError(f"{where}: field 'subset': expected text, got {type(subset).__name__}")
+    extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "subset")}
+    return PreferencePair(prompt, chosen, rejected, None if subset is None else str(subset), extra)
+
+
+def load_preferences(source: str | Path, tokenizer=None, limit: int | None = None) -> list[PreferencePair]:
+    """Load and validate every row of `source`. Raises `UserError` on the first bad row."""
+    if str(source) == "builtin" or str(source).startswith("builtin:"):
+        from robust_rlhf.data.builtin_task import builtin_split_path
+
+        split = str(source).partition(":")[2] or "train"
+        source = builtin_split_path(split)
+    render = tokenizer_chat_renderer(tokenizer) if tokenizer is not None else plain_chat_renderer
+    name, rows = iter_source(source)
+    pairs = []
+    for where, row in rows:
+        pairs.append(parse_pair(row, f"{name}: {where}", render))
+        if limit is not None and len(pairs) >= limit:
+            break
+    if not pairs:
+        raise UserError(f"{name}: no preference pairs found (empty file?)")
+    return pairs
+
+
+def load_scoring_inputs(path: str | Path) -> list[dict]:
+    """Rows for `rm score`: JSONL objects with text fields `prompt` and `response`."""
+    name, rows = iter_source(path)
+    out = []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise UserError(f"{name}: {where}: expected an object with 'prompt' and 'response'")
+        for f in ("prompt", "response"):
+            if f not in row:
+                raise UserError(f"{name}: {where}: missing field {f!r}")
+            if not isinstance(row[f], str):
+                raise UserError(f"{name}: {where}: field {f!r}: expected text, got {type(row[f]).__name__}")
+        if not row["response"].strip():
+            raise UserError(f"{name}: {where}: field 'response' is empty")
+        out.append(row)
+    if not out:
+        raise UserError(f"{name}: no rows found (empty file?)")
+    return out
+
+
+def save_preferences_jsonl(path: str | Path, pairs: Sequence[PreferencePair]) -> None:
+    from robust_rlhf.utils import atomic_write_jsonl
+
+    rows = []
+    for p in pairs:
+        row = {"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected}
+        if p.subset is not None:
+            row["subset"] = p.subset
+        row.update(p.extra)
+        rows.append(row)
+    atomic_write_jsonl(path, rows)

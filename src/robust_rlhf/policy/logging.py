@@ -1,0 +1,258 @@
+"""Run bookkeeping shared by the policy recipes: output folder, resolved config, metrics
+(JSONL + CSV + optional TensorBoard / W&B + a tqdm bar), atomic checkpoints, and resume.
+
+Output folder layout::
+
+    config.yaml            the resolved config
+    metrics.jsonl          one row per step: step, kl, proxy_reward, [gold_reward], losses/..., reward/..., policy/..., gold/...
+    metrics.csv            the same rows as CSV (columns = union of keys)
+    checkpoints/step_NNNNNN/   trainable.pt, optimizer.pt, rng.pt, state.json (+ policy/ for LoRA)
+    policy/                the final policy (adapter or full model + tokenizer + value head)
+
+A checkpoint is written with `atomic_save_dir`, so it is never half-written. ``resume=true``
+restores the latest one (weights, optimizer, RNG, KL controller, metrics so far) and the run
+then produces exactly the metrics an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import random
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from robust_rlhf.config import config_to_dict
+from robust_rlhf.errors import UserError
+from robust_rlhf.utils import atomic_save_dir, atomic_write_text
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_DIR = "checkpoints"
+# Keys that may differ between the interrupted run and its resumption.
+_RESUME_FREE_KEYS = {"resume", "log.progress", "log.report_to", "log.keep_checkpoints"}
+
+
+@dataclass
+class LogConfig:
+    """Evaluation, logging and checkpointing."""
+
+    eval_every: int = 5
+    """every N steps, sample on held-out prompts and log the gold reward (never used for training); 0 = off"""
+    eval_prompts: int = 32
+    """how many held-out prompts to evaluate on"""
+    checkpoint_every: int = 10
+    """save an atomic checkpoint every N steps (0 = only at the end)"""
+    keep_checkpoints: int = 2
+    """how many most recent checkpoints to keep"""
+    report_to: list[str] = field(default_factory=list)
+    """extra metric sinks: tensorboard, wandb (only if installed)"""
+    wandb_project: str = "robust-rlhf"
+    """W&B project name when report_to contains wandb"""
+    progress: bool = True
+    """show a tqdm progress bar"""
+
+    def __post_init__(self) -> None:
+        for name in ("eval_every", "checkpoint_every", "eval_prompts"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"log.{name} must be >= 0, got {getattr(self, name)}")
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"log.keep_checkpoints must be >= 1, got {self.keep_checkpoints}")
+        bad = [r for r in self.report_to if r not in ("tensorboard", "wandb")]
+        if bad:
+            raise ValueError(f"log.report_to: unknown sink {bad[0]!r}; valid: tensorboard, wandb")
+
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _np_state_to_torch(st: tuple) -> tuple:
+    kind, keys, pos, has_gauss, gauss = st
+    return (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+
+
+def capture_rng() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": _np_state_to_torch(np.random.get_state()),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng(state: dict) -> None:
+    random.setstate(state["python"])
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    torch.set_rng_state(state["torch"])
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Run:
+    """One training run's folder: config, metrics, checkpoints, progress bar.
+
+    Args:
+        output_dir: the run folder (created).
+        cfg: the recipe's resolved config dataclass (saved as config.yaml).
+        resume: continue from the latest checkpoint in ``output_dir``.
+        log_cfg: the recipe's `LogConfig`.
+        total_steps: number of steps of the whole run (for the bar).
+    """
+
+    def __init__(self, output_dir: str | Path, cfg: Any, resume: bool, log_cfg: LogConfig, total_steps: int) -> None:
+        self.dir = Path(output_dir)
+        self.cfg = cfg
+        self.log_cfg = log_cfg
+        self.total_steps = total_steps
+        self.rows: list[dict] = []
+        self._bar = None
+        self._tb = None
+        self._wandb = None
+        self.dir.mkdir(parents=True, exist_ok=True)
+        cfg_dict = config_to_dict(cfg)
+        self.checkpoint = self.latest_checkpoint() if resume else None
+        if resume and self.checkpoint is None:
+            log.warning("resume=true but %s has no checkpoint; starting from step 0", self.dir / CHECKPOINT_DIR)
+        if self.checkpoint is None and (self.dir / "metrics.jsonl").exists() and not resume:
+            log.warning("%s already holds a run; its metrics will be overwritten (use resume=true to continue it)", self.dir)
+        if self.checkpoint is not None:
+            self._check_compatible(cfg_dict)
+        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+        self._open_sinks(cfg_dict)
+
+    # --- config ---------------------------------------------------------------------------
+    def _check_compatible(self, cfg_dict: dict) -> None:
+        saved_path = self.dir / "config.yaml"
+        if not saved_path.exists():
+            return
+        saved = _flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
+        now = _flatten(cfg_dict)
+        diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE_KEYS and saved.get(k) != now.get(k)
+                      and not k.endswith("steps"))
+        if diff:
+            raise UserError(
+                f"resume: the config differs from the run in {self.dir} in {', '.join(diff[:5])}"
+                f"{' ...' if len(diff) > 5 else ''}; resume with the same settings (only the step count may grow)"
+            )
+
+    # --- metrics --------------------------------------------------------------------------
+    def _open_sinks(self, cfg_dict: dict) -> None:
+        for sink in self.log_cfg.report_to:
+            if sink == "tensorboard":
+                try:
+                    from torch.utils.tensorboard import SummaryWriter
+                except ImportError:
+                    raise UserError("log.report_to contains tensorboard, but it is not installed: pip install tensorboard") from None
+                self._tb = SummaryWriter(log_dir=str(self.dir / "tensorboard"))
+            elif sink == "wandb":
+                try:
+                    import wandb
+                except ImportError:
+                    raise UserError("log.report_to contains wandb, but it is not installed: pip install wandb") from None
+                self._wandb = wandb.init(project=self.log_cfg.wandb_project, config=cfg_dict, dir=str(self.dir),
+                                         resume="allow")
+
+    def progress(self, start_step: int):
+        if self.log_cfg.progress:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=self.total_steps, initial=start_step, desc="policy", dynamic_ncols=True)
+        return self._bar
+
+    def log(self, row: dict[str, Any]) -> None:
+        """Append one step's metrics (a flat dict with at least `step`) to every sink."""
+        row = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in row.items()}
+        self.rows.append(row)
+        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+        self._write_csv()
+        step = int(row["step"])
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step" and isinstance(v, (int, float)):
+                    self._tb.add_scalar(k, v, step)
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=step)
+        if self._bar is not None:
+            post = {k: row[k] for k in ("kl", "proxy_reward", "gold_reward") if k in row}
+            self._bar.set_postfix({k: f"{v:.3f}" for k, v in post.items()}, refresh=False)
+            self._bar.update(1)
+
+    def _write_csv(self) -> None:
+        cols: list[str] = []
+        for r in self.rows:
+            cols.extend(k for k in r if k not in cols)
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=cols)
+        w.writeheader()
+        w.writerows(self.rows)
+        atomic_write_text(self.dir / "metrics.csv", buf.getvalue())
+
+    def _rewrite_jsonl(self) -> None:
+        atomic_write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
+        self._write_csv()
+
+    # --- checkpoints ----------------------------------------------------------------------
+    def latest_checkpoint(self) -> Path | None:
+        ckpts = sorted((self.dir / CHECKPOINT_DIR).glob("step_*"))
+        ckpts = [c for c in ckpts if (c / "state.json").exists()]
+        return ckpts[-1] if ckpts else None
+
+    def save_checkpoint(self, step: int, policy, optimizer: torch.optim.Optimizer, extra: dict | None = None) -> Path:
+        """Atomically write everything needed to continue after ``step`` (1-based count of steps done)."""
+        final = self.dir / CHECKPOINT_DIR / f"step_{step:06d}"
+
+        def write(tmp: Path) -> None:
+            torch.save(policy.trainable_state_dict(), tmp / "trainable.pt")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+            torch.save(capture_rng(), tmp / "rng.pt")
+            if policy.use_lora:
+                policy.save_pretrained(tmp / "policy")
+            state = {"step": step, "extra": extra or {}, "metrics": self.rows}
+            (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+
+        atomic_save_dir(final, write)
+        old = sorted((self.dir / CHECKPOINT_DIR).glob("step_*"))[: -self.log_cfg.keep_checkpoints]
+        for o in old:
+            shutil.rmtree(o, ignore_errors=True)
+        return final
+
+    def restore(self, policy, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
+        """Load the latest checkpoint (if resuming): returns (steps done, extra state)."""
+        if self.checkpoint is None:
+            (self.dir / "metrics.jsonl").unlink(missing_ok=True)
+            (self.dir / "metrics.csv").unlink(missing_ok=True)
+            return 0, {}
+        c = self.checkpoint
+        log.info("resuming from %s", c)
+        policy.load_trainable_state_dict(torch.load(c / "trainable.pt", weights_only=True))
+        optimizer.load_state_dict(torch.load(c / "optimizer.pt", weights_only=True))
+        restore_rng(torch.load(c / "rng.pt", weights_only=True))
+        state = json.loads((c / "state.json").read_text(encoding="utf-8"))
+        self.rows = list(state["metrics"])
+        self._rewrite_jsonl()  # drop rows a crashed run wrote after its last checkpoint
+        return int(state["step"]), state.get("extra", {})
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+        if self._tb is not None:
+            self._tb.close()
+        if self._wandb is not None:
+            self._wandb.finish()

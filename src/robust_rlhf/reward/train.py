@@ -1,0 +1,470 @@
+"""Recipe: train a reward model -- single BT head, BT + BSR, linear-head ensemble (two-stage,
+seed 002) or BRME Gaussian heads (seed 000).
+
+    stage 1  backbone + one scalar head, Bradley-Terry (+ BSR / centering), full fine-tune or
+             LoRA; periodic validation, early stop at a training-loss threshold (0.3 in seed
+             002) or on validation patience; atomic checkpoints, resumable.
+    stage 2  (ensemble / gaussian) backbone frozen; pooled features of every text computed
+             once and cached; K heads trained with the additive loss sum_k L(head k), each
+             with its own init and (optionally) its own bootstrap resample and data order.
+             Head 0 starts from the stage-1 head.
+
+    python -c "from robust_rlhf.reward.train import *; train_reward_model(RewardTrainConfig(), 'out')"
+    robust-rlhf rm train --output-dir out [key=value ...]
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+from safetensors.torch import load_file
+from safetensors.torch import save as save_safetensors
+from tqdm.auto import tqdm
+
+from robust_rlhf.config import config_to_dict
+from robust_rlhf.data.preferences import PreferencePair, load_preferences
+from robust_rlhf.errors import UserError
+from robust_rlhf.reward.losses import (
+    bradley_terry_loss,
+    brme_bt_loss,
+    bsr_penalty,
+    centering_penalty,
+    gaussian_regression_loss,
+)
+from robust_rlhf.reward.model import RewardModel, RewardModelConfig
+from robust_rlhf.utils import (
+    atomic_save_dir,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+    autocast_dtype,
+    set_seed,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class DataConfig:
+    train: str = "builtin:train"
+    """Training pairs: file (.jsonl/.csv/.parquet), datasets folder, hf:org/name[:split], or builtin:<split>."""
+    validation: str | None = "builtin:validation"
+    """Validation pairs (same sources); null to skip validation."""
+    limit: int | None = None
+    """Use at most this many training pairs (quick experiments)."""
+
+
+@dataclass
+class LossConfig:
+    bsr_coef: float = 0.0
+    """Batch-wise sum-to-zero coefficient lambda (seed 001; 1e-3 in the paper; 0 = off)."""
+    center_coef: float = 0.0
+    """Reward-centering coefficient (Eisenstein et al. 2023, TRL's center_rewards_coefficient; 0.01 recommended; 0 = off)."""
+
+
+@dataclass
+class Stage1Config:
+    enabled: bool = True
+    """Fine-tune the backbone with one scalar head first. Off: stage 2 on the pretrained backbone."""
+    lr: float = 5e-5
+    """AdamW learning rate."""
+    batch_size: int = 16
+    """Pairs per step (the BSR batch)."""
+    max_epochs: float = 3.0
+    """Upper bound on passes over the training pairs."""
+    max_steps: int | None = None
+    """Upper bound on optimizer steps (overrides max_epochs when smaller)."""
+    loss_threshold: float | None = 0.3
+    """Stop when the running training BT loss reaches this (seed 002 uses 0.3); null = off."""
+    running_window: int = 20
+    """Steps in the running mean compared with loss_threshold."""
+    eval_every: int = 50
+    """Validate every N steps (0 = only at the end)."""
+    patience: int | None = None
+    """Stop after this many validations without improvement of validation loss; null = off."""
+    checkpoint_every: int = 50
+    """Write a resumable checkpoint every N steps."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up steps."""
+    lora: bool = False
+    """Train LoRA adapters instead of all backbone weights (merged into the backbone when saved)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA alpha."""
+    lora_target_modules: list[str] | None = None
+    """Modules to adapt; null = peft's default for the architecture."""
+
+
+@dataclass
+class Stage2Config:
+    lr: float = 1e-2
+    """Adam learning rate of the heads."""
+    epochs: int = 30
+    """Passes over the cached features."""
+    batch_size: int = 64
+    """Pairs per head per step."""
+    bootstrap: bool = True
+    """Each head (except head 0) trains on its own bootstrap resample of the pairs."""
+    gaussian_loss: Literal["bt_reparam", "regression"] = "bt_reparam"
+    """BRME heads: BT on reparameterised samples (default: a preference loss, like every other
+    head), or Gaussian regression to the stage-1 reward."""
+
+
+@dataclass
+class RewardTrainConfig:
+    model: RewardModelConfig = field(default_factory=RewardModelConfig)
+    """Backbone, heads, pooling, max_length."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """Where the preference pairs come from."""
+    loss: LossConfig = field(default_factory=LossConfig)
+    """Regularisers added to Bradley-Terry."""
+    stage1: Stage1Config = field(default_factory=Stage1Config)
+    """Backbone fine-tuning stage."""
+    stage2: Stage2Config = field(default_factory=Stage2Config)
+    """Frozen-backbone multi-head stage (ensemble / gaussian only)."""
+    seed: int = 0
+    """Seed for init, data order, bootstrap and dropout."""
+    device: str | None = None
+    """cpu / cuda / cuda:1; null = cuda if available."""
+    resume: bool = True
+    """Continue from a checkpoint in the output folder when its config matches."""
+
+    def __post_init__(self) -> None:
+        for name, value in (("loss.bsr_coef", self.loss.bsr_coef), ("loss.center_coef", self.loss.center_coef),
+                            ("stage1.lr", self.stage1.lr), ("stage2.lr", self.stage2.lr)):
+            if value < 0 or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+        if self.model.num_heads < 1:
+            raise ValueError("model.num_heads must be >= 1")
+        if self.model.head_type == "scalar" and self.model.num_heads != 1:
+            self.model.num_heads = 1
+        if self.model.head_type != "scalar" and not self.stage1.enabled and self.stage1.lora:
+            raise ValueError("stage1.lora has no effect when stage1.enabled is false")
+        if self.stage1.batch_size < 1 or self.stage2.batch_size < 1:
+            raise ValueError("batch sizes must be >= 1")
+
+
+# ----------------------------------------------------------------------------------------
+def _pair_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[int]]:
+    order = list(range(n))
+    random.Random(seed * 100_003 + epoch).shuffle(order)
+    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+
+
+def _texts(pairs: list[PreferencePair], idx: list[int]) -> list[str]:
+    """2B texts: chosen of each pair, then rejected of each pair."""
+    return [pairs[i].prompt + pairs[i].chosen for i in idx] + [pairs[i].prompt + pairs[i].rejected for i in idx]
+
+
+def _stage1_loss(rewards: torch.Tensor, cfg: RewardTrainConfig) -> tuple[torch.Tensor, dict]:
+    """rewards: (2B, 1) -> BT (+ BSR, + centering) on the scalar stage-1 head."""
+    B = rewards.shape[0] // 2
+    chosen, rejected = rewards[:B], rewards[B:]
+    loss, stats = bradley_terry_loss(chosen, rejected)
+    stats["bt_loss"] = loss.item()
+    if cfg.loss.bsr_coef > 0:
+        pen, s = bsr_penalty(chosen, rejected, cfg.loss.bsr_coef)
+        loss, stats = loss + pen, {**stats, **s}
+    if cfg.loss.center_coef > 0:
+        pen, s = centering_penalty(chosen, rejected, cfg.loss.center_coef)
+        loss, stats = loss + pen, {**stats, **s}
+    stats["loss"] = loss.item()
+    return loss, stats
+
+
+@torch.no_grad()
+def _validate(model: RewardModel, head: torch.nn.Module, pairs: list[PreferencePair], batch_size: int) -> dict:
+    was = model.training
+    model.eval()
+    losses, correct = [], 0
+    for i in range(0, len(pairs), batch_size):
+        idx = list(range(i, min(i + batch_size, len(pairs))))
+        feats = model.features(model.tokenize(_texts(pairs, idx)))
+        r = head(feats)
+        B = len(idx)
+        loss, _ = bradley_terry_loss(r[:B], r[B:])
+        losses.append(loss.item() * B)
+        correct += (r[:B, 0] > r[B:, 0]).sum().item()
+    model.train(was)
+    return {"val_loss": sum(losses) / len(pairs), "val_accuracy": correct / len(pairs)}
+
+
+def _config_fingerprint(cfg: RewardTrainConfig) -> dict:
+    d = config_to_dict(cfg)
+    d.pop("resume", None)
+    return d
+
+
+class _Checkpoint:
+    """Stage-1 checkpoint: trainable weights + optimizer + RNG + progress, in one atomic folder."""
+
+    def __init__(self, root: Path):
+        self.dir = root / "checkpoints" / "stage1"
+
+    def exists(self) -> bool:
+        return (self.dir / "state.json").exists()
+
+    def save(self, model: RewardModel, head: torch.nn.Module, opt, sched, progress: dict, cfg_dict: dict) -> None:
+        trainable = {k: v.detach().cpu().contiguous() for k, v in model.backbone.named_parameters() if v.requires_grad}
+
+        def write(tmp: Path) -> None:
+            (tmp / "weights.safetensors").write_bytes(save_safetensors(
+                {**{f"backbone.{k}": v for k, v in trainable.items()},
+                 **{f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}}))
+            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "torch_rng": torch.get_rng_state(),
+                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
+                       tmp / "optimizer.pt")
+            (tmp / "state.json").write_text(json.dumps({"progress": progress, "config": cfg_dict}, indent=2))
+
+        atomic_save_dir(self.dir, write)
+
+    def load(self, model: RewardModel, head: torch.nn.Module, opt, sched, cfg_dict: dict) -> dict:
+        state = json.loads((self.dir / "state.json").read_text())
+        if state["config"] != cfg_dict:
+            raise UserError(
+                f"{self.dir}: a checkpoint of a different config is here; use another --output-dir "
+                "or resume=false to start over")
+        weights = load_file(str(self.dir / "weights.safetensors"))
+        params = dict(model.backbone.named_parameters())
+        for k, v in weights.items():
+            if k.startswith("backbone."):
+                params[k[len("backbone."):]].data.copy_(v)
+        head.load_state_dict({k[len("head."):]: v for k, v in weights.items() if k.startswith("head.")})
+        extra = torch.load(self.dir / "optimizer.pt", weights_only=False, map_location="cpu")
+        opt.load_state_dict(extra["optimizer"])
+        sched.load_state_dict(extra["scheduler"])
+        torch.set_rng_state(extra["torch_rng"])
+        if extra["cuda_rng"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(extra["cuda_rng"])
+        return state["progress"]
+
+
+# ----------------------------------------------------------------------------------------
+def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[PreferencePair] | None,
+                 cfg: RewardTrainConfig, out: Path, log_rows: list[dict]) -> dict:
+    """Fine-tune backbone + a scalar head with BT(+BSR). Returns the stage-1 summary."""
+    s1 = cfg.stage1
+    device = model.device
+    head = torch.nn.Linear(model.backbone.config.hidden_size, 1).to(device)
+    with torch.no_grad():  # seed 001's head init N(0, 1/sqrt(H))
+        head.weight.normal_(0.0, 1.0 / math.sqrt(model.backbone.config.hidden_size))
+        head.bias.zero_()
+    if s1.lora:
+        from peft import LoraConfig, get_peft_model
+
+        model.backbone = get_peft_model(model.backbone, LoraConfig(
+            r=s1.lora_r, lora_alpha=s1.lora_alpha, target_modules=s1.lora_target_modules, lora_dropout=0.0))
+    params = [p for p in model.backbone.parameters() if p.requires_grad] + list(head.parameters())
+    opt = torch.optim.AdamW(params, lr=s1.lr, weight_decay=s1.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / s1.batch_size)
+    total_steps = int(math.ceil(s1.max_epochs * steps_per_epoch))
+    if s1.max_steps is not None:
+        total_steps = min(total_steps, s1.max_steps)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: min(1.0, (st + 1) / max(1, s1.warmup_steps)))
+    ckpt = _Checkpoint(out)
+    cfg_dict = _config_fingerprint(cfg)
+    progress = {"step": 0, "recent_losses": [], "best_val_loss": None, "evals_without_improvement": 0,
+                "stopped": None, "log": []}
+    if cfg.resume and ckpt.exists():
+        progress = ckpt.load(model, head, opt, sched, cfg_dict)
+        log.info("resumed stage 1 from %s at step %d", ckpt.dir, progress["step"])
+    log_rows[:] = progress["log"]
+    amp = autocast_dtype(device)
+    model.train()
+    bar = tqdm(total=total_steps, initial=progress["step"], desc="stage 1 (backbone + head)", unit="step")
+    while progress["step"] < total_steps and progress["stopped"] is None:
+        step = progress["step"]
+        epoch, within = divmod(step, steps_per_epoch)
+        idx = _pair_batches(len(train), s1.batch_size, cfg.seed, epoch)[within]
+        with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
+            feats = model.features(model.tokenize(_texts(train, idx)))
+            rewards = head(feats).float()  # (2B, 1)
+        loss, stats = _stage1_loss(rewards, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        progress["step"] = step = step + 1
+        progress["recent_losses"] = (progress["recent_losses"] + [stats["bt_loss"]])[-s1.running_window:]
+        running = sum(progress["recent_losses"]) / len(progress["recent_losses"])
+        row = {"stage": 1, "step": step, "epoch": step / steps_per_epoch, **{f"losses/{k}": v for k, v in stats.items()},
+               "losses/running_bt": running}
+        if val is not None and ((s1.eval_every and step % s1.eval_every == 0) or step == total_steps):
+            v = _validate(model, head, val, 2 * s1.batch_size)
+            row.update({f"eval/{k}": x for k, x in v.items()})
+            best = progress["best_val_loss"]
+            if best is None or v["val_loss"] < best:
+                progress["best_val_loss"], progress["evals_without_improvement"] = v["val_loss"], 0
+            else:
+                progress["evals_without_improvement"] += 1
+            if s1.patience is not None and progress["evals_without_improvement"] >= s1.patience:
+                progress["stopped"] = f"validation loss did not improve for {s1.patience} evaluations"
+        if s1.loss_threshold is not None and len(progress["recent_losses"]) >= min(s1.running_window, steps_per_epoch) \
+                and running <= s1.loss_threshold:
+            progress["stopped"] = f"running training loss {running:.3f} <= threshold {s1.loss_threshold}"
+        progress["log"].append(row)
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.3f}", **({"val_acc": f"{row['eval/val_accuracy']:.3f}"} if "eval/val_accuracy" in row else {}))
+        if step % s1.checkpoint_every == 0 or progress["stopped"] or step == total_steps:
+            ckpt.save(model, head, opt, sched, progress, cfg_dict)
+    bar.close()
+    log_rows[:] = progress["log"]
+    if progress["stopped"]:
+        log.info("stage 1 stopped early at step %d: %s", progress["step"], progress["stopped"])
+    if s1.lora:
+        model.backbone = model.backbone.merge_and_unload()
+    model.eval()
+    return {"steps": progress["step"], "stopped": progress["stopped"], "head": head,
+            "final_running_loss": sum(progress["recent_losses"]) / max(1, len(progress["recent_losses"]))}
+
+
+@torch.no_grad()
+def cached_features(model: RewardModel, pairs: list[PreferencePair], cache: Path, batch_size: int = 64) -> torch.Tensor:
+    """(N, 2, H) pooled features of (chosen, rejected) texts, computed once and cached on disk."""
+    if cache.exists():
+        t = load_file(str(cache))["features"]
+        if t.shape[0] == len(pairs):
+            return t
+    chosen = [p.prompt + p.chosen for p in pairs]
+    rejected = [p.prompt + p.rejected for p in pairs]
+    _, fc = model.score([""] * len(pairs), chosen, batch_size=batch_size, return_features=True)
+    _, fr = model.score([""] * len(pairs), rejected, batch_size=batch_size, return_features=True)
+    feats = torch.stack([fc, fr], dim=1)
+    atomic_write_bytes(cache, save_safetensors({"features": feats.contiguous()}))
+    return feats
+
+
+def train_stage2(model: RewardModel, train_feats: torch.Tensor, val_feats: torch.Tensor | None,
+                 stage1_head: torch.nn.Module | None, cfg: RewardTrainConfig, log_rows: list[dict]) -> dict:
+    """Train K heads on cached (N, 2, H) features with the additive per-head loss."""
+    s2 = cfg.stage2
+    heads = model.heads
+    K, N = heads.num_heads, train_feats.shape[0]
+    gen = torch.Generator().manual_seed(cfg.seed + 1)
+    heads.reset_heads(list(range(K)), generator=gen)
+    if stage1_head is not None:
+        with torch.no_grad():
+            heads.linear.weight[0].copy_(stage1_head.weight[0])
+            heads.linear.bias[0].copy_(stage1_head.bias[0])
+    heads.to("cpu").float()
+    feats = train_feats.float()
+    # Each head's sample of pair indices: head 0 the data itself, others a bootstrap resample.
+    samples = [torch.arange(N)] + [
+        torch.randint(0, N, (N,), generator=gen) if s2.bootstrap else torch.arange(N) for _ in range(K - 1)]
+    samples = torch.stack(samples)  # (K, N)
+    target = None
+    if heads.head_type == "gaussian" and s2.gaussian_loss == "regression":
+        if stage1_head is None:
+            raise UserError("stage2.gaussian_loss=regression needs stage 1 (its reward is the regression target)")
+        with torch.no_grad():
+            target = stage1_head.cpu()(feats).squeeze(-1)  # (N, 2)
+    opt = torch.optim.Adam(heads.parameters(), lr=s2.lr)
+    W = heads.linear
+    best = (math.inf, None, -1)
+    bar = tqdm(range(s2.epochs), desc=f"stage 2 ({K} heads, frozen backbone)", unit="epoch")
+    for epoch in bar:
+        perm = torch.stack([torch.randperm(N, generator=gen) for _ in range(K)])  # own data order per head
+        for i in range(0, N, s2.batch_size):
+            idx = torch.gather(samples, 1, perm[:, i : i + s2.batch_size])  # (K, b)
+            f = feats[idx]  # (K, b, 2, H)
+            out = torch.einsum("kbch,kh->bck", f, W.weight[:K]) + W.bias[:K]  # (b, 2, K): head k on its own rows
+            if heads.head_type == "gaussian":
+                raw = torch.einsum("kbch,kh->bck", f, W.weight[K:]) + W.bias[K:]
+                std = torch.nn.functional.softplus(raw) + heads.min_std
+                if s2.gaussian_loss == "bt_reparam":
+                    loss, stats = brme_bt_loss(out[:, 0], std[:, 0], out[:, 1], std[:, 1], generator=gen)
+                else:
+                    t = target[idx]  # (K, b, 2)
+                    t = t.permute(1, 2, 0)  # (b, 2, K)
+                    nll = ((t - out) ** 2 / (2 * std**2) + torch.log(std)).mean(dim=(0, 1))
+                    loss, stats = nll.sum(), {"nll_mean_head": nll.mean().item()}
+            else:
+                loss, stats = bradley_terry_loss(out[:, 0], out[:, 1])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        row = {"stage": 2, "epoch": epoch + 1, **{f"losses/{k}": v for k, v in stats.items()}}
+        if val_feats is not None:
+            with torch.no_grad():
+                mean, _ = heads(val_feats.float().reshape(-1, val_feats.shape[-1]))
+                mean = mean.reshape(val_feats.shape[0], 2, K)
+                vloss, _ = bradley_terry_loss(mean[:, 0], mean[:, 1])
+                acc = (mean[:, 0].mean(1) > mean[:, 1].mean(1)).float().mean().item()
+            row.update({"eval/val_loss_sum_heads": vloss.item(), "eval/val_accuracy_mean": acc})
+            if vloss.item() < best[0]:
+                best = (vloss.item(), {k: v.clone() for k, v in heads.state_dict().items()}, epoch + 1)
+            bar.set_postfix(val_acc=f"{acc:.3f}")
+        log_rows.append(row)
+    if best[1] is not None:  # keep the epoch with the best validation loss (early stopping)
+        heads.load_state_dict(best[1])
+    return {"epochs": s2.epochs, "best_epoch": best[2] if best[1] is not None else s2.epochs}
+
+
+def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
+    """Train per `cfg`; the trained model is saved into `output_dir` (loads with
+    `RewardModel.from_pretrained(output_dir)`), with `config.yaml`, `train_log.jsonl` and
+    `train_summary.json` beside it. Returns `output_dir`."""
+    import yaml
+
+    out = Path(output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    set_seed(cfg.seed)
+    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    model = RewardModel(RewardModelConfig(**config_to_dict(cfg.model))).to(device)
+    train = load_preferences(cfg.data.train, model.tokenizer, limit=cfg.data.limit)
+    val = load_preferences(cfg.data.validation, model.tokenizer) if cfg.data.validation else None
+    log.info("training %s reward model (K=%d) on %s: %d train pairs, %s validation pairs, device %s, precision %s",
+             cfg.model.head_type, model.config.num_heads, model.config.backbone, len(train),
+             len(val) if val else 0, device, autocast_dtype(device) or "fp32")
+    log_rows: list[dict] = []
+    summary: dict = {"num_train_pairs": len(train), "num_val_pairs": len(val) if val else 0}
+    stage1_head = None
+    if cfg.stage1.enabled:
+        s1 = train_stage1(model, train, val, cfg, out, log_rows)
+        stage1_head = s1.pop("head").cpu()
+        summary["stage1"] = s1
+    two_stage = cfg.model.head_type != "scalar" or not cfg.stage1.enabled
+    for p in model.backbone.parameters():
+        p.requires_grad_(False)
+    if two_stage:
+        cache = out / "checkpoints"
+        train_feats = cached_features(model, train, cache / "train_features.safetensors")
+        val_feats = cached_features(model, val, cache / "val_features.safetensors") if val else None
+        summary["stage2"] = train_stage2(model, train_feats, val_feats, stage1_head, cfg, log_rows)
+        model.heads.to(device)
+    else:
+        with torch.no_grad():
+            model.heads.linear.weight.copy_(stage1_head.weight)
+            model.heads.linear.bias.copy_(stage1_head.bias)
+    if val:
+        vout = model.score([p.prompt for p in val] * 2, [p.chosen for p in val] + [p.rejected for p in val])
+        ph = vout.per_head
+        model.config.head_stats = {"mean": ph.mean(0).tolist(), "std": ph.std(0).clamp_min(1e-6).tolist(),
+                                   "source": str(cfg.data.validation)}
+        n = len(val)
+        summary["val_accuracy_mean"] = (vout.mean[:n] > vout.mean[n:]).float().mean().item()
+    summary["truncated_texts"] = model.truncated_count
+    if model.truncated_count:
+        log.warning("%d texts were longer than max_length=%d and were truncated", model.truncated_count, cfg.model.max_length)
+    model.save_pretrained(out, save_backbone=cfg.stage1.enabled)
+    summary["wall_time_s"] = time.time() - t0
+    atomic_write_json(out / "train_summary.json", summary)
+    from robust_rlhf.utils import atomic_write_jsonl
+
+    atomic_write_jsonl(out / "train_log.jsonl", log_rows)
+    log.info("saved reward model to %s (validation accuracy of the mean: %s)", out, summary.get("val_accuracy_mean"))
+    return out

@@ -1,0 +1,107 @@
+"""Preference-data loading: TRL formats, sources, and errors that name file, line and field."""
+
+import csv
+import json
+
+import pytest
+
+from robust_rlhf.data.preferences import load_preferences, load_scoring_inputs
+from robust_rlhf.errors import UserError
+
+
+def _jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_standard_implicit_and_extra_columns(tmp_path):
+    f = _jsonl(tmp_path / "p.jsonl", [
+        {"prompt": "Q", "chosen": " good", "rejected": " bad", "subset": "chat", "score": 3},
+        {"chosen": "Q good", "rejected": "Q bad"},
+    ])
+    pairs = load_preferences(f)
+    assert (pairs[0].prompt, pairs[0].chosen, pairs[0].rejected, pairs[0].subset) == ("Q", " good", " bad", "chat")
+    assert pairs[0].extra == {"score": 3}
+    assert (pairs[1].prompt, pairs[1].chosen) == ("", "Q good")
+
+
+def test_conversational_rendered_with_chat_template(tmp_path):
+    from robust_rlhf.models.hub import load_tokenizer
+
+    tok = load_tokenizer("smollm2-135m")
+    row = {"prompt": [{"role": "user", "content": "Review this film."}],
+           "chosen": [{"role": "assistant", "content": "Wonderful!"}],
+           "rejected": [{"role": "assistant", "content": "Awful."}]}
+    f = _jsonl(tmp_path / "c.jsonl", [row])
+    (pair,) = load_preferences(f, tok)
+    full = tok.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
+    assert pair.prompt + pair.chosen == full
+    assert "Wonderful!" in pair.chosen and "Review this film." in pair.prompt
+
+
+def test_conversational_without_template_uses_plain_roles(tmp_path):
+    f = _jsonl(tmp_path / "c.jsonl", [{"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                                       "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no"}]}])
+    (pair,) = load_preferences(f)
+    assert pair.chosen == "user: hi\nassistant: yo"
+
+
+def test_csv_parquet_and_datasets_folder(tmp_path):
+    rows = [{"prompt": "P", "chosen": " a", "rejected": " b"}, {"prompt": "Q", "chosen": " c", "rejected": " d"}]
+    with (tmp_path / "p.csv").open("w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=["prompt", "chosen", "rejected"])
+        w.writeheader()
+        w.writerows(rows)
+    import datasets
+
+    ds = datasets.Dataset.from_list(rows)
+    ds.to_parquet(str(tmp_path / "p.parquet"))
+    ds.save_to_disk(str(tmp_path / "dsdir"))
+    for src in ("p.csv", "p.parquet", "dsdir"):
+        pairs = load_preferences(tmp_path / src)
+        assert [p.chosen for p in pairs] == [" a", " c"], src
+
+
+def test_builtin_fixture_loads_with_gold_columns():
+    pairs = load_preferences("builtin:train")
+    assert len(pairs) > 300
+    assert all(p.extra["gold_chosen"] > p.extra["gold_rejected"] for p in pairs)
+
+
+@pytest.mark.parametrize("content, match", [
+    ('{"prompt": "p", "rejected": "r"}\n', r"line 1: missing field 'chosen'"),
+    ('{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": "p", "chosen": 5, "rejected": "r"}\n',
+     r"line 2: field 'chosen': expected text or a list of messages, got int"),
+    ('{"prompt": "p", "chosen": "   ", "rejected": "r"}\n', r"line 1: field 'chosen' is empty"),
+    ('{"prompt": "p", "chosen": "c", "rejected": null}\n', r"line 1: field 'rejected' is missing or null"),
+    ('{"prompt": "p", "chosen": "c", \n', r"line 1: invalid JSON"),
+    ('[1, 2]\n', r"line 1: expected an object"),
+    ('{"chosen": [{"role": "user"}], "rejected": "r"}\n', r"line 1: field 'chosen'\[0\]: a message must be an object"),
+    ('', r"no preference pairs found"),
+])
+def test_bad_rows_name_file_line_and_field(tmp_path, content, match):
+    f = tmp_path / "bad.jsonl"
+    f.write_text(content)
+    with pytest.raises(UserError, match=match) as e:
+        load_preferences(f)
+    assert "bad.jsonl" in str(e.value)
+
+
+def test_unreadable_and_unsupported_files(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_preferences(tmp_path / "missing.jsonl")
+    (tmp_path / "x.txt").write_text("hello")
+    with pytest.raises(UserError, match="unsupported file type"):
+        load_preferences(tmp_path / "x.txt")
+    (tmp_path / "latin.jsonl").write_bytes(b'{"chosen": "caf\xe9", "rejected": "x"}\n')
+    with pytest.raises(UserError, match="not valid UTF-8"):
+        load_preferences(tmp_path / "latin.jsonl")
+    (tmp_path / "broken.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(UserError, match="cannot read Parquet"):
+        load_preferences(tmp_path / "broken.parquet")
+
+
+def test_scoring_inputs_validation(tmp_path):
+    f = _jsonl(tmp_path / "s.jsonl", [{"prompt": "p", "response": "r", "id": 1}, {"prompt": "p"}])
+    with pytest.raises(UserError, match="line 2: missing field 'response'"):
+        load_scoring_inputs(f)
