@@ -96,7 +96,7 @@ def build_dataclass(cls: type[T], data: dict, where: str = "") -> T:
     if unknown:
         prefix = f"{where}." if where else ""
         raise UserError(
-            f"config: unknown key {prefix}{unknown[0]!r}; valid keys{(' under ' + where) if where else ''}: "
+            f"config: unknown key {prefix + unknown[0]!r}; valid keys{(' under ' + where) if where else ''}: "
             f"{', '.join(sorted(fields))}"
         )
     kwargs = {}

@@ -255,7 +255,7 @@ def train_ppo(
                              "losses/grad_norm": grad_norm, **{f"policy/{k}": v for k, v in pg_stats.items()},
                              "losses/value_clipfrac": vf_stats["vf_clipfrac"],
                              "losses/explained_variance": vf_stats["explained_variance"]}.items():
-                    stats.setdefault(k, []).append(float(v))
+                    stats.setdefault(k, []).append(float(v.detach()) if isinstance(v, torch.Tensor) else float(v))
 
         # --- 6. KL controller, metrics ---------------------------------------------------------
         seq_kl = (kl * mask).sum(1)  # (B,) raw KL per sequence (chosen estimator)

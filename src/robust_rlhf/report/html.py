@@ -1,0 +1,197 @@
+"""A self-contained HTML report (images embedded as base64) of an over-optimisation experiment.
+
+Reads ``OUTPUT/results.json`` only and imports no training code, so a finished experiment can
+be re-rendered anywhere: ``robust-rlhf experiment report --output-dir OUTPUT``.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+from pathlib import Path
+
+from robust_rlhf.report.plots import render_all
+
+RESULTS_FILE = "results.json"
+REPORT_FILE = "report.html"
+PLOTS_DIR = "plots"
+
+_CSS = """
+body { font-family: -apple-system, 'Segoe UI', Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
+       color: #222; line-height: 1.45; padding: 0 1em; }
+h1 { font-size: 1.6em; margin-bottom: 0.2em; } h2 { font-size: 1.25em; margin-top: 1.8em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.88em; }
+th, td { border: 1px solid #ddd; padding: 4px 8px; text-align: right; } th { background: #f4f4f4; }
+td:first-child, th:first-child { text-align: left; }
+.meta { color: #666; font-size: 0.9em; } .summary li { margin-bottom: 0.35em; }
+.neg { color: #b03030; } .pos { color: #2a7a2a; }
+img { max-width: 100%; border: 1px solid #eee; margin: 0.5em 0; }
+code { background: #f4f4f4; padding: 1px 4px; border-radius: 3px; }
+"""
+
+
+def _e(x) -> str:
+    return html.escape(str(x))
+
+
+def _num(x, fmt: str = ".3f") -> str:
+    if x is None:
+        return "–"
+    try:
+        return format(x, fmt)
+    except (TypeError, ValueError):
+        return _e(x)
+
+
+def _ci(s: dict | None) -> str:
+    if not s or s.get("ci_low") is None:
+        return "–"
+    return f"[{s['ci_low']:.3f}, {s['ci_high']:.3f}]"
+
+
+def _diff(d: dict | None) -> str:
+    if not d or d.get("diff") is None:
+        return "–"
+    cls = ""
+    if d.get("ci_low") is not None:
+        cls = "pos" if d["ci_low"] > 0 else ("neg" if d["ci_high"] < 0 else "")
+    ci = f" [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]" if d.get("ci_low") is not None else ""
+    return f'<span class="{cls}">{d["diff"]:+.3f}{ci}</span>'
+
+
+def _img(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{_e(alt)}" src="data:image/png;base64,{data}">'
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    head = "".join(f"<th>{_e(h)}</th>" for h in headers)
+    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _agg(a: dict) -> str:
+    params = ", ".join(f"{k}={a[k]:g}" for k in ("lam", "beta") if a.get(k) is not None)
+    return a["name"] + (f"({params})" if params else "") + (" norm" if a.get("normalize") else "")
+
+
+def build_html(results: dict, plots: dict[str, list[Path]]) -> str:
+    """The report page as one string."""
+    cfg = results.get("config", {})
+    level = results.get("confidence", 0.95)
+    parts = [f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{_e(results.get('name', 'experiment'))}"
+             f"</title><style>{_CSS}</style></head><body>"]
+    parts.append(f"<h1>Over-optimisation experiment: {_e(results.get('name', ''))}</h1>")
+    data = cfg.get("data", {})
+    timing = results.get("timing", {})
+    parts.append(
+        f"<p class='meta'>policy <code>{_e(cfg.get('policy'))}</code> · gold <code>{_e(cfg.get('gold'))}</code> · "
+        f"label noise {_num(data.get('label_noise'), '.0%')}{' · BT-sampled labels' if data.get('bt_sampling') else ''} · "
+        f"seeds {_e(cfg.get('seeds'))} · held-out prompts {_e(cfg.get('evaluation', {}).get('eval_prompts'))} · "
+        f"wall time {_num(timing.get('wall_time_s'), '.0f')} s ({len(timing.get('units_run', []))} units run, "
+        f"{len(timing.get('units_cached', []))} cached) · intervals: {level:.0%} Student-t over policies</p>")
+
+    parts.append("<h2>Summary</h2><ul class='summary'>")
+    parts += [f"<li>{_e(line)}</li>" for line in results.get("summary", [])]
+    parts.append("</ul>")
+
+    comp = results.get("comparison")
+    if comp:
+        parts.append(f"<h2>At matched KL (d* = {comp['d_star']:.2f}, KL {comp['kl_star']:.2f}; baseline "
+                     f"<code>{_e(comp['baseline'])}</code>)</h2>")
+        rows = []
+        for r in comp["rows"]:
+            m = r["matched_gold"]
+            rows.append([_e(r["method"]), _num(m["mean"]), _ci(m), _e(r["matched_coverage"]),
+                         _diff(r["matched_vs_baseline"]), _diff(r["final_vs_baseline"]), _num(r["final_kl_mean"], ".2f")])
+        parts.append(_table(["method", "gold at d*", f"{level:.0%} CI", "runs reaching d*", "Δ vs baseline at d*",
+                             "Δ final gold vs baseline", "final KL"], rows))
+        parts.append("<p class='meta'>Gold at d*: each policy's gold-vs-sqrt(KL) curve (reference point at d = 0 "
+                     "included) interpolated at the baseline's mean final sqrt(KL). Δ: Welch t-interval; green = "
+                     "interval above 0, red = below.</p>")
+
+    parts.append("<h2>Methods</h2>")
+    rows = []
+    ref = results["reference"]["final_gold"]
+    rows.append(["reference policy", "–", "–", "–", str(ref["n"]), _num(ref["mean"]), _ci(ref), _num(ref["var"], ".4f"),
+                 "0", "–", "–", "–"])
+    for name, v in results["methods"].items():
+        fit = v.get("gold_fit") or {}
+        rows.append([_e(name) + ("" if v["study"] == "main" else f" <span class='meta'>({_e(v['study'])})</span>"),
+                     _e(v["type"]), _e(v["reward_model"]),
+                     _e(_agg(v["aggregator"]) + (" · per head" if v["train_on"] == "each_head" else "")),
+                     str(v["num_policies"]), _num(v["final_gold"]["mean"]), _ci(v["final_gold"]),
+                     _num(v["final_gold"]["var"], ".4f"), _num(v["final_kl"]["mean"], ".2f"),
+                     _num(v["final_proxy"]["mean"]), _num(v.get("kl_coef"), ".3g") + (" (cal.)" if v.get("calibrated") else ""),
+                     (f"α={fit['alpha']:.3f} β={fit['beta']:.3f}" + (f" peak d={fit['peak_d']:.2f}" if fit.get("peak_d") else ""))
+                     if fit else "–"])
+    parts.append(_table(["method", "type", "proxy RM", "training reward", "policies", "final gold", f"{level:.0%} CI",
+                         "variance", "final KL", "final proxy", "KL coef", "Gao fit (gold − ref)"], rows))
+
+    parts.append("<h2>Gold and proxy reward against sqrt(KL)</h2>")
+    parts.append("<p class='meta'>Best-of-n: Coste et al.'s unbiased estimator for every n ≤ N from one pool, "
+                 "KL = log n − (n−1)/n, fit R(d) = d(α − βd). RL: held-out evaluations during training, "
+                 "fit R(d) = d(α − β log d). Fits are least squares on gold − reference gold.</p>")
+    parts += [_img(p, p.stem) for p in plots.get("curves", [])]
+
+    parts.append("<h2>Final gold reward over policies</h2>")
+    parts += [_img(p, p.stem) for p in plots.get("final_gold", [])]
+
+    if "lambda_sweep" in results:
+        sw = results["lambda_sweep"]
+        parts.append(f"<h2>BRME λ sweep (seed 000) — base <code>{_e(sw['base'])}</code></h2>")
+        parts.append(_table(["λ", "final gold", f"{level:.0%} CI", "final KL", "final proxy"],
+                            [[f"{r['lam']:g}" + (" ★" if r["lam"] == sw["best_lam"] else ""), _num(r["final_gold"]["mean"]),
+                              _ci(r["final_gold"]), _num(r["final_kl"]["mean"], ".2f"), _num(r["final_proxy"]["mean"])]
+                             for r in sw["rows"]]))
+        parts += [_img(p, p.stem) for p in plots.get("lambda_sweep", [])]
+
+    if "perturbation" in results:
+        pt = results["perturbation"]
+        parts.append(f"<h2>Over- vs under-scoring (seed 000) — base <code>{_e(pt['base'])}</code></h2>")
+        parts.append(_table(["perturbation", "final gold", f"{level:.0%} CI", "final KL", "Δ vs unperturbed"],
+                            [[_e(r["mode"]), _num(r["final_gold"]["mean"]), _ci(r["final_gold"]),
+                              _num(r["final_kl"]["mean"], ".2f"), _diff(r["vs_unperturbed"])] for r in pt["rows"]]))
+        parts += [_img(p, p.stem) for p in plots.get("perturbation", [])]
+
+    parts.append("<h2>Proxy reward models (test pairs)</h2>")
+    rows = []
+    for name, rm in results["reward_models"].items():
+        cv = rm.get("chosen_reward_variance") or {}
+        dv = rm.get("difference_variance") or {}
+        rows.append([_e(name), _e(rm.get("head_type")), str(rm["num_heads"]), str(rm["num_test_pairs"]),
+                     _num(rm["test_accuracy"]), f"[{rm['test_accuracy_ci95'][0]:.3f}, {rm['test_accuracy_ci95'][1]:.3f}]",
+                     _num(cv.get("mean"), ".4f"), _num(dv.get("mean"), ".4f")])
+    parts.append(_table(["reward model", "heads", "K", "test pairs", "accuracy (mean)", "95% Wilson CI",
+                         "mean var (chosen)", "mean var (difference)"], rows))
+    parts += [_img(p, p.stem) for p in plots.get("rm_variance", [])]
+
+    if timing.get("unit_seconds"):
+        parts.append("<h2>Units</h2><details><summary>seconds per unit</summary>")
+        parts.append(_table(["unit", "seconds", "this call"],
+                            [[_e(k), _num(s, ".0f"), "run" if k in timing.get("units_run", []) else "cached"]
+                             for k, s in timing["unit_seconds"].items()]))
+        parts.append("</details>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_report(output_dir: str | Path) -> Path:
+    """Render ``OUTPUT/plots/*.png`` and ``OUTPUT/report.html`` from ``OUTPUT/results.json``."""
+    from robust_rlhf.errors import UserError
+
+    out = Path(output_dir)
+    path = out / RESULTS_FILE
+    if not path.exists():
+        raise UserError(f"{out}: no {RESULTS_FILE} (run `robust-rlhf experiment run` into this folder first)")
+    try:
+        results = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: invalid JSON ({e.msg})") from None
+    plots = render_all(results, out / PLOTS_DIR)
+    target = out / REPORT_FILE
+    tmp = target.with_name(f".{REPORT_FILE}.tmp")
+    tmp.write_text(build_html(results, plots), encoding="utf-8")
+    tmp.replace(target)  # atomic: a reader never sees a half-written report
+    return target

@@ -1,0 +1,110 @@
+"""Training recipe on the real MiniLM backbone: tiny runs, resume, CLI eval/score, accuracy."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from robust_rlhf.cli import main
+from robust_rlhf.config import load_config
+from robust_rlhf.reward.model import RewardModel
+from robust_rlhf.reward.train import RewardTrainConfig, _Checkpoint, train_reward_model
+
+
+def test_tiny_ensemble_trains_saves_and_reloads(tiny_trained_rm):
+    out = tiny_trained_rm
+    rm = RewardModel.from_pretrained(out)
+    assert rm.config.num_heads == 3 and rm.config.head_type == "ensemble"
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["stage1"]["steps"] == 8
+    assert (out / "config.yaml").exists() and (out / "train_log.jsonl").exists()
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert any(r["stage"] == 1 and "eval/val_accuracy" in r for r in log)
+    assert any(r["stage"] == 2 for r in log)
+    # heads differ (own init + bootstrap), so the ensemble has non-zero variance
+    out_ = rm.score(["This movie was"], [" great fun"])
+    assert out_.var.item() > 0
+    assert len(rm.config.head_stats["mean"]) == 3
+
+
+def test_resume_after_interruption_reaches_the_same_weights(tmp_path, monkeypatch):
+    overrides = ["model.num_heads=2", "data.limit=48", "stage1.max_steps=6", "stage1.checkpoint_every=2",
+                 "stage1.eval_every=3", "stage2.epochs=3", "model.max_length=32", "data.validation=null"]
+    cfg = load_config(RewardTrainConfig, "rm_tiny", overrides)
+    train_reward_model(cfg, tmp_path / "full")
+
+    original = _Checkpoint.save
+    def crash_after_step_4(self, model, head, opt, sched, progress, cfg_dict):
+        original(self, model, head, opt, sched, progress, cfg_dict)
+        if progress["step"] == 4:
+            raise RuntimeError("simulated crash")
+    monkeypatch.setattr(_Checkpoint, "save", crash_after_step_4)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train_reward_model(cfg, tmp_path / "resumed")
+    assert not (tmp_path / "resumed" / "reward_config.json").exists()  # no half model
+    monkeypatch.setattr(_Checkpoint, "save", original)
+    train_reward_model(cfg, tmp_path / "resumed")
+
+    a, b = load_file(str(tmp_path / "full" / "heads.safetensors")), load_file(str(tmp_path / "resumed" / "heads.safetensors"))
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    la = (tmp_path / "full" / "train_log.jsonl").read_text()
+    lb = (tmp_path / "resumed" / "train_log.jsonl").read_text()
+    assert [json.loads(x)["losses/loss"] for x in la.splitlines() if '"stage": 1' in x] == pytest.approx(
+        [json.loads(x)["losses/loss"] for x in lb.splitlines() if '"stage": 1' in x], rel=1e-5)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch):
+    cfg = load_config(RewardTrainConfig, "rm_tiny", ["stage1.max_steps=2", "stage1.checkpoint_every=1",
+                                                     "data.validation=null", "stage2.epochs=1"])
+    train_reward_model(cfg, tmp_path)
+    from robust_rlhf.errors import UserError
+
+    other = load_config(RewardTrainConfig, "rm_tiny", ["stage1.max_steps=3", "stage1.lr=1e-3",
+                                                       "data.validation=null", "stage2.epochs=1"])
+    with pytest.raises(UserError, match="checkpoint of a different config"):
+        train_reward_model(other, tmp_path)
+
+
+def test_cli_eval_and_score(tiny_trained_rm, tmp_path, capsys):
+    assert main(["rm", "eval", "--model", str(tiny_trained_rm), "--data", "builtin:test",
+                 "--output-dir", str(tmp_path / "ev")]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    assert m["num_pairs"] > 100 and 0 <= m["accuracy"] <= 1 and len(m["accuracy_per_head"]) == 3
+    assert (tmp_path / "ev" / "variance_histograms.png").stat().st_size > 1000
+    inp = tmp_path / "in.jsonl"
+    inp.write_text('{"prompt": "The film was", "response": " wonderful", "id": 7}\n'
+                   '{"prompt": "The film was", "response": " awful"}\n')
+    assert main(["rm", "score", "--model", str(tiny_trained_rm), "--input", str(inp),
+                 "--output", str(tmp_path / "out.jsonl")]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    assert rows[0]["id"] == 7 and len(rows[0]["rewards_per_head"]) == 3
+    rm = RewardModel.from_pretrained(tiny_trained_rm)
+    direct = rm.score(["The film was"], [" wonderful"])
+    assert rows[0]["reward"] == pytest.approx(direct.mean.item(), abs=1e-5)
+    assert rows[0]["reward_std"] == pytest.approx(direct.std.item(), abs=1e-5)
+
+
+def test_cli_user_errors_are_one_line(tmp_path, capsys):
+    assert main(["rm", "train", "--output-dir", str(tmp_path), "stage1.nope=1"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown key 'stage1.nope'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert main(["rm", "train", "--output-dir", str(tmp_path), "loss.bsr_coef=-1"]) == 2
+    assert "bsr_coef must be a finite number >= 0" in capsys.readouterr().err
+    assert main(["rm", "eval", "--model", str(tmp_path), "--data", "builtin:test", "--output-dir", str(tmp_path / "e")]) == 2
+    assert "not a robust-rlhf reward model" in capsys.readouterr().err
+
+
+def test_bt_minilm_held_out_accuracy_well_above_chance(tmp_path):
+    """A real (short) BT run of MiniLM on the built-in task beats chance clearly on unseen prompts."""
+    cfg = load_config(RewardTrainConfig, "rm_bt_minilm", ["stage1.max_steps=40", "stage1.eval_every=0",
+                                                          "data.validation=null"])
+    train_reward_model(cfg, tmp_path)
+    from robust_rlhf.data.preferences import load_preferences
+    from robust_rlhf.reward.evaluate import evaluate_reward_model
+
+    rm = RewardModel.from_pretrained(tmp_path)
+    metrics, _ = evaluate_reward_model(rm, load_preferences("builtin:test"))
+    assert metrics["accuracy"] >= 0.65, metrics["accuracy"]
+    assert metrics["accuracy_ci95"][0] > 0.5
