@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 from robust_rlhf.errors import UserError
@@ -62,6 +63,8 @@ def cmd_train(args) -> int:
 
     cfg = load_config(RewardTrainConfig, args.config, args.overrides)
     out = train_reward_model(cfg, args.output_dir)
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun / accelerate launch only the main process reports
     summary = json.loads((Path(out) / "train_summary.json").read_text())
     print(f"reward model saved to {out}")
     if "val_accuracy_mean" in summary:

@@ -66,6 +66,8 @@ class DataConfig:
 class LossConfig:
     bsr_coef: float = 0.0
     """Batch-wise sum-to-zero coefficient lambda (seed 001; 1e-3 in the paper; 0 = off)."""
+    bsr_scope: Literal["device", "global"] = "device"
+    """Under several processes: BSR's batch mean per device (as the seed's authors do) or over the global batch."""
     center_coef: float = 0.0
     """Reward-centering coefficient (Eisenstein et al. 2023, TRL's center_rewards_coefficient; 0.01 recommended; 0 = off)."""
 
@@ -90,6 +92,8 @@ class Stage1Config:
     """Validate every N steps (0 = only at the end)."""
     patience: int | None = None
     """Stop after this many validations without improvement of validation loss; null = off."""
+    disable_dropout: bool = False
+    """Turn the backbone's dropout off while training (TRL's disable_dropout); makes runs independent of RNG streams."""
     checkpoint_every: int = 50
     """Write a resumable checkpoint every N steps."""
     weight_decay: float = 0.0
@@ -167,19 +171,38 @@ def _texts(pairs: list[PreferencePair], idx: list[int]) -> list[str]:
     return [pairs[i].prompt + pairs[i].chosen for i in idx] + [pairs[i].prompt + pairs[i].rejected for i in idx]
 
 
-def _stage1_loss(rewards: torch.Tensor, cfg: RewardTrainConfig) -> tuple[torch.Tensor, dict]:
-    """rewards: (2B, 1) -> BT (+ BSR, + centering) on the scalar stage-1 head."""
+def _global_bsr_penalty(chosen: torch.Tensor, rejected: torch.Tensor, coef: float, world: int) -> tuple[torch.Tensor, dict]:
+    """BSR over the global batch of `world` processes, written so that DDP's gradient averaging
+    gives exactly the single-process gradient coef * mean_global for every reward: the other
+    processes' sums enter as constants, and the local term is scaled by `world`."""
+    import torch.distributed as dist
+
+    B = chosen.shape[0]
+    local_sum = torch.cat([chosen, rejected]).sum(dim=0)  # (K,)
+    total = local_sum.detach().clone()
+    dist.all_reduce(total)
+    global_mean = (local_sum + (total - local_sum.detach())) / (2 * B * world)
+    penalty = world * coef * (B * world) * (global_mean**2).sum()
+    return penalty, {"bsr_penalty": penalty.item() / world, "batch_reward_mean": global_mean.detach().mean().item()}
+
+
+def _stage1_loss(rewards: torch.Tensor, cfg: RewardTrainConfig, world: int = 1) -> tuple[torch.Tensor, dict]:
+    """rewards: (2B, 1) -> BT (+ BSR, + centering) on the scalar stage-1 head (B local pairs)."""
     B = rewards.shape[0] // 2
     chosen, rejected = rewards[:B], rewards[B:]
     loss, stats = bradley_terry_loss(chosen, rejected)
     stats["bt_loss"] = loss.item()
     if cfg.loss.bsr_coef > 0:
-        pen, s = bsr_penalty(chosen, rejected, cfg.loss.bsr_coef)
+        if cfg.loss.bsr_scope == "global" and world > 1:
+            pen, s = _global_bsr_penalty(chosen, rejected, cfg.loss.bsr_coef, world)
+        else:
+            pen, s = bsr_penalty(chosen, rejected, cfg.loss.bsr_coef)
         loss, stats = loss + pen, {**stats, **s}
     if cfg.loss.center_coef > 0:
         pen, s = centering_penalty(chosen, rejected, cfg.loss.center_coef)
         loss, stats = loss + pen, {**stats, **s}
-    stats["loss"] = loss.item()
+    # The objective's value (for the global BSR the backward-scaled term is reported unscaled).
+    stats["loss"] = stats["bt_loss"] + stats.get("bsr_penalty", 0.0) + stats.get("center_penalty", 0.0)
     return loss, stats
 
 
@@ -204,6 +227,13 @@ def _config_fingerprint(cfg: RewardTrainConfig) -> dict:
     d = config_to_dict(cfg)
     d.pop("resume", None)
     return d
+
+
+class _Unwrapped:
+    """The model as the checkpoint sees it: parameter names without DDP's `module.` prefix."""
+
+    def __init__(self, model: RewardModel, backbone: torch.nn.Module):
+        self.backbone = backbone
 
 
 class _Checkpoint:
@@ -253,10 +283,21 @@ class _Checkpoint:
 
 # ----------------------------------------------------------------------------------------
 def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[PreferencePair] | None,
-                 cfg: RewardTrainConfig, out: Path, log_rows: list[dict]) -> dict:
-    """Fine-tune backbone + a scalar head with BT(+BSR). Returns the stage-1 summary."""
+                 cfg: RewardTrainConfig, out: Path, log_rows: list[dict], accelerator) -> dict:
+    """Fine-tune backbone + a scalar head with BT(+BSR). Returns the stage-1 summary.
+
+    Under `torchrun`/`accelerate launch`, each of the W processes takes its contiguous 1/W of
+    every global batch (`stage1.batch_size` is the global batch) and DDP averages gradients;
+    logged losses are averaged over processes, so they equal a one-process run's."""
     s1 = cfg.stage1
     device = model.device
+    world, rank = accelerator.num_processes, accelerator.process_index
+    if s1.batch_size % world:
+        raise UserError(f"stage1.batch_size={s1.batch_size} must be divisible by the {world} processes")
+    if s1.disable_dropout:
+        for m in model.backbone.modules():
+            if isinstance(m, torch.nn.Dropout):
+                m.p = 0.0
     head = torch.nn.Linear(model.backbone.config.hidden_size, 1).to(device)
     with torch.no_grad():  # seed 001's head init N(0, 1/sqrt(H))
         head.weight.normal_(0.0, 1.0 / math.sqrt(model.backbone.config.hidden_size))
@@ -268,6 +309,7 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
             r=s1.lora_r, lora_alpha=s1.lora_alpha, target_modules=s1.lora_target_modules, lora_dropout=0.0))
     params = [p for p in model.backbone.parameters() if p.requires_grad] + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=s1.lr, weight_decay=s1.weight_decay)
+    plain_backbone = model.backbone
     steps_per_epoch = math.ceil(len(train) / s1.batch_size)
     total_steps = int(math.ceil(s1.max_epochs * steps_per_epoch))
     if s1.max_steps is not None:
@@ -281,20 +323,33 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
         progress = ckpt.load(model, head, opt, sched, cfg_dict)
         log.info("resumed stage 1 from %s at step %d", ckpt.dir, progress["step"])
     log_rows[:] = progress["log"]
+    plain_head = head
+    if world > 1:  # DDP wrappers; single process keeps the plain modules
+        model.backbone, head, opt = accelerator.prepare(model.backbone, head, opt)
     amp = autocast_dtype(device)
     model.train()
-    bar = tqdm(total=total_steps, initial=progress["step"], desc="stage 1 (backbone + head)", unit="step")
+    bar = tqdm(total=total_steps, initial=progress["step"], desc="stage 1 (backbone + head)", unit="step",
+               disable=not accelerator.is_main_process)
     while progress["step"] < total_steps and progress["stopped"] is None:
         step = progress["step"]
         epoch, within = divmod(step, steps_per_epoch)
         idx = _pair_batches(len(train), s1.batch_size, cfg.seed, epoch)[within]
+        if world > 1:
+            if len(idx) % world:
+                idx = idx[: len(idx) - len(idx) % world]  # a ragged last batch is trimmed so ranks stay equal
+            share = len(idx) // world
+            idx = idx[rank * share : (rank + 1) * share]
         with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
             feats = model.features(model.tokenize(_texts(train, idx)))
             rewards = head(feats).float()  # (2B, 1)
-        loss, stats = _stage1_loss(rewards, cfg)
+        loss, stats = _stage1_loss(rewards, cfg, world)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        accelerator.backward(loss)
         opt.step()
+        if world > 1:  # log the global (process-averaged) statistics
+            keys = sorted(stats)
+            vec = accelerator.reduce(torch.tensor([stats[k] for k in keys], device=device), reduction="mean")
+            stats = dict(zip(keys, vec.tolist()))
         sched.step()
         progress["step"] = step = step + 1
         progress["recent_losses"] = (progress["recent_losses"] + [stats["bt_loss"]])[-s1.running_window:]
@@ -318,8 +373,11 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}", **({"val_acc": f"{row['eval/val_accuracy']:.3f}"} if "eval/val_accuracy" in row else {}))
         if step % s1.checkpoint_every == 0 or progress["stopped"] or step == total_steps:
-            ckpt.save(model, head, opt, sched, progress, cfg_dict)
+            if accelerator.is_main_process:
+                ckpt.save(_Unwrapped(model, plain_backbone), plain_head, opt, sched, progress, cfg_dict)
+            accelerator.wait_for_everyone()
     bar.close()
+    model.backbone, head = plain_backbone, plain_head
     log_rows[:] = progress["log"]
     if progress["stopped"]:
         log.info("stage 1 stopped early at step %d: %s", progress["step"], progress["stopped"])
@@ -417,13 +475,19 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     `RewardModel.from_pretrained(output_dir)`), with `config.yaml`, `train_log.jsonl` and
     `train_summary.json` beside it. Returns `output_dir`."""
     import yaml
+    from accelerate import Accelerator, DistributedDataParallelKwargs
 
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     set_seed(cfg.seed)
-    device = torch.device(cfg.device) if cfg.device else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    # Single process: a no-op. Under torchrun / accelerate launch: DDP over the processes.
+    # Unused parameters (e.g. an encoder's pooler) must not stall DDP's gradient reduction.
+    accelerator = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    device = torch.device(cfg.device) if cfg.device and accelerator.num_processes == 1 else accelerator.device
+    if accelerator.is_main_process:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     model = RewardModel(RewardModelConfig(**config_to_dict(cfg.model))).to(device)
     train = load_preferences(cfg.data.train, model.tokenizer, limit=cfg.data.limit)
     val = load_preferences(cfg.data.validation, model.tokenizer) if cfg.data.validation else None
@@ -434,9 +498,12 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     summary: dict = {"num_train_pairs": len(train), "num_val_pairs": len(val) if val else 0}
     stage1_head = None
     if cfg.stage1.enabled:
-        s1 = train_stage1(model, train, val, cfg, out, log_rows)
+        s1 = train_stage1(model, train, val, cfg, out, log_rows, accelerator)
         stage1_head = s1.pop("head").cpu()
         summary["stage1"] = s1
+    if not accelerator.is_main_process:
+        accelerator.wait_for_everyone()  # stage 2 is cheap (cached features); the main process does it and saves
+        return out
     two_stage = cfg.model.head_type != "scalar" or not cfg.stage1.enabled
     for p in model.backbone.parameters():
         p.requires_grad_(False)
@@ -467,4 +534,5 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
 
     atomic_write_jsonl(out / "train_log.jsonl", log_rows)
     log.info("saved reward model to %s (validation accuracy of the mean: %s)", out, summary.get("val_accuracy_mean"))
+    accelerator.wait_for_everyone()
     return out

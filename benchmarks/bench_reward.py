@@ -1,0 +1,173 @@
+"""Reward-model benchmark: ours vs TRL's RewardTrainer, side by side in one run.
+
+    python benchmarks/bench_reward.py [--steps 60] [--score-texts 512] [--backbone minilm-l6]
+
+Measured on the same backbone, data (built-in task), batch size, learning rate and number of
+backbone steps, fp32 on CPU / bf16 autocast on GPU for both:
+  1. wall time of our two-stage K = 10 ensemble training vs TRL's RewardTrainer training one
+     reward model (target <= 1.3x);
+  2. scoring throughput of K = 10 heads vs one head (target >= 0.95x) vs 10 separate models
+     (target >= 5x faster);
+  3. held-out (builtin:test) accuracy of our single-head BT vs TRL's (target within 1 point).
+Each phase runs in its own subprocess so its peak memory (max RSS on CPU, max allocated on GPU)
+is its own. The last output line is one JSON object with the measured ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+
+def peak_mem_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def phase_ours(args, head_type: str, num_heads: int) -> dict:
+    from robust_rlhf.config import load_config
+    from robust_rlhf.data.preferences import load_preferences
+    from robust_rlhf.reward.evaluate import evaluate_reward_model
+    from robust_rlhf.reward.model import RewardModel
+    from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+
+    cfg = load_config(RewardTrainConfig, None, [
+        f"model.backbone={args.backbone}", f"model.head_type={head_type}", f"model.num_heads={num_heads}",
+        f"model.max_length={args.max_length}", f"stage1.max_steps={args.steps}", "stage1.loss_threshold=null",
+        f"stage1.batch_size={args.batch_size}", f"stage1.lr={args.lr}", "stage1.eval_every=0",
+        "data.validation=null", "stage2.epochs=30"])
+    out = tempfile.mkdtemp()
+    t0 = time.perf_counter()
+    train_reward_model(cfg, out)
+    train_s = time.perf_counter() - t0
+    rm = RewardModel.from_pretrained(out)
+    metrics, _ = evaluate_reward_model(rm, load_preferences("builtin:test"))
+    return {"train_s": train_s, "test_accuracy": metrics["accuracy"], "peak_mem_mb": peak_mem_mb()}
+
+
+def phase_trl(args) -> dict:
+    import datasets
+    import torch
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from robust_rlhf.data.preferences import load_preferences
+    from robust_rlhf.models.hub import load_tokenizer, resolve_model_path
+
+    path = resolve_model_path(args.backbone)
+    tok = load_tokenizer(args.backbone)
+    if tok.eos_token is None:  # TRL appends EOS to every text; BERT-style tokenizers name it [SEP]
+        tok.eos_token = tok.sep_token
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1, dtype=torch.float32)
+    model.config.pad_token_id = tok.pad_token_id
+    train = load_preferences("builtin:train")
+    ds = datasets.Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in train])
+    gpu = torch.cuda.is_available()
+    rc = RewardConfig(output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
+                      learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, bf16=gpu, use_cpu=not gpu,
+                      activation_checkpointing=False, report_to=[], save_strategy="no", logging_steps=10,
+                      max_length=args.max_length, seed=0, disable_tqdm=True)
+    trainer = RewardTrainer(model=model, args=rc, train_dataset=ds, processing_class=tok)
+    t0 = time.perf_counter()
+    trainer.train()
+    train_s = time.perf_counter() - t0
+    model.eval()
+    test = load_preferences("builtin:test")
+    correct = 0
+    with torch.no_grad():
+        for i in range(0, len(test), 64):
+            batch = test[i : i + 64]
+            dev = model.device
+            enc_c = tok([p.prompt + p.chosen for p in batch], padding=True, truncation=True, max_length=args.max_length, return_tensors="pt").to(dev)
+            enc_r = tok([p.prompt + p.rejected for p in batch], padding=True, truncation=True, max_length=args.max_length, return_tensors="pt").to(dev)
+            correct += (model(**enc_c).logits[:, 0] > model(**enc_r).logits[:, 0]).sum().item()
+    return {"train_s": train_s, "test_accuracy": correct / len(test), "peak_mem_mb": peak_mem_mb()}
+
+
+def phase_score(args) -> dict:
+    import torch
+
+    from robust_rlhf.data.preferences import load_preferences
+    from robust_rlhf.reward.model import RewardModel, RewardModelConfig
+
+    pairs = load_preferences("builtin:train")
+    texts = [p.chosen for p in pairs][: args.score_texts]
+    prompts = [p.prompt for p in pairs][: args.score_texts]
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+
+    def throughput(model, repeats: int = 1) -> float:
+        model.score(prompts[:64], texts[:64])  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            model.score(prompts, texts, batch_size=64)
+        if dev == "cuda":
+            torch.cuda.synchronize()
+        return repeats * len(texts) / (time.perf_counter() - t0)
+
+    k10 = RewardModel(RewardModelConfig(backbone=args.backbone, head_type="ensemble", num_heads=10, max_length=args.max_length)).to(dev)
+    k1 = RewardModel(RewardModelConfig(backbone=args.backbone, head_type="scalar", max_length=args.max_length)).to(dev)
+    tp10, tp1 = throughput(k10), throughput(k1)
+    # 10 separate single-head models: 10 backbone passes per text (timed on one, x10 sequential).
+    tp_sep = tp1 / 10
+    return {"k10_texts_per_s": tp10, "k1_texts_per_s": tp1, "separate10_texts_per_s": tp_sep,
+            "peak_mem_mb": peak_mem_mb()}
+
+
+def run_phase(name: str, argv: list[str]) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--phase", name, *argv], capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.stderr.write(out.stderr[-4000:])
+        raise SystemExit(f"phase {name} failed")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, default=60, help="backbone optimizer steps for both trainers")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--max-length", type=int, default=64)
+    p.add_argument("--score-texts", type=int, default=512)
+    p.add_argument("--backbone", default="minilm-l6")
+    p.add_argument("--phase", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if args.phase:
+        fn = {"ours_ensemble": lambda: phase_ours(args, "ensemble", 10), "ours_bt": lambda: phase_ours(args, "scalar", 1),
+              "trl": lambda: phase_trl(args), "score": lambda: phase_score(args)}[args.phase]
+        print(json.dumps(fn()))
+        return
+    argv = [a for a in sys.argv[1:]]
+    res = {name: run_phase(name, argv) for name in ("trl", "ours_ensemble", "ours_bt", "score")}
+    import torch
+
+    print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}  backbone: {args.backbone}  steps: {args.steps}")
+    print(f"{'':28s}{'train s':>10s}{'test acc':>10s}{'peak MB':>10s}")
+    for name in ("trl", "ours_bt", "ours_ensemble"):
+        r = res[name]
+        print(f"{name:28s}{r['train_s']:10.1f}{r['test_accuracy']:10.3f}{r['peak_mem_mb']:10.0f}")
+    s = res["score"]
+    print(f"scoring texts/s: K=10 {s['k10_texts_per_s']:.1f}  K=1 {s['k1_texts_per_s']:.1f}  "
+          f"10 separate models {s['separate10_texts_per_s']:.1f}  (peak MB {s['peak_mem_mb']:.0f})")
+    summary = {
+        "ensemble_train_time_vs_trl": res["ours_ensemble"]["train_s"] / res["trl"]["train_s"],
+        "score_throughput_k10_vs_k1": s["k10_texts_per_s"] / s["k1_texts_per_s"],
+        "score_speedup_vs_separate_models": s["k10_texts_per_s"] / s["separate10_texts_per_s"],
+        "bt_accuracy_delta_vs_trl": res["ours_bt"]["test_accuracy"] - res["trl"]["test_accuracy"],
+        "peak_mem_mb": {k: v["peak_mem_mb"] for k, v in res.items()},
+        "steps": args.steps, "backbone": args.backbone,
+    }
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
