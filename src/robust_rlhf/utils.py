@@ -70,6 +70,7 @@ def atomic_save_dir(final_dir: str | os.PathLike, write: Callable[[Path], None])
     """
     final_dir = Path(final_dir)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
+    recover_dir(final_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
     try:
         os.chmod(tmp, 0o777 & ~_umask())
@@ -86,6 +87,26 @@ def atomic_save_dir(final_dir: str | os.PathLike, write: Callable[[Path], None])
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    return final_dir
+
+
+def recover_dir(final_dir: str | os.PathLike) -> Path:
+    """Repair what a hard kill (SIGKILL, power loss) inside `atomic_save_dir` can leave behind:
+    a kill between its two renames leaves only `.<name>.old` -- put it back; temp folders of an
+    unfinished write are removed. Single writer per folder assumed (true for our recipes)."""
+    final_dir = Path(final_dir)
+    old = final_dir.with_name(f".{final_dir.name}.old")
+    if old.exists():
+        if final_dir.exists():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(old, final_dir)
+    if final_dir.parent.exists():
+        for stale in final_dir.parent.glob(f".{final_dir.name}.*.tmp"):
+            if stale.is_dir():
+                shutil.rmtree(stale, ignore_errors=True)
+            else:
+                stale.unlink(missing_ok=True)
     return final_dir
 
 

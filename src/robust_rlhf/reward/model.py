@@ -52,6 +52,18 @@ class RewardModelConfig:
     head_stats: dict = field(default_factory=dict)
     """Per-head reward mean/std on the validation set (for normalised aggregation)."""
 
+    def __post_init__(self) -> None:
+        if self.head_type not in ("scalar", "ensemble", "gaussian"):
+            raise ValueError(f"head_type must be scalar, ensemble or gaussian, got {self.head_type!r}")
+        if self.pooling not in (None, "last", "cls", "mean"):
+            raise ValueError(f"pooling must be last, cls, mean or null, got {self.pooling!r}")
+        if not isinstance(self.num_heads, int) or self.num_heads < 1:
+            raise ValueError(f"num_heads must be an integer >= 1, got {self.num_heads!r}")
+        if not isinstance(self.max_length, int) or self.max_length < 2:
+            raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
+        if not self.min_std > 0:
+            raise ValueError(f"min_std must be > 0, got {self.min_std!r}")
+
 
 def default_pooling(backbone_config) -> Pooling:
     decoder = getattr(backbone_config, "is_decoder", False) or any(
@@ -179,9 +191,11 @@ class RewardModel(nn.Module):
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{cfg_file}: invalid JSON ({e})") from None
         location = raw.pop("backbone_location", None)
+        if not isinstance(raw, dict):
+            raise UserError(f"{cfg_file}: expected a JSON object")
         try:
             config = RewardModelConfig(**raw)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise UserError(f"{cfg_file}: {e}") from None
         source = str(path / location) if location == "backbone" else (location or config.backbone)
         backbone = load_backbone(source, config.trust_remote_code)
@@ -190,7 +204,7 @@ class RewardModel(nn.Module):
         try:
             state = load_file(str(path / HEADS_NAME))
             model.heads.load_state_dict(state)
-        except (OSError, RuntimeError) as e:
+        except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
             raise UserError(f"{path / HEADS_NAME}: cannot load heads ({str(e).splitlines()[0]})") from None
         model.eval()
         if device is not None:

@@ -46,6 +46,7 @@ from robust_rlhf.utils import (
     atomic_write_json,
     atomic_write_text,
     autocast_dtype,
+    recover_dir,
     set_seed,
 )
 
@@ -243,6 +244,7 @@ class _Checkpoint:
         self.dir = root / "checkpoints" / "stage1"
 
     def exists(self) -> bool:
+        recover_dir(self.dir)
         return (self.dir / "state.json").exists()
 
     def save(self, model: RewardModel, head: torch.nn.Module, opt, sched, progress: dict, cfg_dict: dict) -> None:
@@ -478,7 +480,6 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     set_seed(cfg.seed)
     # Single process: a no-op. Under torchrun / accelerate launch: DDP over the processes.
@@ -486,11 +487,16 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     accelerator = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
     device = torch.device(cfg.device) if cfg.device and accelerator.num_processes == 1 else accelerator.device
-    if accelerator.is_main_process:
-        atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     model = RewardModel(RewardModelConfig(**config_to_dict(cfg.model))).to(device)
+    # Validate all input before writing anything, so bad input leaves no partial output.
     train = load_preferences(cfg.data.train, model.tokenizer, limit=cfg.data.limit)
     val = load_preferences(cfg.data.validation, model.tokenizer) if cfg.data.validation else None
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob(".*.tmp"):  # temp files of a write that a hard kill interrupted
+        if stale.is_file():
+            stale.unlink()
+    if accelerator.is_main_process:
+        atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     log.info("training %s reward model (K=%d) on %s: %d train pairs, %s validation pairs, device %s, precision %s",
              cfg.model.head_type, model.config.num_heads, model.config.backbone, len(train),
              len(val) if val else 0, device, autocast_dtype(device) or "fp32")
