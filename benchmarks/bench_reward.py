@@ -72,9 +72,14 @@ def phase_trl(args) -> dict:
     train = load_preferences("builtin:train")
     ds = datasets.Dataset.from_list([{"prompt": p.prompt, "chosen": p.chosen, "rejected": p.rejected} for p in train])
     gpu = torch.cuda.is_available()
+    import dataclasses
+
+    # TRL defaults to activation checkpointing (renamed across transformers versions): off, as ours.
+    names = {f.name for f in dataclasses.fields(RewardConfig)}
+    no_ckpt = {k: False for k in ("activation_checkpointing", "gradient_checkpointing") if k in names}
     rc = RewardConfig(output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
                       learning_rate=args.lr, lr_scheduler_type="constant", warmup_steps=0, bf16=gpu, use_cpu=not gpu,
-                      activation_checkpointing=False, report_to=[], save_strategy="no", logging_steps=10,
+                      **no_ckpt, report_to=[], save_strategy="no", logging_steps=10,
                       max_length=args.max_length, seed=0, disable_tqdm=True)
     trainer = RewardTrainer(model=model, args=rc, train_dataset=ds, processing_class=tok)
     t0 = time.perf_counter()

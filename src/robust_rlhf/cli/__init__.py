@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "robust_rlhf.cli.rm",
     "robust_rlhf.cli.data",
     "robust_rlhf.cli.simulate",
+    "robust_rlhf.cli.serve",
 ]
 
 

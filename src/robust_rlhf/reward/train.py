@@ -407,8 +407,11 @@ def cached_features(model: RewardModel, pairs: list[PreferencePair], cache: Path
 
 
 def train_stage2(model: RewardModel, train_feats: torch.Tensor, val_feats: torch.Tensor | None,
-                 stage1_head: torch.nn.Module | None, cfg: RewardTrainConfig, log_rows: list[dict]) -> dict:
-    """Train K heads on cached (N, 2, H) features with the additive per-head loss."""
+                 stage1_head: torch.nn.Module | None, cfg: RewardTrainConfig, log_rows: list[dict],
+                 device: torch.device | None = None) -> dict:
+    """Train K heads on cached (N, 2, H) features with the additive per-head loss (on `device`;
+    random draws come from a CPU generator so CPU and GPU runs draw the same samples)."""
+    device = device or torch.device("cpu")
     s2 = cfg.stage2
     heads = model.heads
     K, N = heads.num_heads, train_feats.shape[0]
@@ -418,24 +421,24 @@ def train_stage2(model: RewardModel, train_feats: torch.Tensor, val_feats: torch
         with torch.no_grad():
             heads.linear.weight[0].copy_(stage1_head.weight[0])
             heads.linear.bias[0].copy_(stage1_head.bias[0])
-    heads.to("cpu").float()
-    feats = train_feats.float()
+    heads.to(device).float()
+    feats = train_feats.float().to(device)
     # Each head's sample of pair indices: head 0 the data itself, others a bootstrap resample.
     samples = [torch.arange(N)] + [
         torch.randint(0, N, (N,), generator=gen) if s2.bootstrap else torch.arange(N) for _ in range(K - 1)]
-    samples = torch.stack(samples)  # (K, N)
+    samples = torch.stack(samples).to(device)  # (K, N)
     target = None
     if heads.head_type == "gaussian" and s2.gaussian_loss == "regression":
         if stage1_head is None:
             raise UserError("stage2.gaussian_loss=regression needs stage 1 (its reward is the regression target)")
         with torch.no_grad():
-            target = stage1_head.cpu()(feats).squeeze(-1)  # (N, 2)
+            target = stage1_head.to(device)(feats).squeeze(-1)  # (N, 2)
     opt = torch.optim.Adam(heads.parameters(), lr=s2.lr)
     W = heads.linear
     best = (math.inf, None, -1)
     bar = tqdm(range(s2.epochs), desc=f"stage 2 ({K} heads, frozen backbone)", unit="epoch")
     for epoch in bar:
-        perm = torch.stack([torch.randperm(N, generator=gen) for _ in range(K)])  # own data order per head
+        perm = torch.stack([torch.randperm(N, generator=gen) for _ in range(K)]).to(device)  # own data order per head
         for i in range(0, N, s2.batch_size):
             idx = torch.gather(samples, 1, perm[:, i : i + s2.batch_size])  # (K, b)
             f = feats[idx]  # (K, b, 2, H)
@@ -458,7 +461,7 @@ def train_stage2(model: RewardModel, train_feats: torch.Tensor, val_feats: torch
         row = {"stage": 2, "epoch": epoch + 1, **{f"losses/{k}": v for k, v in stats.items()}}
         if val_feats is not None:
             with torch.no_grad():
-                mean, _ = heads(val_feats.float().reshape(-1, val_feats.shape[-1]))
+                mean, _ = heads(val_feats.float().to(device).reshape(-1, val_feats.shape[-1]))
                 mean = mean.reshape(val_feats.shape[0], 2, K)
                 vloss, _ = bradley_terry_loss(mean[:, 0], mean[:, 1])
                 acc = (mean[:, 0].mean(1) > mean[:, 1].mean(1)).float().mean().item()
@@ -504,7 +507,9 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     summary: dict = {"num_train_pairs": len(train), "num_val_pairs": len(val) if val else 0}
     stage1_head = None
     if cfg.stage1.enabled:
+        t_stage1 = time.time()
         s1 = train_stage1(model, train, val, cfg, out, log_rows, accelerator)
+        s1["wall_time_s"] = time.time() - t_stage1
         stage1_head = s1.pop("head").cpu()
         summary["stage1"] = s1
     if not accelerator.is_main_process:
@@ -515,9 +520,12 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
         p.requires_grad_(False)
     if two_stage:
         cache = out / "checkpoints"
+        t_feat = time.time()
         train_feats = cached_features(model, train, cache / "train_features.safetensors")
         val_feats = cached_features(model, val, cache / "val_features.safetensors") if val else None
-        summary["stage2"] = train_stage2(model, train_feats, val_feats, stage1_head, cfg, log_rows)
+        t_stage2 = time.time()
+        summary["stage2"] = train_stage2(model, train_feats, val_feats, stage1_head, cfg, log_rows, device)
+        summary["stage2"].update(features_s=t_stage2 - t_feat, heads_s=time.time() - t_stage2)
         model.heads.to(device)
     else:
         with torch.no_grad():
