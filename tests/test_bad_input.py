@@ -40,6 +40,8 @@ def files(tmp_path_factory, tiny_trained_rm):
         "unknown_yaml": w("unknown.yaml", "modle:\n  num_heads: 3\n"),
         "typed_yaml": w("typed.yaml", "stage1:\n  batch_size: many\n"),
         "txt": w("pairs.txt", "hello"),
+        "long_prompt": w("longprompt.jsonl", '{"prompt": "p", "chosen": " c", "rejected": " r"}\n'
+                         + json.dumps({"prompt": "word " * 80, "chosen": " c", "rejected": " r"}) + "\n"),
     }
     (d / "latin1.jsonl").write_bytes(b'{"chosen": "caf\xe9", "rejected": "x"}\n')
     f["latin1"] = d / "latin1.jsonl"
@@ -121,6 +123,8 @@ CASES = [
     ("train-data-bad-message", lambda f: _train(f, f"data.train={f['bad_message']}"), "'chosen'[0].content"),
     ("train-data-bad-subset", lambda f: _train(f, f"data.train={f['bad_subset']}"), "field 'subset'"),
     ("train-data-not-object", lambda f: _train(f, f"data.train={f['not_object']}"), "expected an object"),
+    ("train-data-prompt-too-long", lambda f: _train(f, f"data.train={f['long_prompt']}"), "line 2: field 'prompt' is"),
+    ("eval-prompt-too-long", lambda f: ["rm", "eval", "--model", str(f["model"]), "--data", str(f["long_prompt"])], "line 2: field 'prompt' is"),
     ("train-data-unknown-builtin-split", lambda f: _train(f, "data.train=builtin:dev"), "unknown split"),
     ("eval-not-a-model", lambda f: ["rm", "eval", "--model", str(f["plain_dir"]), "--data", str(f["good_pairs"])], "not a robust-rlhf reward model"),
     ("eval-model-no-config", lambda f: ["rm", "eval", "--model", str(f["model_no_config"]), "--data", str(f["good_pairs"])], "no reward_config.json"),

@@ -9,7 +9,6 @@ import itertools
 import json
 import math
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -110,10 +109,12 @@ def test_kl_calibration_finds_the_coefficient():
 
 
 def test_kl_calibration_respects_bounds():
-    coef, history = calibrate_kl_coef(lambda c: 100.0, target=1.0, coef0=0.1, coef_min=1e-3, coef_max=0.5,
+    # KL(coef) = 10 / coef stays above the target 1.0 up to coef_max = 0.5 (KL 20 there).
+    coef, history = calibrate_kl_coef(lambda c: 10.0 / c, target=1.0, coef0=0.1, coef_min=1e-3, coef_max=0.5,
                                       max_probes=5, tolerance=0.1)
     assert all(1e-3 <= h["coef"] <= 0.5 + 1e-12 for h in history)
-    assert coef == pytest.approx(0.5)  # KL never falls: the largest coefficient allowed is the closest
+    assert coef == pytest.approx(0.5)  # the largest coefficient allowed comes closest
+    assert len(history) < 5  # stops once clipped onto a coefficient already tried
 
 
 # ----------------------------------------------------------------------------- best-of-n
@@ -135,15 +136,20 @@ def test_best_of_n_curve_equals_brute_force():
 # ----------------------------------------------------------------------------- config errors
 def test_config_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="reward_model 'nope'"):
-        load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: nope}]"])
+        load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: nope}]", "baseline=null"])
     with pytest.raises(UserError, match="unknown key"):
         load_experiment_config("experiment_tiny", ["evaluation.pool=3"])
+    with pytest.raises(UserError, match="baseline"):
+        load_experiment_config("experiment_tiny", ["baseline=nope"])
     with pytest.raises(UserError, match="calibrate_kl"):
-        load_experiment_config("experiment_tiny", ["methods=[{name: a, type: best_of_n, reward_model: bt, calibrate_kl: true}]"])
-    cfg = load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: ens, overrides: {train.seed: 3}}]"])
+        load_experiment_config("experiment_tiny", ["methods=[{name: a, type: best_of_n, reward_model: bt, calibrate_kl: true}]",
+                                                  "baseline=null"])
+    cfg = load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: ens, overrides: {train.seed: 3}}]",
+                                                        "baseline=null"])
     with pytest.raises(UserError, match="set by the experiment"):
         run_experiment(cfg, tmp_path / "x", progress=False)
-    cfg = load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: ens, aggregator: {name: brme_nominal}}]"])
+    cfg = load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: ens, aggregator: {name: brme_nominal}}]",
+                                                        "baseline=null"])
     with pytest.raises(UserError, match="gaussian"):
         run_experiment(cfg, tmp_path / "y", progress=False)
 
@@ -170,29 +176,52 @@ def _parser():
     return p
 
 
-def test_pipeline_crash_resume_and_rerender(tmp_path, one_thread):
-    """Tiny experiment end to end. A crash injected before the second policy run; the re-run
-    must redo only what was not finished; a third run only re-renders; deleting one unit's
-    marker re-runs that unit alone."""
+def test_pipeline_crash_resume_and_rerender(tmp_path, one_thread, monkeypatch, caplog):
+    """Tiny experiment end to end. A crash injected inside the second policy run, right after
+    its step-1 checkpoint; the re-run must redo only the unfinished units and continue that run
+    from its checkpoint; a third run only re-renders; deleting one unit's marker re-runs that
+    unit alone."""
+    import logging
+
+    from robust_rlhf.policy.logging import Run
+
     out = tmp_path / "exp"
     cfg = load_experiment_config("experiment_tiny", one_thread)
+    original = Run.save_checkpoint
 
-    def crash_at_lcb(key):
-        if key == "runs/ppo-lcb/s0":
-            raise _Crash(key)
+    def crashing_save(self, step, *a, **kw):
+        path = original(self, step, *a, **kw)
+        if self.dir.as_posix().endswith("runs/ppo-lcb/s0") and step == 1:
+            raise _Crash("killed after the step-1 checkpoint")
+        return path
 
+    monkeypatch.setattr(Run, "save_checkpoint", crashing_save)
     with pytest.raises(_Crash):
-        run_experiment(cfg, out, on_unit_start=crash_at_lcb, progress=False)
+        run_experiment(cfg, out, progress=False)
+    monkeypatch.undo()
     assert (out / "units/runs/ppo-mean/s0/done").exists()
     assert not (out / "units/runs/ppo-lcb/s0/done").exists()
+    assert (out / "units/runs/ppo-lcb/s0/checkpoints/step_000001/state.json").exists()
     assert not (out / "results.json").exists()
 
-    second = run_experiment(cfg, out, progress=False)
-    assert second.executed == ["runs/ppo-lcb/s0"]
-    assert "runs/ppo-mean/s0" in second.skipped and "data" in second.skipped
+    with caplog.at_level(logging.INFO):
+        second = run_experiment(cfg, out, progress=False)
+    assert second.executed == ["runs/ppo-lcb/s0", "runs/rloo-mean/s0"]
+    assert "runs/ppo-mean/s0" in second.skipped and "data" in second.skipped and "rm/ens" in second.skipped
+    assert any("resuming from" in r.getMessage() and "step_000001" in r.getMessage() for r in caplog.records)
+    rows = [json.loads(x) for x in (out / "units/runs/ppo-lcb/s0/metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+
+    # a crash before a unit starts (the runner's own hook) leaves everything finished intact
+    def crash_at_start(key):
+        raise _Crash(key)
+
+    (out / "units/runs/rloo-mean/s0/done").unlink()
+    with pytest.raises(_Crash):
+        run_experiment(cfg, out, on_unit_start=crash_at_start, progress=False)
 
     res = json.loads((out / "results.json").read_text())
-    assert set(res["methods"]) == {"bon-bt", "bon-ens-uwo", "ppo-mean", "ppo-lcb"}
+    assert set(res["methods"]) == {"bon-bt", "bon-ens-uwo", "ppo-mean", "ppo-lcb", "rloo-mean"}
     for name, m in res["methods"].items():
         assert m["num_policies"] == 1
         run = m["runs"][0]
@@ -212,7 +241,9 @@ def test_pipeline_crash_resume_and_rerender(tmp_path, one_thread):
     assert "http://" not in html and "https://" not in html and "src=\"plots" not in html  # self-contained
 
     third = run_experiment(cfg, out, progress=False)
-    assert third.executed == []
+    assert third.executed == ["runs/rloo-mean/s0"]  # the unit whose marker went before the last crash
+    third = run_experiment(cfg, out, progress=False)
+    assert third.executed == []  # finished: only the analysis and the report are redone
     (out / "units/rm/bt/done").unlink()
     fourth = run_experiment(cfg, out, progress=False)
     assert fourth.executed == ["rm/bt"]  # same inputs -> same fingerprint: downstream stays cached
@@ -266,3 +297,38 @@ def test_report_renders_optional_sections(tmp_path):
     assert "λ sweep" in html and "Over- vs under-scoring" in html
     assert "a &lt;finding&gt; &amp; more" in html  # escaped
     assert html.count("data:image/png;base64,") == 6  # 2 curve plots, distribution, sweep, perturbation, rm variance
+
+
+@pytest.mark.slow
+def test_studies_calibration_and_per_head_runs(tmp_path, one_thread):
+    """BRME λ sweep, over- vs under-scoring, KL calibration and per-head (variance-aware)
+    policies on the tiny configuration (several minutes on a shared CPU)."""
+    overrides = one_thread + [
+        "reward_models=[{name: ens, preset: rm_tiny, overrides: {stage1.max_steps: 4, stage2.epochs: 3, data.limit: null}},"
+        " {name: brme, preset: rm_tiny, overrides: {model.head_type: gaussian, stage1.max_steps: 4, stage2.epochs: 3,"
+        " data.limit: null}}]",
+        "methods=[{name: ppo-mean, type: ppo, reward_model: ens, calibrate_kl: true},"
+        " {name: ppo-var-heads, type: ppo, reward_model: ens, train_on: each_head, heads: [0, 1],"
+        " overrides: {kl.variance_aware: true}},"
+        " {name: ppo-brme, type: ppo, reward_model: brme, aggregator: {name: brme_tradeoff, lam: 0.5}}]",
+        "lambda_sweep.base=ppo-brme", "lambda_sweep.lambdas=[0.0, 1.0]",
+        "perturbation.base=ppo-mean", "perturbation.size=1.0",
+        "calibration.target_kl=0.05", "calibration.steps=1", "calibration.max_probes=2",
+        "baseline=ppo-mean",
+    ]
+    cfg = load_experiment_config("experiment_tiny", overrides)
+    out = tmp_path / "studies"
+    outcome = run_experiment(cfg, out, progress=False)
+    res = outcome.results
+    assert [r["lam"] for r in res["lambda_sweep"]["rows"]] == [0.0, 1.0]
+    assert [r["mode"] for r in res["perturbation"]["rows"]] == ["none", "over", "under"]
+    assert res["methods"]["ppo-var-heads"]["num_policies"] == 2
+    assert {r["head"] for r in res["methods"]["ppo-var-heads"]["runs"]} == {0, 1}
+    cal = json.loads((out / "units/calibration/ppo-mean/calibration.json").read_text())
+    assert 1 <= len(cal["probes"]) <= 2
+    coef = res["methods"]["ppo-mean"]["kl_coef"]
+    assert coef == cal["chosen_coef"] and res["methods"]["ppo-mean@over"]["kl_coef"] == coef  # inherited
+    html = (out / "report.html").read_text()
+    assert "λ sweep" in html and "Over- vs under-scoring" in html
+    # the calibration probes are cached units too: a re-run does nothing
+    assert run_experiment(cfg, out, progress=False).executed == []

@@ -18,6 +18,7 @@ from robust_rlhf.errors import UserError
 COMMAND_MODULES = [
     "robust_rlhf.cli.rm",
     "robust_rlhf.cli.data",
+    "robust_rlhf.cli.experiment",
     "robust_rlhf.cli.simulate",
     "robust_rlhf.cli.serve",
 ]

@@ -78,13 +78,14 @@ def _check_batch_size(n: int) -> None:
 
 
 def cmd_eval(args) -> int:
-    from robust_rlhf.data.preferences import load_preferences
+    from robust_rlhf.data.preferences import check_prompt_lengths, load_preferences
     from robust_rlhf.reward.evaluate import evaluate_reward_model, write_eval_report
     from robust_rlhf.reward.model import RewardModel
 
     _check_batch_size(args.batch_size)
     model = RewardModel.from_pretrained(args.model)
     pairs = load_preferences(args.data, model.tokenizer)
+    check_prompt_lengths(pairs, model.tokenizer, model.config.max_length)
     metrics, arrays = evaluate_reward_model(model, pairs, batch_size=args.batch_size)
     metrics["model"], metrics["data"] = str(args.model), str(args.data)
     written = write_eval_report(metrics, arrays, args.output_dir)

@@ -35,6 +35,8 @@ class PreferencePair:
     rejected: str
     subset: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    source: str = field(default="", compare=False)
+    """Where the pair came from ("file: line N"), for error messages."""
 
 
 def plain_chat_renderer(messages: list[dict]) -> str:
@@ -180,7 +182,7 @@ def parse_pair(row: Any, where: str, render: Renderer = plain_chat_renderer) -> 
     if subset is not None and not isinstance(subset, (str, int)):
         raise UserError(f"{where}: field 'subset': expected text, got {type(subset).__name__}")
     extra = {k: v for k, v in row.items() if k not in ("prompt", "chosen", "rejected", "subset")}
-    return PreferencePair(prompt, chosen, rejected, None if subset is None else str(subset), extra)
+    return PreferencePair(prompt, chosen, rejected, None if subset is None else str(subset), extra, source=where)
 
 
 def load_preferences(source: str | Path, tokenizer=None, limit: int | None = None) -> list[PreferencePair]:
@@ -200,6 +202,20 @@ def load_preferences(source: str | Path, tokenizer=None, limit: int | None = Non
     if not pairs:
         raise UserError(f"{name}: no preference pairs found (empty file?)")
     return pairs
+
+
+def check_prompt_lengths(pairs: Sequence[PreferencePair], tokenizer, max_length: int) -> None:
+    """A prompt that fills `max_length` on its own leaves no room for the response: chosen and
+    rejected would score identically after truncation. That is an error, not a silent drop."""
+    prompts = sorted({p.prompt for p in pairs if p.prompt})
+    if not prompts:
+        return
+    lengths = dict(zip(prompts, (len(ids) for ids in tokenizer(prompts, truncation=False)["input_ids"])))
+    for p in pairs:
+        if p.prompt and lengths[p.prompt] >= max_length:
+            raise UserError(
+                f"{p.source or 'data'}: field 'prompt' is {lengths[p.prompt]} tokens, not shorter than "
+                f"max_length={max_length}; the responses would be truncated away (raise model.max_length or shorten it)")
 
 
 def load_scoring_inputs(path: str | Path) -> list[dict]:

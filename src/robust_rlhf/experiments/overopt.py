@@ -66,6 +66,9 @@ class PromptsConfig:
 class PreferenceDataConfig:
     """Gold-labelled preference pairs sampled from the base policy (robust_rlhf.data.builtin_task)."""
 
+    source: Literal["generate", "builtin"] = "generate"
+    """generate: sample and label pairs with the settings below; builtin: reuse the shipped fixture
+    (made by the same pipeline with its default settings over all built-in prompts, VADER gold)"""
     completions_per_prompt: int = 4
     """completions sampled per prompt; pairs are drawn among them"""
     pairs_per_prompt: int = 6
@@ -119,7 +122,8 @@ class MethodSpec:
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     """how the heads become one training reward (mean, min, uwo, lcb, median, brme_nominal, brme_tradeoff)"""
     train_on: Literal["aggregate", "each_head"] = "aggregate"
-    """aggregate: the aggregated ensemble; each_head: one policy per head per seed, trained on that head alone (seed 002)"""
+    """aggregate: the aggregated ensemble; each_head: one policy per head per seed, trained on that head alone
+    (seed 002; with kl.variance_aware the KL weight still uses the whole ensemble's variance)"""
     heads: list[int] | None = None
     """with each_head: which heads (null = all)"""
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -212,7 +216,8 @@ class ExperimentConfig:
     seeds: list[int] = field(default_factory=lambda: [0])
     """seeds of every method (policies per method = seeds x heads)"""
     policy_overrides: dict[str, Any] = field(default_factory=dict)
-    """policy-trainer config keys applied to every ppo/rloo method (e.g. {train.steps: 20, log.eval_every: 5})"""
+    """policy-trainer config keys applied to every ppo/rloo method (e.g. {train.steps: 20, log.eval_every: 5});
+    a `ppo:` section is skipped for rloo and vice versa"""
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     """held-out gold evaluation and the best-of-n pool"""
     calibration: CalibrationConfig = field(default_factory=CalibrationConfig)
@@ -228,8 +233,8 @@ class ExperimentConfig:
     device: str = "auto"
     """cpu, cuda, cuda:N or auto"""
     num_threads: int | None = None
-    """torch CPU threads (null = torch's default). 1 avoids thread thrashing when other jobs share the cores
-    (measured here: sampling ~20x faster with 1 thread than with 2 on 2 busy cores)"""
+    """torch CPU threads; null = auto: torch's default, or 1 when the 1-minute load average already reaches the
+    core count (other jobs share the cores: measured here, sampling ran ~20x faster with 1 thread than with 2)"""
 
     def __post_init__(self) -> None:
         if self.num_threads is not None and self.num_threads < 1:
@@ -416,6 +421,15 @@ def _data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
 
         atomic_write_text(folder / "prompts.jsonl", "".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
         d = cfg.data
+        if d.source == "builtin":
+            from robust_rlhf.data.builtin_task import FIXTURE_DIR, SPLITS
+
+            if cfg.gold != "vader":
+                raise UserError("data.source=builtin holds VADER labels; use gold: vader or data.source: generate")
+            summary = json.loads((FIXTURE_DIR / "builtin_task.json").read_text())["summary"]
+            for split in SPLITS:
+                shutil.copyfile(FIXTURE_DIR / f"builtin_{split}.jsonl", folder / f"builtin_{split}.jsonl")
+            return summary
         task = TaskConfig(policy=cfg.policy, gold=cfg.gold, completions_per_prompt=d.completions_per_prompt,
                           pairs_per_prompt=d.pairs_per_prompt, max_new_tokens=d.max_new_tokens,
                           temperature=d.temperature, label_noise=d.label_noise, bt_sampling=d.bt_sampling,
@@ -529,13 +543,14 @@ class _ExperimentRewardSource:
 
     Exposes ``head_stats`` as ``(mean (K,), std (K,))`` tensors for ``aggregator.normalize``."""
 
-    def __init__(self, path: Path, head: int | None = None) -> None:
+    def __init__(self, path: Path, head: int | None = None, keep_ensemble_variance: bool = False) -> None:
         import torch
 
         from robust_rlhf.reward.model import RewardModel
 
         self.model = RewardModel.from_pretrained(path)
         self.head = head
+        self.keep_ensemble_variance = keep_ensemble_variance
         stats = self.model.config.head_stats or {}
         self.head_stats = None
         if stats.get("mean"):
@@ -551,6 +566,12 @@ class _ExperimentRewardSource:
         if self.head is None:
             return out
         k = self.head
+        if self.keep_ensemble_variance:
+            # Variance-aware PPO per head (seed 002): reward = head k, KL weight from the
+            # ensemble's variance. Shifting every head by (r_k - mean) keeps var_k exactly and
+            # makes the mean equal r_k, so the `mean` aggregator returns head k.
+            shifted = out.per_head - out.per_head.mean(dim=1, keepdim=True) + out.per_head[:, k : k + 1]  # (B, K)
+            return RewardOutput(shifted, None)
         std = None if out.per_head_std is None else out.per_head_std[:, k : k + 1]
         return RewardOutput(out.per_head[:, k : k + 1], std)  # (B, 1)
 
@@ -582,7 +603,12 @@ def _flat_keys(d: dict, prefix: str = "") -> list[str]:
 
 def _policy_config_dict(cfg: ExperimentConfig, method: MethodSpec, seed: int, rm_dir: Path, prompts_file: Path,
                         kl_coef: float | None = None, steps: int | None = None) -> dict:
-    user = _merge(_nest(cfg.policy_overrides), _nest(method.overrides))
+    # policy_overrides reach every RL method: a section another recipe lacks (ppo: for rloo,
+    # rloo: for ppo) is skipped there; a method's own overrides are applied strictly.
+    cls, _ = _trainer(method.type)
+    own_sections = {f.name for f in dataclasses.fields(cls)}
+    shared = {k: v for k, v in _nest(cfg.policy_overrides).items() if k in own_sections or k not in ("ppo", "rloo")}
+    user = _merge(shared, _nest(method.overrides))
     clash = [k for k in _flat_keys(user) if any(k == r or k.startswith(r + ".") for r in _RESERVED)]
     if clash:
         raise UserError(f"method {method.name!r}: {clash[0]!r} is set by the experiment itself "
@@ -618,8 +644,13 @@ def _policy_unit(cfg: ExperimentConfig, method: MethodSpec, seed: int, head: int
     cls, train = _trainer(method.type)
     policy_cfg = build_dataclass(cls, cfg_dict, f"methods[{method.name}]")
 
+    keep_var = head is not None and bool(getattr(getattr(policy_cfg, "kl", None), "variance_aware", False))
+    if keep_var and method.aggregator.name != "mean":
+        raise UserError(f"method {method.name!r}: variance-aware training per head needs aggregator mean "
+                        f"(the reward is the head's own), got {method.aggregator.name}")
+
     def run(folder: Path) -> dict:
-        source = _ExperimentRewardSource(rm_dir, head)
+        source = _ExperimentRewardSource(rm_dir, head, keep_ensemble_variance=keep_var)
         train(policy_cfg, folder, reward_source=source)
         shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the final policy/ stays
         rows = [r for r in _read_metrics(folder) if r.get("gold_reward") is not None]
@@ -737,6 +768,21 @@ def _heads_of(method: MethodSpec, num_heads: int) -> list[int | None]:
     return heads
 
 
+def _set_threads(num_threads: int | None) -> None:
+    import os
+
+    import torch
+
+    if num_threads is None:
+        cores = os.cpu_count() or 1
+        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+        if torch.cuda.is_available() or load < cores:
+            return
+        num_threads = 1
+        log.info("load average %.1f >= %d cores: using 1 torch thread (set num_threads to override)", load, cores)
+    torch.set_num_threads(num_threads)
+
+
 def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start: Callable[[str], None] | None = None,
                    progress: bool = True, render: bool = True) -> ExperimentOutcome:
     """Run (or resume) the experiment into ``output_dir``; write results.json and the report.
@@ -753,10 +799,7 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    if cfg.num_threads is not None:
-        import torch
-
-        torch.set_num_threads(cfg.num_threads)
+    _set_threads(cfg.num_threads)
     atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     root = _units_root(out)
     prompts = _load_prompts(cfg.prompts)
@@ -774,6 +817,14 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
             if head_type != "gaussian":
                 raise UserError(f"method {m.name!r}: aggregator {m.aggregator.name} needs a gaussian (BRME) reward "
                                 f"model; {m.reward_model!r} has {head_type} heads")
+    for m, seeds, _ in methods:  # every policy config is checked before any unit runs
+        _heads_of(m, rm_heads[m.reward_model])
+        if m.type != "best_of_n":
+            cls, _ = _trainer(m.type)
+            pc = build_dataclass(cls, _policy_config_dict(cfg, m, seeds[0], root / "rm", prompts_file), f"methods[{m.name}]")
+            if m.train_on == "each_head" and pc.kl.variance_aware and m.aggregator.name != "mean":
+                raise UserError(f"method {m.name!r}: variance-aware training per head needs aggregator mean "
+                                f"(the reward is the head's own), got {m.aggregator.name}")
     all_seeds = sorted({s for _, seeds, _ in methods for s in seeds})
     pools = {s: _pool_unit(cfg, s, data, prompts_file) for s in all_seeds}
     used_rms = sorted({m.reward_model for m, _, _ in methods})
@@ -999,10 +1050,23 @@ def _compare(cfg: ExperimentConfig, results: dict) -> None:
                 vals.append(v)
         return vals
 
+    def at(name: str, d: float) -> list[float]:
+        vals = [interpolate_at(r["curve"]["d"], r["curve"]["gold"], d) for r in methods[name]["runs"]]
+        return [v for v in vals if v is not None]
+
     base_vals = matched(baseline)
     rows = []
     for name in main:
         vals = matched(name)
+        own = None
+        if not vals and name != baseline:
+            # It stops short of d* (best-of-n's KL is at most log N - (N-1)/N): compare at its own largest
+            # common d instead, where the baseline's curves are interpolated.
+            d_own = min(max(r["curve"]["d"]) for r in methods[name]["runs"])
+            mine, theirs = at(name, d_own), at(baseline, d_own)
+            own = {"d": d_own, "kl": d_own**2, "gold": _stats(mine, cfg.confidence),
+                   "baseline_gold": _stats(theirs, cfg.confidence),
+                   "vs_baseline": welch_difference(mine, theirs, cfg.confidence) if mine and theirs else None}
         rows.append({
             "method": name, "matched_gold": _stats(vals, cfg.confidence),
             "matched_coverage": f"{len(vals)}/{len(methods[name]['runs'])}",
@@ -1010,7 +1074,7 @@ def _compare(cfg: ExperimentConfig, results: dict) -> None:
             "final_vs_baseline": welch_difference([r["final_gold"] for r in methods[name]["runs"]],
                                                   [r["final_gold"] for r in methods[baseline]["runs"]], cfg.confidence)
             if name != baseline else None,
-            "final_kl_mean": methods[name]["final_kl"]["mean"]})
+            "final_kl_mean": methods[name]["final_kl"]["mean"], "at_own_kl": own})
     results["comparison"] = {"baseline": baseline, "d_star": d_star, "kl_star": d_star**2, "rows": rows}
 
 
@@ -1043,6 +1107,18 @@ def _fmt_ci(d: dict | None, level: float) -> str:
     return f"{100 * level:.0f}% CI [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]"
 
 
+def _verdict(diff: dict) -> str:
+    lo, hi = diff["ci_low"], diff["ci_high"]
+    if lo is not None and lo > 0:
+        return "beat the baseline"
+    if hi is not None and hi < 0:
+        return "did NOT beat the baseline: it was worse"
+    if diff["diff"] > 0:
+        return ("did NOT clearly beat the baseline: higher on average, but "
+                + ("the interval includes 0" if lo is not None else "with one run per side there is no interval"))
+    return "did NOT beat the baseline"
+
+
 def summary_lines(results: dict) -> list[str]:
     """Plain-language findings, written from the numbers (including the negative ones)."""
     level = results["confidence"]
@@ -1068,26 +1144,25 @@ def summary_lines(results: dict) -> list[str]:
             continue
         diff = row["matched_vs_baseline"]
         if diff is None or diff["diff"] is None:
-            lines.append(f"{name}: no run reaches d* = {comp['d_star']:.2f} (coverage {row['matched_coverage']}), "
-                         f"so it cannot be compared at matched KL; its final gold is "
-                         f"{methods[name]['final_gold']['mean']:.3f} at KL {methods[name]['final_kl']['mean']:.2f}.")
+            line = (f"{name}: no run reaches d* = {comp['d_star']:.2f} (coverage {row['matched_coverage']}), so it "
+                    f"cannot be compared at the baseline's KL; its final gold is "
+                    f"{methods[name]['final_gold']['mean']:.3f} at KL {methods[name]['final_kl']['mean']:.2f}.")
+            own = row.get("at_own_kl")
+            if own and own["vs_baseline"] and own["vs_baseline"]["diff"] is not None:
+                d = own["vs_baseline"]
+                line += (f" At its own largest KL {own['kl']:.2f} it {_verdict(d)}: gold {own['gold']['mean']:.3f} vs "
+                         f"{base} {own['baseline_gold']['mean']:.3f} there ({d['diff']:+.3f}, {_fmt_ci(d, level)}).")
+            lines.append(line)
             continue
-        lo, hi = diff["ci_low"], diff["ci_high"]
-        if lo is not None and lo > 0:
-            verdict = "beat the baseline"
-        elif hi is not None and hi < 0:
-            verdict = "did NOT beat the baseline: it was worse"
-        elif diff["diff"] > 0:
-            verdict = "did NOT clearly beat the baseline: higher on average, but the interval includes 0"
-        else:
-            verdict = "did NOT beat the baseline"
-        lines.append(f"{name} {verdict} at matched KL: gold difference {diff['diff']:+.3f} "
+        lines.append(f"{name} {_verdict(diff)} at matched KL: gold difference {diff['diff']:+.3f} "
                      f"({_fmt_ci(diff, level)}, runs {row['matched_coverage']} vs baseline).")
-        if best is None or diff["diff"] > best[1]:
-            best = (name, diff["diff"])
+        if best is None or diff["diff"] > best[1]["diff"]:
+            best = (name, diff)
     if best is not None:
-        if best[1] > 0:
-            lines.append(f"Highest gold at matched KL: {best[0]} ({best[1]:+.3f} over {base}).")
+        name, d = best
+        if d["diff"] > 0:
+            sig = "significant" if d["ci_low"] is not None and d["ci_low"] > 0 else "NOT significant: the interval includes 0"
+            lines.append(f"Highest mean gold at matched KL: {name} ({d['diff']:+.3f} over {base}; {sig}).")
         else:
             lines.append(f"No method improved on {base} at matched KL.")
     spreads = [(n, v["final_gold"]["var"]) for n, v in methods.items() if v["study"] == "main" and v["final_gold"]["var"] is not None]
@@ -1098,7 +1173,9 @@ def summary_lines(results: dict) -> list[str]:
                      + f"; the least spread is {lo_n}.")
     for name, v in methods.items():
         fit = v["gold_fit"]
-        if v["study"] == "main" and fit and fit["num_points"] >= 5 and fit["peak_d"] is not None and fit["peak_d"] < max(max(r["curve"]["d"]) for r in v["runs"]):
+        if v["study"] != "main" or not fit or fit["num_points"] < 5 or fit["peak_d"] is None:
+            continue
+        if fit["peak_d"] < max(max(r["curve"]["d"]) for r in v["runs"]):
             lines.append(f"{name}: the Gao fit peaks at d = {fit['peak_d']:.2f}, inside the measured range -- "
                          "gold turns down while optimisation continues (over-optimisation).")
     if "lambda_sweep" in results:

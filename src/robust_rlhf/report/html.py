@@ -89,7 +89,8 @@ def build_html(results: dict, plots: dict[str, list[Path]]) -> str:
         f"<p class='meta'>policy <code>{_e(cfg.get('policy'))}</code> · gold <code>{_e(cfg.get('gold'))}</code> · "
         f"label noise {_num(data.get('label_noise'), '.0%')}{' · BT-sampled labels' if data.get('bt_sampling') else ''} · "
         f"seeds {_e(cfg.get('seeds'))} · held-out prompts {_e(cfg.get('evaluation', {}).get('eval_prompts'))} · "
-        f"wall time {_num(timing.get('wall_time_s'), '.0f')} s ({len(timing.get('units_run', []))} units run, "
+        f"compute {_num(sum(timing.get('unit_seconds', {}).values()), '.0f')} s over {len(timing.get('unit_seconds', {}))} "
+        f"units (last call: {_num(timing.get('wall_time_s'), '.0f')} s, {len(timing.get('units_run', []))} units run, "
         f"{len(timing.get('units_cached', []))} cached) · intervals: {level:.0%} Student-t over policies</p>")
 
     parts.append("<h2>Summary</h2><ul class='summary'>")
@@ -107,6 +108,13 @@ def build_html(results: dict, plots: dict[str, list[Path]]) -> str:
                          _diff(r["matched_vs_baseline"]), _diff(r["final_vs_baseline"]), _num(r["final_kl_mean"], ".2f")])
         parts.append(_table(["method", "gold at d*", f"{level:.0%} CI", "runs reaching d*", "Δ vs baseline at d*",
                              "Δ final gold vs baseline", "final KL"], rows))
+        own_rows = [[_e(r["method"]), _num(r["at_own_kl"]["kl"], ".2f"), _num(r["at_own_kl"]["gold"]["mean"]),
+                     _num(r["at_own_kl"]["baseline_gold"]["mean"]), _diff(r["at_own_kl"]["vs_baseline"])]
+                    for r in comp["rows"] if r.get("at_own_kl")]
+        if own_rows:
+            parts.append("<p>Methods that stop short of d* (best-of-n's KL is at most log N − (N−1)/N), compared at "
+                         "their own largest KL, where the baseline's curves are interpolated:</p>")
+            parts.append(_table(["method", "KL", "gold", f"{_e(comp['baseline'])} gold there", "Δ"], own_rows))
         parts.append("<p class='meta'>Gold at d*: each policy's gold-vs-sqrt(KL) curve (reference point at d = 0 "
                      "included) interpolated at the baseline's mean final sqrt(KL). Δ: Welch t-interval; green = "
                      "interval above 0, red = below.</p>")

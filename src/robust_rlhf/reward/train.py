@@ -30,7 +30,7 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from robust_rlhf.config import config_to_dict
-from robust_rlhf.data.preferences import PreferencePair, load_preferences
+from robust_rlhf.data.preferences import PreferencePair, check_prompt_lengths, load_preferences
 from robust_rlhf.errors import UserError
 from robust_rlhf.reward.losses import (
     bradley_terry_loss,
@@ -494,6 +494,8 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     # Validate all input before writing anything, so bad input leaves no partial output.
     train = load_preferences(cfg.data.train, model.tokenizer, limit=cfg.data.limit)
     val = load_preferences(cfg.data.validation, model.tokenizer) if cfg.data.validation else None
+    for pairs in (train, val or []):
+        check_prompt_lengths(pairs, model.tokenizer, cfg.model.max_length)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # temp files of a write that a hard kill interrupted
         if stale.is_file():
