@@ -123,3 +123,21 @@ def test_prompts_file_and_batches(tmp_path):
     assert prompt_batch(prompts, 1, 2, seed=3) == b1  # pure function of (step, seed)
     train, held = train_eval_prompts(DataConfig())
     assert not set(train) & set(held) and len(held) > 0
+
+
+def test_full_finetune_reference_is_a_frozen_copy():
+    p = load_policy(ModelConfig(use_lora=False), with_value_head=False).eval()
+    tok = p.tokenizer
+    q, qm = encode_prompts(tok, ["This movie was"], 16)
+    r = torch.tensor([tok.encode(" fine")])
+    rm = torch.ones_like(r)
+    with torch.no_grad():
+        before = p.forward_response(q, qm, r, rm).logprobs
+        for prm in p.lm.parameters():
+            prm.add_(0.01 * torch.randn_like(prm))
+        ref = p.forward_response(q, qm, r, rm, reference=True).logprobs
+        after = p.forward_response(q, qm, r, rm).logprobs
+    torch.testing.assert_close(ref, before)  # the reference did not move with the policy
+    assert (after - before).abs().max() > 1e-4
+    assert all(not prm.requires_grad for prm in p._ref[0].parameters())
+    assert not any(prm is rp for prm in p.parameters() for rp in p._ref[0].parameters())

@@ -112,3 +112,19 @@ def test_ppo_config_errors():
         load_config(PPOConfig, None, ["kl.coef=-1"])
     with pytest.raises(UserError, match="aggregator"):
         load_config(PPOConfig, None, ["reward.aggregator.name=mean", "reward.aggregator.lam=0.5"])
+
+
+def test_ppo_raises_proxy_reward(tmp_path):
+    """VADER positivity as the proxy, LoRA lr 2e-3: the proxy reward of the training batches goes up.
+
+    Measured (2 CPU cores, 12 steps x 8 samples x 8 tokens, ~47 s): mean of steps 1-3 0.112, of steps 10-12 0.506."""
+    cfg = load_config(PPOConfig, None, [
+        "reward.model=gold:vader", "train.batch_size=8", "sampling.max_new_tokens=8", "train.steps=12",
+        "log.eval_every=0", "log.checkpoint_every=0", "ppo.epochs=2", "ppo.num_minibatches=2", "train.lr=2e-3",
+        "kl.coef=0.01", "log.progress=false",
+    ])
+    rows = _rows(train_ppo(cfg, tmp_path / "run"))
+    first = sum(r["proxy_reward"] for r in rows[:3]) / 3
+    last = sum(r["proxy_reward"] for r in rows[-3:]) / 3
+    print(f"proxy reward: first 3 steps {first:.3f}, last 3 steps {last:.3f}")
+    assert last > first + 0.1

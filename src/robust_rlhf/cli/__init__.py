@@ -10,6 +10,7 @@ import argparse
 import importlib
 import logging
 import sys
+import warnings
 
 from robust_rlhf import __version__
 from robust_rlhf.errors import UserError
@@ -18,6 +19,7 @@ from robust_rlhf.errors import UserError
 COMMAND_MODULES = [
     "robust_rlhf.cli.rm",
     "robust_rlhf.cli.data",
+    "robust_rlhf.cli.policy",
     "robust_rlhf.cli.experiment",
     "robust_rlhf.cli.simulate",
     "robust_rlhf.cli.serve",
@@ -52,6 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
+        warnings.filterwarnings("ignore", category=FutureWarning, module=r"(transformers|peft|trl)\.")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

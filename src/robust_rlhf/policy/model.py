@@ -196,7 +196,10 @@ def _forward(lm, value_head, query_ids, query_mask, response_ids, response_mask,
     logits = out.logits[:, :-1].float() / temperature  # (B, T, V): position P-1+t predicts response token t
     logprobs_all = torch.log_softmax(logits, dim=-1)
     logprobs = torch.gather(logprobs_all, 2, response_ids.unsqueeze(-1)).squeeze(-1)  # (B, T)
-    entropy = entropy_from_logits(logits) if with_entropy else None
+    entropy = None
+    if with_entropy:
+        with torch.no_grad():  # logged only; no graph
+            entropy = entropy_from_logits(logits)
     values = None
     if with_values and value_head is not None:
         hidden = out.hidden_states[-1][:, P - 1 : P + T - 1]  # (B, T, H): the states that predict each token

@@ -185,7 +185,7 @@ def train_ppo(
     policy = load_policy(cfg.model, with_value_head=True).to(device)
     tokenizer = policy.tokenizer
     optimizer = make_optimizer(policy, cfg.train)
-    reward = TrainingReward(reward_source or build_reward_source(cfg.reward, output_dir), cfg.reward, cfg.kl)
+    reward = TrainingReward(reward_source or build_reward_source(cfg.reward, output_dir, device), cfg.reward, cfg.kl)
     gold = load_gold(cfg.gold)
     kl_ctl = cfg.kl.controller()
     train_prompts, eval_prompts = train_eval_prompts(cfg.data)
@@ -214,13 +214,16 @@ def train_ppo(
         kl_coef = reward.kl_coef(rb, kl_ctl.value)  # float or (B,)
 
         # --- 3. rollout log-probs, values, reference log-probs (no grad) ----------------------
-        with torch.no_grad():
-            policy.eval()
+        # With one epoch of one minibatch the rollout forward is reused as the update forward.
+        single_pass = cfg.ppo.epochs == 1 and cfg.ppo.num_minibatches == 1
+        policy.train(single_pass)
+        with torch.set_grad_enabled(single_pass):
             out = policy.forward_response(ro.query_ids, ro.query_mask, ro.response_ids, mask,
                                           cfg.sampling.temperature, with_values=True, with_entropy=True)
+        with torch.no_grad():
             ref = policy.forward_response(ro.query_ids, ro.query_mask, ro.response_ids, mask,
                                           cfg.sampling.temperature, reference=True)
-            old_logprobs, old_values = out.logprobs, out.values  # (B, T)
+            old_logprobs, old_values = out.logprobs.detach(), out.values.detach()  # (B, T)
             kl = kl_estimate(old_logprobs, ref.logprobs, cfg.kl.estimator)  # (B, T)
 
             # --- 4. token rewards and GAE ------------------------------------------------------
@@ -239,8 +242,12 @@ def train_ppo(
             for start_i in range(0, B, mb_size):
                 mb = b_perm[start_i : start_i + mb_size].to(device)
                 mb_mask = mask[mb]
-                new = policy.forward_response(ro.query_ids[mb], ro.query_mask[mb], ro.response_ids[mb], mb_mask,
-                                              cfg.sampling.temperature, with_values=True)
+                if single_pass:
+                    new, mb = out, torch.arange(B, device=device)
+                    mb_mask = mask
+                else:
+                    new = policy.forward_response(ro.query_ids[mb], ro.query_mask[mb], ro.response_ids[mb], mb_mask,
+                                                  cfg.sampling.temperature, with_values=True)
                 pg_loss, pg_stats = ppo_policy_loss(new.logprobs, old_logprobs[mb], advantages[mb], mb_mask,
                                                     cfg.ppo.clip_range)
                 vf_loss, vf_stats = ppo_value_loss(new.values, old_values[mb], returns[mb], mb_mask,

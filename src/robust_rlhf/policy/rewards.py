@@ -72,45 +72,49 @@ class FunctionEnsemble:
 
 
 class RewardModelSource:
-    """A saved reward model (folder) as a reward source; scores text with its own tokenizer."""
+    """A saved reward model (folder) as a reward source; scores text with its own tokenizer.
 
-    def __init__(self, path: str, batch_size: int = 64) -> None:
-        try:
-            from robust_rlhf.reward.model import RewardModel
-        except ImportError as e:  # pragma: no cover - until the reward model module exists
-            raise UserError(f"reward model {path!r}: robust_rlhf.reward.model is not available ({e})") from None
-        self.model = RewardModel.from_pretrained(path)
+    ``head_stats`` (per-head (mean, std) on the reward model's validation set, saved with it)
+    feed ``reward.aggregator.normalize=true``."""
+
+    def __init__(self, path: str, batch_size: int = 64, device: str | torch.device | None = None) -> None:
+        from robust_rlhf.reward.model import RewardModel
+
+        self.model = RewardModel.from_pretrained(path, device=device)
         self.batch_size = batch_size
-        self.head_stats = getattr(self.model, "head_stats", None)
+        stats = getattr(self.model.config, "head_stats", None) or {}
+        self.head_stats = (
+            (torch.tensor(stats["mean"]), torch.tensor(stats["std"])) if stats.get("mean") and stats.get("std") else None
+        )
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardOutput:
         return self.model.score(list(prompts), list(responses), batch_size=self.batch_size)
 
 
-def load_reward_source(spec: str, batch_size: int = 64) -> RewardSource:
+def load_reward_source(spec: str, batch_size: int = 64, device: str | torch.device | None = None) -> RewardSource:
     """``gold:<gold spec>`` (e.g. ``gold:vader``) or a reward-model folder."""
     if spec.startswith("gold:"):
         from robust_rlhf.gold import load_gold
 
         return GoldAsProxy(load_gold(spec[5:]), name=spec)
-    return RewardModelSource(spec, batch_size=batch_size)
+    return RewardModelSource(spec, batch_size=batch_size, device=device)
 
 
-def build_reward_source(cfg: "RewardConfig", output_dir: str | Path) -> RewardSource:
+def build_reward_source(cfg: "RewardConfig", output_dir: str | Path, device: str | torch.device | None = None) -> RewardSource:
     """The reward source of a run: ``cfg.model`` (folder or ``gold:<spec>``), or -- when it is
     null -- the default reward ensemble, trained first into ``output_dir/reward_model``
     (reused if a previous run already trained it there)."""
     if cfg.model is not None:
-        return load_reward_source(cfg.model, cfg.batch_size)
+        return load_reward_source(cfg.model, cfg.batch_size, device)
     target = Path(output_dir) / "reward_model"
-    if not (target / "config.json").exists() and not any(target.glob("*.json")):
-        try:
-            from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
-        except ImportError as e:
-            raise UserError(f"reward.model is null and the reward trainer is not available ({e}); set reward.model") from None
+    if not (target / "reward_config.json").exists():  # written last: present = a complete reward model
+        from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+
         log.info("reward.model is null: training the default reward ensemble into %s first", target)
         target = Path(train_reward_model(RewardTrainConfig(), target))
-    return load_reward_source(str(target), cfg.batch_size)
+    else:
+        log.info("reward.model is null: reusing the reward ensemble already trained in %s", target)
+    return load_reward_source(str(target), cfg.batch_size, device)
 
 
 @dataclass

@@ -1,0 +1,153 @@
+"""Best-of-n sampling: draw n responses, keep the one the proxy reward likes best.
+
+Its KL to the sampling policy is analytic, ``KL_bon = log n - (n - 1) / n`` (Stiennon et al.
+2020), so best-of-n traces the over-optimisation curve without any training (Gao et al.
+2022). From one pool of N samples per prompt, the expected proxy and gold reward of best-of-n
+for every n <= N come from Coste et al.'s unbiased estimator (`best_of_n_expected_reward`),
+without resampling.
+
+Output folder: ``config.yaml``, ``metrics.jsonl`` / ``metrics.csv`` (one row per n: ``step`` = n,
+``kl``, ``proxy_reward``, ``gold_reward``, ``policy/sqrt_kl``), ``samples.jsonl`` (the pool).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from robust_rlhf.config import config_to_dict
+from robust_rlhf.gold import load_gold
+from robust_rlhf.policy.losses import best_of_n_expected_reward, best_of_n_kl
+from robust_rlhf.policy.model import ModelConfig, load_policy
+from robust_rlhf.policy.ppo import resolve_device
+from robust_rlhf.policy.rewards import RewardConfig, RewardSource, TrainingReward, build_reward_source
+from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, generate, train_eval_prompts
+from robust_rlhf.utils import atomic_write_text, set_seed
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class BestOfNParams:
+    """Pool size and the n values reported."""
+
+    n_max: int = 16
+    """samples per prompt (the pool size N)"""
+    n_values: list[int] = field(default_factory=lambda: [1, 2, 4, 8, 16])
+    """best-of-n values to report (each 1 <= n <= n_max)"""
+    num_prompts: int = 32
+    """held-out prompts to evaluate on"""
+
+    def __post_init__(self) -> None:
+        if self.n_max < 1:
+            raise ValueError(f"best_of_n.n_max must be >= 1, got {self.n_max}")
+        bad = [n for n in self.n_values if not 1 <= n <= self.n_max]
+        if bad or not self.n_values:
+            raise ValueError(f"best_of_n.n_values must be non-empty with 1 <= n <= n_max={self.n_max}, got {self.n_values}")
+        if self.num_prompts < 1:
+            raise ValueError("best_of_n.num_prompts must be >= 1")
+
+
+@dataclass
+class BestOfNConfig:
+    """Best-of-n against the proxy, judged by the gold reward (method: best_of_n)."""
+
+    method: Literal["best_of_n"] = "best_of_n"
+    """the optimiser (this config is best-of-n's)"""
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """the sampling policy (its LoRA settings are unused: nothing is trained)"""
+    data: DataConfig = field(default_factory=DataConfig)
+    """prompts; the held-out split is used"""
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    """response sampling"""
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    """proxy reward and aggregator (perturbation settings are not used for selection)"""
+    best_of_n: BestOfNParams = field(default_factory=BestOfNParams)
+    """pool size and reported n"""
+    gold: str = "vader"
+    """gold reward that judges the selected samples"""
+    seed: int = 0
+    """sampling seed"""
+    device: str = "auto"
+    """cpu, cuda, or auto"""
+
+
+@dataclass
+class BestOfNResult:
+    """Best-of-n for P prompts.
+
+    Attributes:
+        responses: P lists of n sampled responses.
+        proxy: (P, n) aggregated proxy reward of each sample.
+        best_index: (P,) index of the selected sample (argmax of proxy).
+        best: the P selected responses.
+    """
+
+    responses: list[list[str]]
+    proxy: torch.Tensor
+    best_index: torch.Tensor
+    best: list[str]
+
+
+@torch.no_grad()
+def best_of_n(policy, prompts: list[str], n: int, reward: TrainingReward, sampling_cfg: SamplingConfig) -> BestOfNResult:
+    """Sample n responses per prompt and keep the proxy's favourite (uses the global torch RNG)."""
+    expanded = [p for p in prompts for _ in range(n)]  # contiguous blocks of n
+    ro = generate(policy.lm, policy.tokenizer, expanded, sampling_cfg)
+    _, proxy = reward.score(ro.prompts, ro.responses)
+    proxy = proxy.reshape(len(prompts), n)  # (P, n)
+    best = proxy.argmax(dim=1)  # (P,)
+    responses = [ro.responses[i * n : (i + 1) * n] for i in range(len(prompts))]
+    return BestOfNResult(responses, proxy, best, [responses[i][int(best[i])] for i in range(len(prompts))])
+
+
+def run_best_of_n(cfg: BestOfNConfig, output_dir: str | Path, reward_source: RewardSource | None = None) -> Path:
+    """Sample a pool of n_max per held-out prompt; report proxy and gold of best-of-n for each n."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    atomic_write_text(output_dir / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    set_seed(cfg.seed)
+    device = resolve_device(cfg.device)
+    # LoRA adapters start at zero, so the wrapped model samples exactly like the base model (and,
+    # unlike full fine-tuning, no reference copy is made).
+    policy = load_policy(cfg.model, with_value_head=False).to(device).eval()
+    reward = TrainingReward(reward_source or build_reward_source(cfg.reward, output_dir, device), cfg.reward)
+    gold = load_gold(cfg.gold)
+    _, held_out = train_eval_prompts(cfg.data)
+    prompts = held_out[: cfg.best_of_n.num_prompts]
+    N = cfg.best_of_n.n_max
+    res = best_of_n(policy, prompts, N, reward, cfg.sampling)
+    flat_responses = [r for rs in res.responses for r in rs]
+    flat_prompts = [p for p in prompts for _ in range(N)]
+    gold_scores = torch.tensor(gold(flat_prompts, flat_responses), dtype=torch.float32).reshape(len(prompts), N)
+
+    rows = []
+    for n in cfg.best_of_n.n_values:
+        proxy_n = sum(best_of_n_expected_reward(res.proxy[i], res.proxy[i], n) for i in range(len(prompts))) / len(prompts)
+        gold_n = sum(best_of_n_expected_reward(res.proxy[i], gold_scores[i], n) for i in range(len(prompts))) / len(prompts)
+        kl = best_of_n_kl(n)
+        rows.append({"step": n, "n": n, "kl": kl, "policy/sqrt_kl": kl**0.5, "proxy_reward": proxy_n,
+                     "gold_reward": gold_n, "gold/reward": gold_n})
+        log.info("best-of-%d: KL %.3f proxy %.4f gold %.4f", n, kl, proxy_n, gold_n)
+    atomic_write_text(output_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(output_dir / "metrics.csv", buf.getvalue())
+    samples = [
+        {"prompt": p, "response": r, "proxy": float(res.proxy[i, j]), "gold": float(gold_scores[i, j]),
+         "selected": j == int(res.best_index[i])}
+        for i, p in enumerate(prompts) for j, r in enumerate(res.responses[i])
+    ]
+    atomic_write_text(output_dir / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    return output_dir

@@ -1,0 +1,79 @@
+"""RLOO smoke run and best-of-n: selection is the max of n samples; the KL formula."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from robust_rlhf.config import load_config
+from robust_rlhf.errors import UserError
+from robust_rlhf.policy.best_of_n import BestOfNConfig, best_of_n, run_best_of_n
+from robust_rlhf.policy.losses import best_of_n_kl
+from robust_rlhf.policy.model import ModelConfig, load_policy
+from robust_rlhf.policy.rewards import RewardConfig, TrainingReward
+from robust_rlhf.policy.rloo import RLOOConfig, train_rloo
+from robust_rlhf.policy.sampling import SamplingConfig
+from robust_rlhf.reward.output import RewardOutput
+
+
+def _length_reward(prompts, responses):
+    """A transparent proxy: number of characters."""
+    return RewardOutput(torch.tensor([[float(len(r))] for r in responses]))
+
+
+def test_rloo_smoke(tmp_path):
+    cfg = load_config(RLOOConfig, None, [
+        "train.batch_size=2", "rloo.k=2", "sampling.max_new_tokens=6", "train.steps=2", "log.eval_every=2",
+        "log.eval_prompts=2", "log.progress=false", "reward.model=gold:vader", "log.checkpoint_every=2",
+    ])
+    out = train_rloo(cfg, tmp_path / "rloo")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2]
+    assert {"kl", "proxy_reward", "policy/entropy", "losses/policy", "reward/kl_penalised"} <= set(rows[0])
+    assert "gold_reward" in rows[1]
+    assert (out / "policy" / "adapter_config.json").exists()
+
+
+def test_rloo_config_rejects_k1():
+    with pytest.raises(UserError, match="k must be >= 2"):
+        load_config(RLOOConfig, None, ["rloo.k=1"])
+
+
+def test_best_of_n_kl_formula():
+    assert best_of_n_kl(1) == 0.0
+    assert best_of_n_kl(2) == pytest.approx(math.log(2) - 0.5)  # 0.1931
+    assert best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)  # 1.8351
+
+
+def test_best_of_n_selects_max_of_n_and_run(tmp_path):
+    policy = load_policy(ModelConfig(), with_value_head=False).eval()
+    reward = TrainingReward(_length_reward, RewardConfig())
+    torch.manual_seed(0)
+    prompts = ["This movie was", "The plot"]
+    res = best_of_n(policy, prompts, 4, reward, SamplingConfig(max_new_tokens=6))
+    assert res.proxy.shape == (2, 4) and len(res.responses[0]) == 4
+    for i in range(2):
+        lengths = [float(len(r)) for r in res.responses[i]]
+        assert float(res.proxy[i].max()) == max(lengths)
+        assert len(res.best[i]) == max(lengths)
+        assert res.best[i] in res.responses[i]
+
+    cfg = load_config(BestOfNConfig, None, ["best_of_n.n_max=4", "best_of_n.n_values=[1,2,4]",
+                                            "best_of_n.num_prompts=2", "sampling.max_new_tokens=6"])
+    out = run_best_of_n(cfg, tmp_path / "bon", reward_source=_length_reward)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["n"] for r in rows] == [1, 2, 4]
+    assert [r["kl"] for r in rows] == [best_of_n_kl(n) for n in (1, 2, 4)]
+    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    # best-of-4 on a pool of 4 is exactly the mean over prompts of the max proxy
+    by_prompt = {}
+    for s in samples:
+        by_prompt.setdefault(s["prompt"], []).append(s["proxy"])
+    expected = sum(max(v) for v in by_prompt.values()) / len(by_prompt)
+    assert rows[-1]["proxy_reward"] == pytest.approx(expected)
+    # proxy of best-of-n does not decrease with n
+    assert rows[0]["proxy_reward"] <= rows[1]["proxy_reward"] <= rows[2]["proxy_reward"]
+    assert sum(s["selected"] for s in samples) == 2

@@ -1,0 +1,65 @@
+"""The TRL adapter: conversational inputs, aggregation, and a real TRL trainer step."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from robust_rlhf.aggregate import AggregatorConfig
+from robust_rlhf.integrations.trl import EnsembleRewardFunc, message_text
+from robust_rlhf.reward.output import RewardOutput
+
+
+def _two_heads(prompts, responses):
+    """Head 0: characters of the response; head 1: head 0 + 2 (so mean = len + 1, min = len)."""
+    n = torch.tensor([float(len(r)) for r in responses])
+    return RewardOutput(torch.stack([n, n + 2], dim=1))
+
+
+def test_adapter_plain_and_conversational():
+    f = EnsembleRewardFunc(_two_heads, AggregatorConfig(name="min"))
+    assert f.__name__ == "robust_rlhf_reward"
+    assert f(["p1", "p2"], ["abc", "de"]) == [3.0, 2.0]
+    g = EnsembleRewardFunc(_two_heads)  # mean
+    prompts = [[{"role": "user", "content": "hi"}]]
+    completions = [[{"role": "assistant", "content": "hello"}]]
+    logged = {}
+    assert g(prompts, completions, log_metric=lambda k, v: logged.__setitem__(k, v)) == [6.0]
+    assert logged["reward/ensemble_std"] == pytest.approx(2**0.5)  # std of (5, 7)
+    assert message_text([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]) == "a\nb"
+
+
+def test_adapter_rejects_nonfinite():
+    f = EnsembleRewardFunc(lambda p, r: RewardOutput(torch.full((len(r), 2), float("nan"))))
+    with pytest.raises(ValueError, match="non-finite"):
+        f(["p"], ["c"])
+
+
+def test_adapter_inside_trl_rloo_trainer(tmp_path):
+    from datasets import Dataset
+    from trl import RLOOConfig, RLOOTrainer
+
+    from robust_rlhf.models.hub import load_tokenizer, resolve_model_path
+
+    calls = []
+
+    def recording(prompts, responses):
+        calls.append(list(responses))
+        return _two_heads(prompts, responses)
+
+    reward_fn = EnsembleRewardFunc(recording, AggregatorConfig(name="lcb", beta=1.0), name="rm_lcb")
+    path = resolve_model_path("smollm2-135m")
+    tok = load_tokenizer("smollm2-135m")
+    tok.padding_side = "left"
+    ds = Dataset.from_dict({"prompt": ["This movie was", "The plot", "Honestly,", "My kids"]})
+    args = RLOOConfig(
+        output_dir=str(tmp_path), per_device_train_batch_size=2, num_generations=2, max_completion_length=4,
+        max_steps=1, use_cpu=True, bf16=False, report_to=[], save_strategy="no", logging_steps=1,
+        learning_rate=1e-5, seed=0, gradient_checkpointing=False,
+    )
+    trainer = RLOOTrainer(model=path, reward_funcs=[reward_fn], args=args, train_dataset=ds, processing_class=tok)
+    trainer.train()
+    assert calls and len(calls[0]) == 2  # called by TRL with the generated completions
+    logs = {k: v for entry in trainer.state.log_history for k, v in entry.items()}
+    assert any("rm_lcb" in k for k in logs), sorted(logs)
+    assert "reward/ensemble_std" in logs
