@@ -59,3 +59,42 @@ def test_kill9_at_random_points_then_resume_matches_uninterrupted(tmp_path):
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
     assert not list(out.glob(".*.tmp")) and not list((out / "checkpoints").glob(".*.tmp"))
+
+
+POLICY_ARGS = ["policy", "train", "--config", "policy_tiny", "train.steps=10", "log.checkpoint_every=1",
+               "log.eval_every=5", "resume=true"]
+
+
+def test_kill9_policy_train_then_resume_matches_uninterrupted(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "robust_rlhf.cli", *POLICY_ARGS, "--output-dir"]
+    ref = tmp_path / "reference"
+    assert subprocess.run([*cmd, str(ref)], env=env, capture_output=True).returncode == 0
+    out = tmp_path / "killed"
+    rng = random.Random(99)
+    kills = 0
+    for _ in range(6):
+        proc = subprocess.Popen([*cmd, str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(rng.uniform(8.0, 16.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        for ck in (out / "checkpoints").glob("step_*"):  # complete or absent
+            assert (ck / "state.json").exists(), sorted(p.name for p in ck.iterdir())
+            json.loads((ck / "state.json").read_text())
+    assert kills >= 5
+    r = subprocess.run([*cmd, str(out)], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-2000:]
+    strip = lambda rows: [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]  # noqa: E731
+    a = strip([json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()])
+    b = strip([json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()])
+    assert len(a) == len(b) == 10
+    for ra, rb in zip(a, b):
+        assert ra.keys() == rb.keys()
+        for k in ra:
+            assert ra[k] == pytest.approx(rb[k], rel=1e-4, abs=1e-6), (ra["step"], k)
+    wa = load_file(str(ref / "policy" / "adapter_model.safetensors"))
+    wb = load_file(str(out / "policy" / "adapter_model.safetensors"))
+    for k in wa:
+        assert torch.allclose(wa[k], wb[k], atol=1e-5), k

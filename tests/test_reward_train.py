@@ -108,3 +108,30 @@ def test_bt_minilm_held_out_accuracy_well_above_chance(tmp_path):
     metrics, _ = evaluate_reward_model(rm, load_preferences("builtin:test"))
     assert metrics["accuracy"] >= 0.65, metrics["accuracy"]
     assert metrics["accuracy_ci95"][0] > 0.5
+
+
+@pytest.mark.parametrize("overrides", [
+    ["model.head_type=gaussian", "stage2.gaussian_loss=bt_reparam"],
+    ["model.head_type=gaussian", "stage2.gaussian_loss=regression"],
+    ["stage1.lora=true", "model.head_type=scalar"],
+    ["loss.bsr_coef=1e-3", "loss.center_coef=1e-2", "model.head_type=scalar"],
+    ["stage1.enabled=false"],
+], ids=["brme-bt-reparam", "brme-regression", "lora-stage1", "bsr-and-centering", "frozen-pretrained-heads-only"])
+def test_recipe_variants_train_save_and_reload(tmp_path, overrides):
+    cfg = load_config(RewardTrainConfig, "rm_tiny", ["stage1.max_steps=2", "stage2.epochs=2", "data.limit=32",
+                                                     "model.max_length=32", *overrides])
+    train_reward_model(cfg, tmp_path)
+    rm = RewardModel.from_pretrained(tmp_path)
+    out = rm.score(["The film was"], [" lovely"])
+    assert out.per_head.shape == (1, rm.config.num_heads)
+    assert torch.isfinite(out.per_head).all()
+    if cfg.model.head_type == "gaussian":
+        assert out.per_head_std is not None and (out.per_head_std > 0).all()
+    if not cfg.stage1.enabled:  # untouched backbone stored by reference: heads only
+        assert not (tmp_path / "backbone").exists()
+    if cfg.stage1.lora:  # LoRA merged into an ordinary backbone folder
+        assert (tmp_path / "backbone" / "model.safetensors").exists()
+        assert not any("lora" in k for k in load_file(str(tmp_path / "backbone" / "model.safetensors")))
+    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    if cfg.loss.bsr_coef > 0:
+        assert all("losses/bsr_penalty" in r and "losses/center_penalty" in r for r in log if r["stage"] == 1)
