@@ -11,7 +11,7 @@ import pytest
 
 OVERRIDES = ["data.limit=32", "stage1.batch_size=8", "stage1.max_steps=4", "data.validation=null",
              "stage2.epochs=1", "stage1.disable_dropout=true", "loss.bsr_coef=0.01", "loss.bsr_scope=global",
-             "model.max_length=32", "stage1.checkpoint_every=2"]
+             "model.max_length=32", "stage1.checkpoint_every=2", "device=cpu"]
 
 
 def _stage1_losses(folder):
@@ -22,7 +22,8 @@ def _stage1_losses(folder):
 @pytest.mark.skipif(shutil.which("torchrun") is None and not os.path.exists(os.path.join(os.path.dirname(sys.executable), "torchrun")),
                     reason="torchrun not installed")
 def test_two_processes_match_one_process(tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # CPU processes over gloo even on a GPU machine (2 ranks cannot share one GPU under NCCL).
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = ["rm", "train", "--config", "rm_tiny", *OVERRIDES]
     subprocess.run([sys.executable, "-m", "robust_rlhf.cli", *cmd, "--output-dir", str(tmp_path / "one")],
                    check=True, env=env, capture_output=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import logging
 from pathlib import Path
 
@@ -89,6 +90,8 @@ def cmd_train(args) -> int:
         from robust_rlhf.policy.best_of_n import BestOfNConfig as Cfg, run_best_of_n as fn
     cfg = load_config(Cfg, args.config, args.overrides)
     out = Path(fn(cfg, args.output_dir))
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun / accelerate launch only the main process reports
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
     print(f"{method}: results in {out}")
     if rows:

@@ -113,10 +113,14 @@ class Run:
         resume: continue from the latest checkpoint in ``output_dir``.
         log_cfg: the recipe's `LogConfig`.
         total_steps: number of steps of the whole run (for the bar).
+        is_main: False on the other processes of a multi-process run: they read the checkpoint
+            to resume from but write nothing (no config, metrics, sinks, bar or checkpoints).
     """
 
-    def __init__(self, output_dir: str | Path, cfg: Any, resume: bool, log_cfg: LogConfig, total_steps: int) -> None:
+    def __init__(self, output_dir: str | Path, cfg: Any, resume: bool, log_cfg: LogConfig, total_steps: int,
+                 is_main: bool = True) -> None:
         self.dir = Path(output_dir)
+        self.is_main = is_main
         self.cfg = cfg
         self.log_cfg = log_cfg
         self.total_steps = total_steps
@@ -124,17 +128,19 @@ class Run:
         self._bar = None
         self._tb = None
         self._wandb = None
-        self.dir.mkdir(parents=True, exist_ok=True)
+        if is_main:
+            self.dir.mkdir(parents=True, exist_ok=True)
         cfg_dict = config_to_dict(cfg)
         self.checkpoint = self.latest_checkpoint() if resume else None
         if resume and self.checkpoint is None:
             log.warning("resume=true but %s has no checkpoint; starting from step 0", self.dir / CHECKPOINT_DIR)
-        if self.checkpoint is None and (self.dir / "metrics.jsonl").exists() and not resume:
+        if self.checkpoint is None and (self.dir / "metrics.jsonl").exists() and not resume and is_main:
             log.warning("%s already holds a run; its metrics will be overwritten (use resume=true to continue it)", self.dir)
         if self.checkpoint is not None:
             self._check_compatible(cfg_dict)
-        atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
-        self._open_sinks(cfg_dict)
+        if is_main:
+            atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
+            self._open_sinks(cfg_dict)
 
     # --- config ---------------------------------------------------------------------------
     def _check_compatible(self, cfg_dict: dict) -> None:
@@ -169,7 +175,7 @@ class Run:
                                          resume="allow")
 
     def progress(self, start_step: int):
-        if self.log_cfg.progress:
+        if self.log_cfg.progress and self.is_main:
             from tqdm.auto import tqdm
 
             self._bar = tqdm(total=self.total_steps, initial=start_step, desc="policy", dynamic_ncols=True)
@@ -179,6 +185,8 @@ class Run:
         """Append one step's metrics (a flat dict with at least `step`) to every sink."""
         row = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in row.items()}
         self.rows.append(row)
+        if not self.is_main:
+            return
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
         self._write_csv()
@@ -215,7 +223,12 @@ class Run:
         return ckpts[-1] if ckpts else None
 
     def save_checkpoint(self, step: int, policy, optimizer: torch.optim.Optimizer, extra: dict | None = None) -> Path:
-        """Atomically write everything needed to continue after ``step`` (1-based count of steps done)."""
+        """Atomically write everything needed to continue after ``step`` (1-based count of steps done).
+
+        Returns the checkpoint folder; a no-op on a non-main process."""
+        final = self.dir / CHECKPOINT_DIR / f"step_{step:06d}"
+        if not self.is_main:
+            return final
         final = self.dir / CHECKPOINT_DIR / f"step_{step:06d}"
 
         def write(tmp: Path) -> None:
@@ -236,8 +249,9 @@ class Run:
     def restore(self, policy, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
         """Load the latest checkpoint (if resuming): returns (steps done, extra state)."""
         if self.checkpoint is None:
-            (self.dir / "metrics.jsonl").unlink(missing_ok=True)
-            (self.dir / "metrics.csv").unlink(missing_ok=True)
+            if self.is_main:
+                (self.dir / "metrics.jsonl").unlink(missing_ok=True)
+                (self.dir / "metrics.csv").unlink(missing_ok=True)
             return 0, {}
         c = self.checkpoint
         log.info("resuming from %s", c)
@@ -246,7 +260,8 @@ class Run:
         restore_rng(torch.load(c / "rng.pt", weights_only=True))
         state = json.loads((c / "state.json").read_text(encoding="utf-8"))
         self.rows = list(state["metrics"])
-        self._rewrite_jsonl()  # drop rows a crashed run wrote after its last checkpoint
+        if self.is_main:
+            self._rewrite_jsonl()  # drop rows a crashed run wrote after its last checkpoint
         return int(state["step"]), state.get("extra", {})
 
     def close(self) -> None:

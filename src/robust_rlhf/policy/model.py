@@ -178,6 +178,20 @@ class Policy(nn.Module):
             torch.save(self.value_head.state_dict(), directory / VALUE_HEAD_FILE)
 
 
+class TrainForward(nn.Module):
+    """``forward`` = ``policy.forward_response(..., with_values=True)``: the module to hand to
+    ``accelerator.prepare`` (DDP hooks the parameters a module's ``forward`` uses)."""
+
+    def __init__(self, policy: Policy) -> None:
+        super().__init__()
+        self.policy = policy
+
+    def forward(self, query_ids, query_mask, response_ids, response_mask, temperature: float = 1.0,
+                with_entropy: bool = False) -> ForwardOutput:
+        return self.policy.forward_response(query_ids, query_mask, response_ids, response_mask, temperature,
+                                            with_values=True, with_entropy=with_entropy)
+
+
 def _forward(lm, value_head, query_ids, query_mask, response_ids, response_mask, temperature, with_values, with_entropy):
     from robust_rlhf.policy.losses import entropy_from_logits
 

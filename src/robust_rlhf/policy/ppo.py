@@ -38,7 +38,8 @@ from robust_rlhf.policy.losses import (
     ppo_value_loss,
     token_level_rewards,
 )
-from robust_rlhf.policy.model import ModelConfig, load_policy
+from robust_rlhf.errors import UserError
+from robust_rlhf.policy.model import ModelConfig, TrainForward, load_policy
 from robust_rlhf.policy.rewards import (
     KLConfig,
     RewardConfig,
@@ -48,8 +49,15 @@ from robust_rlhf.policy.rewards import (
     evaluate_policy,
     reward_metrics,
 )
-from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, generate, prompt_batch, train_eval_prompts
-from robust_rlhf.utils import default_device, set_seed
+from robust_rlhf.policy.sampling import (
+    DataConfig,
+    SamplingConfig,
+    gather_rollout,
+    generate,
+    prompt_batch,
+    train_eval_prompts,
+)
+from robust_rlhf.utils import atomic_save_dir, default_device, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -176,10 +184,20 @@ def train_ppo(
         reward_source: overrides ``cfg.reward.model`` (any ``(prompts, responses) -> RewardOutput``).
         callback: called as ``callback(step, metrics_row)`` after each logged step.
     """
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
     output_dir = Path(output_dir)
-    device = resolve_device(cfg.train.device)
+    # One process: a no-op. Under torchrun / accelerate launch: DDP over W processes (see docs/scaling.md).
+    accelerator = Accelerator(cpu=cfg.train.device == "cpu" or not torch.cuda.is_available(),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    W, rank = accelerator.num_processes, accelerator.process_index
+    B = cfg.train.batch_size
+    mb_size = B // cfg.ppo.num_minibatches
+    if W > 1 and (B % W or mb_size % W):
+        raise UserError(f"train.batch_size={B} and its minibatches of {mb_size} must divide by the {W} processes")
+    device = resolve_device(cfg.train.device) if W == 1 else accelerator.device
     set_seed(cfg.train.seed)
-    run = Run(output_dir, cfg, cfg.resume, cfg.log, cfg.train.steps)
+    run = Run(output_dir, cfg, cfg.resume, cfg.log, cfg.train.steps, is_main=accelerator.is_main_process)
 
     # --- models, reward, data -------------------------------------------------------------
     policy = load_policy(cfg.model, with_value_head=True).to(device)
@@ -193,40 +211,60 @@ def train_ppo(
     start, extra = run.restore(policy, optimizer)
     if "kl_ctl" in extra:
         kl_ctl.load_state_dict(extra["kl_ctl"])
-    B = cfg.train.batch_size
-    mb_size = B // cfg.ppo.num_minibatches
+    # The forward that trains: DDP-wrapped under several processes (gradients averaged by DDP).
+    train_forward = TrainForward(policy)
+    if W > 1:
+        train_forward = accelerator.prepare(train_forward)
+    # Each process owns a contiguous 1/W share of every global batch (all of it in a one-process run).
+    share, mb_share = B // W, mb_size // W
+    own = torch.arange(rank * share, (rank + 1) * share, device=device)
+    gather = accelerator.gather if W > 1 else (lambda t: t)
     run.progress(start)
-    log.info("PPO: %d steps x %d samples, policy %s (%s), device %s, fp32",
-             cfg.train.steps, B, cfg.model.name, "LoRA" if cfg.model.use_lora else "full", device)
+    log.info("PPO: %d steps x %d samples, policy %s (%s), device %s, fp32, %d process(es)",
+             cfg.train.steps, B, cfg.model.name, "LoRA" if cfg.model.use_lora else "full", device, W)
 
     for step in range(start, cfg.train.steps):
         t0 = time.perf_counter()
         torch.manual_seed(step_seed(cfg.train.seed, step))
         gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step))
 
-        # --- 1. rollout --------------------------------------------------------------------
+        # --- 1. rollout: each process samples its share; all processes then hold the global batch
         prompts = prompt_batch(train_prompts, step, B, cfg.train.seed)
-        ro = generate(policy.lm, tokenizer, prompts, cfg.sampling, device)
+        my_prompts = prompts[rank * share : (rank + 1) * share]
+        if cfg.sampling.seed_per_sample:  # independent of batching / process count
+            seeds = [sample_seed(cfg.train.seed, step, j) for j in own.tolist()]
+            ro = generate(policy.lm, tokenizer, my_prompts, cfg.sampling, device, seeds=seeds)
+        elif W == 1:
+            ro = generate(policy.lm, tokenizer, prompts, cfg.sampling, device)
+        else:  # own stream per process; the shared RNG (minibatch order) stays in step across processes
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(sample_seed(cfg.train.seed, step, B + rank))
+                ro = generate(policy.lm, tokenizer, my_prompts, cfg.sampling, device)
+        if W > 1:
+            ro = gather_rollout(ro, prompts, tokenizer, policy.lm, cfg.sampling, accelerator)
         mask = ro.response_mask  # (B, T)
 
         # --- 2. rewards (proxy ensemble -> aggregate -> perturb) and per-sample KL coefficient
+        # Scored over the global batch on every process (batch statistics: whitening, variance normalisation).
         rb = reward(ro.prompts, ro.responses, generator=gen)
         kl_coef = reward.kl_coef(rb, kl_ctl.value)  # float or (B,)
 
         # --- 3. rollout log-probs, values, reference log-probs (no grad) ----------------------
+        # Each process scores its share; the results are gathered into the global (B, T) tensors.
         # With one epoch of one minibatch the rollout forward is reused as the update forward.
         single_pass = cfg.ppo.epochs == 1 and cfg.ppo.num_minibatches == 1
+        q_ids, q_mask, r_ids, r_mask = ro.query_ids[own], ro.query_mask[own], ro.response_ids[own], mask[own]
         policy.train(single_pass)
         with torch.set_grad_enabled(single_pass):
-            out = policy.forward_response(ro.query_ids, ro.query_mask, ro.response_ids, mask,
-                                          cfg.sampling.temperature, with_values=True, with_entropy=True)
+            out = (train_forward if single_pass else TrainForward(policy))(
+                q_ids, q_mask, r_ids, r_mask, cfg.sampling.temperature, with_entropy=True)
         with torch.no_grad():
-            ref = policy.forward_response(ro.query_ids, ro.query_mask, ro.response_ids, mask,
-                                          cfg.sampling.temperature, reference=True)
-            old_logprobs, old_values = out.logprobs.detach(), out.values.detach()  # (B, T)
-            kl = kl_estimate(old_logprobs, ref.logprobs, cfg.kl.estimator)  # (B, T)
+            ref = policy.forward_response(q_ids, q_mask, r_ids, r_mask, cfg.sampling.temperature, reference=True)
+            old_logprobs, old_values = gather(out.logprobs.detach()), gather(out.values.detach())  # (B, T)
+            ref_logprobs, entropy = gather(ref.logprobs), gather(out.entropy)
+            kl = kl_estimate(old_logprobs, ref_logprobs, cfg.kl.estimator)  # (B, T)
 
-            # --- 4. token rewards and GAE ------------------------------------------------------
+            # --- 4. token rewards and GAE (global batch, identical on every process) ------------
             scores = rb.training.to(device)
             coef = kl_coef.to(device) if isinstance(kl_coef, torch.Tensor) else kl_coef
             rewards = token_level_rewards(scores, kl, coef, mask)  # (B, T)
@@ -235,29 +273,44 @@ def train_ppo(
                 advantages = masked_whiten(advantages, mask)
 
         # --- 5. PPO epochs over minibatches --------------------------------------------------
+        # A global minibatch `mb` (same permutation on every process); this process trains on
+        # its contiguous share `local` of it.
         policy.train()
         stats: dict[str, list[float]] = {}
         for _epoch in range(cfg.ppo.epochs):
             b_perm = torch.randperm(B)
             for start_i in range(0, B, mb_size):
                 mb = b_perm[start_i : start_i + mb_size].to(device)
-                mb_mask = mask[mb]
+                local = mb[rank * mb_share : (rank + 1) * mb_share]
                 if single_pass:
-                    new, mb = out, torch.arange(B, device=device)
-                    mb_mask = mask
+                    new, mb, local = out, torch.arange(B, device=device), own
                 else:
-                    new = policy.forward_response(ro.query_ids[mb], ro.query_mask[mb], ro.response_ids[mb], mb_mask,
-                                                  cfg.sampling.temperature, with_values=True)
-                pg_loss, pg_stats = ppo_policy_loss(new.logprobs, old_logprobs[mb], advantages[mb], mb_mask,
+                    new = train_forward(ro.query_ids[local], ro.query_mask[local], ro.response_ids[local],
+                                        mask[local], cfg.sampling.temperature)
+                pg_loss, pg_stats = ppo_policy_loss(new.logprobs, old_logprobs[local], advantages[local], mask[local],
                                                     cfg.ppo.clip_range)
-                vf_loss, vf_stats = ppo_value_loss(new.values, old_values[mb], returns[mb], mb_mask,
+                vf_loss, vf_stats = ppo_value_loss(new.values, old_values[local], returns[local], mask[local],
                                                    cfg.ppo.clip_range_value)
                 loss = pg_loss + cfg.ppo.vf_coef * vf_loss
+                if W > 1:
+                    # The losses are token means over the local share; DDP averages gradients over the W
+                    # processes. Rescaling by W * n_local / n_global turns that average into the gradient of
+                    # the token mean over the global minibatch, i.e. the one-process gradient.
+                    n_local, n_global = mask[local].sum(), mask[mb].sum().clamp_min(1)
+                    loss = loss * (W * n_local / n_global)
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # under DDP (W > 1) this also all-reduces (averages) the gradients
                 grad_norm = torch.nn.utils.clip_grad_norm_([p for p in policy.parameters() if p.requires_grad],
                                                            cfg.ppo.max_grad_norm)
                 optimizer.step()
+                if W > 1:  # log the global minibatch's statistics: the same functions on the gathered tensors
+                    with torch.no_grad():
+                        lp, v = gather(new.logprobs.detach()), gather(new.values.detach())
+                        pg_loss, pg_stats = ppo_policy_loss(lp, old_logprobs[mb], advantages[mb], mask[mb],
+                                                            cfg.ppo.clip_range)
+                        vf_loss, vf_stats = ppo_value_loss(v, old_values[mb], returns[mb], mask[mb],
+                                                           cfg.ppo.clip_range_value)
+                        loss = pg_loss + cfg.ppo.vf_coef * vf_loss
                 for k, v in {"losses/policy": pg_loss, "losses/value": vf_loss, "losses/total": loss,
                              "losses/grad_norm": grad_norm, **{f"policy/{k}": v for k, v in pg_stats.items()},
                              "losses/value_clipfrac": vf_stats["vf_clipfrac"],
@@ -274,27 +327,35 @@ def train_ppo(
             "proxy_reward": rb.proxy.mean().item(),
             **reward_metrics(rb),
             "policy/kl": seq_kl.mean().item(),
-            "policy/kl_k1": ((old_logprobs - ref.logprobs) * mask).sum(1).mean().item(),
+            "policy/kl_k1": ((old_logprobs - ref_logprobs) * mask).sum(1).mean().item(),
             "policy/kl_penalty": seq_penalty.mean().item(),
             "policy/kl_coef": float(kl_coef.mean()) if isinstance(kl_coef, torch.Tensor) else float(kl_coef),
-            "policy/entropy": masked_mean(out.entropy, mask).item(),
+            "policy/entropy": masked_mean(entropy, mask).item(),
             "policy/response_length": mask.sum(1).float().mean().item(),
             **{k: sum(v) / len(v) for k, v in stats.items()},
         }
-        if cfg.log.eval_every and ((step + 1) % cfg.log.eval_every == 0 or step + 1 == cfg.train.steps):
+        if accelerator.is_main_process and cfg.log.eval_every and (
+                (step + 1) % cfg.log.eval_every == 0 or step + 1 == cfg.train.steps):
             policy.eval()
             row.update(evaluate_policy(policy, eval_prompts, cfg.sampling, reward, gold,
                                        seed=step_seed(cfg.train.seed + 1, step), kl_estimator=cfg.kl.estimator))
         row["time/step_s"] = time.perf_counter() - t0
-        run.log(row)
+        run.log(row)  # main process only writes
         if cfg.log.checkpoint_every and (step + 1) % cfg.log.checkpoint_every == 0:
             run.save_checkpoint(step + 1, policy, optimizer, {"kl_ctl": kl_ctl.state_dict()})
-        if callback is not None:
+        if callback is not None and accelerator.is_main_process:
             callback(step + 1, row)
 
-    policy.save_pretrained(output_dir / "policy")
+    if accelerator.is_main_process:
+        atomic_save_dir(output_dir / "policy", policy.save_pretrained)  # never a half-written policy
     run.close()
+    accelerator.wait_for_everyone()
     return output_dir
+
+
+def sample_seed(seed: int, step: int, index: int) -> int:
+    """Seed of sample ``index`` (its position in the global batch) at ``step`` (``sampling.seed_per_sample``)."""
+    return step_seed(seed, step) * 65_537 + index
 
 
 def _last_token(scores: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

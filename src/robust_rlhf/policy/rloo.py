@@ -20,6 +20,7 @@ from typing import Callable, Literal
 
 import torch
 
+from robust_rlhf.errors import UserError
 from robust_rlhf.gold import load_gold
 from robust_rlhf.policy.logging import LogConfig, Run
 from robust_rlhf.policy.losses import (
@@ -41,7 +42,7 @@ from robust_rlhf.policy.rewards import (
     reward_metrics,
 )
 from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, generate, prompt_batch, train_eval_prompts
-from robust_rlhf.utils import set_seed
+from robust_rlhf.utils import atomic_save_dir, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +114,14 @@ def train_rloo(
     reward_source: RewardSource | None = None,
     callback: Callable[[int, dict], None] | None = None,
 ) -> Path:
-    """Run RLOO; returns the output folder. Arguments as `robust_rlhf.policy.ppo.train_ppo`."""
+    """Run RLOO; returns the output folder. Arguments as `robust_rlhf.policy.ppo.train_ppo`.
+
+    One process only (multi-process training is PPO's, docs/scaling.md)."""
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        raise UserError("method=rloo runs in one process only; launch it without torchrun / accelerate launch "
+                        "(multi-process policy training is supported for method=ppo)")
     output_dir = Path(output_dir)
     device = resolve_device(cfg.train.device)
     set_seed(cfg.train.seed)
@@ -220,6 +228,6 @@ def train_rloo(
         if callback is not None:
             callback(step + 1, row)
 
-    policy.save_pretrained(output_dir / "policy")
+    atomic_save_dir(output_dir / "policy", policy.save_pretrained)  # never a half-written policy
     run.close()
     return output_dir

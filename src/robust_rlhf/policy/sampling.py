@@ -29,6 +29,9 @@ class SamplingConfig:
     """prompts are truncated (from the left) to this many tokens"""
     generation_batch_size: int = 64
     """generate at most this many sequences at once (memory)"""
+    seed_per_sample: bool = False
+    """PPO: draw each response alone with its own seed from (step, index in the global batch), so samples do
+    not depend on batching or on the number of processes (exact multi-process equivalence; slower)"""
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:
@@ -117,10 +120,14 @@ def encode_prompts(tokenizer, prompts: list[str], max_prompt_tokens: int) -> tup
 
 
 @torch.no_grad()
-def generate(lm, tokenizer, prompts: list[str], cfg: SamplingConfig, device: torch.device | None = None) -> Rollout:
+def generate(lm, tokenizer, prompts: list[str], cfg: SamplingConfig, device: torch.device | None = None,
+             seeds: list[int] | None = None) -> Rollout:
     """Sample one response per prompt with ``lm.generate`` (KV cache, left padding).
 
-    Uses the global torch RNG (seed it for reproducibility). Returns a `Rollout` on ``device``.
+    Uses the global torch RNG (seed it for reproducibility). With ``seeds`` (one per prompt),
+    each prompt is generated alone (no padding) after ``torch.manual_seed(seeds[i])``, inside a
+    forked RNG: a response then depends only on its prompt and seed, not on the batch it is in.
+    Returns a `Rollout` on ``device``.
     """
     from transformers import GenerationConfig
 
@@ -136,7 +143,16 @@ def generate(lm, tokenizer, prompts: list[str], cfg: SamplingConfig, device: tor
     lm.eval()
     chunks = []
     try:
-        for i in range(0, len(prompts), cfg.generation_batch_size):
+        if seeds is not None:
+            if len(seeds) != len(prompts):
+                raise ValueError(f"{len(seeds)} seeds for {len(prompts)} prompts")
+            for i, seed in enumerate(seeds):
+                q = query_ids[i : i + 1, query_mask[i].bool()].to(device)  # (1, P_i) unpadded
+                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                    torch.manual_seed(seed)
+                    out = lm.generate(input_ids=q, attention_mask=torch.ones_like(q), generation_config=gen_cfg)
+                chunks.append(out[:, q.shape[1] :])
+        for i in range(0, len(prompts) if seeds is None else 0, cfg.generation_batch_size):
             q, m = query_ids[i : i + cfg.generation_batch_size].to(device), query_mask[i : i + cfg.generation_batch_size].to(device)
             out = lm.generate(input_ids=q, attention_mask=m, generation_config=gen_cfg)
             chunks.append(out[:, q.shape[1] :])  # (b, T_i)
@@ -146,6 +162,20 @@ def generate(lm, tokenizer, prompts: list[str], cfg: SamplingConfig, device: tor
     pad = tokenizer.pad_token_id
     response_ids = torch.cat([torch.nn.functional.pad(c, (0, T - c.shape[1]), value=pad) for c in chunks])  # (B, T)
     response_mask = response_mask_after_eos(response_ids, eos_ids)  # (B, T)
+    responses = decode_responses(tokenizer, response_ids, response_mask)
+    return Rollout(list(prompts), query_ids.to(device), query_mask.to(device), response_ids, response_mask, responses)
+
+
+def gather_rollout(local: Rollout, prompts: list[str], tokenizer, lm, cfg: SamplingConfig, accelerator) -> Rollout:
+    """The global batch's rollout from each process's share (processes hold contiguous shares, in order).
+
+    Prompts are re-encoded over the whole batch and responses right-padded to the longest across
+    processes, so every process holds exactly the tensors a one-process run builds."""
+    device = local.response_ids.device
+    query_ids, query_mask = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
+    ids = accelerator.pad_across_processes(local.response_ids, dim=1, pad_index=tokenizer.pad_token_id)
+    response_ids = accelerator.gather(ids.contiguous())  # (B, T)
+    response_mask = response_mask_after_eos(response_ids, _eos_ids(tokenizer, lm))
     responses = decode_responses(tokenizer, response_ids, response_mask)
     return Rollout(list(prompts), query_ids.to(device), query_mask.to(device), response_ids, response_mask, responses)
 
