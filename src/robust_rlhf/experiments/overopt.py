@@ -430,11 +430,9 @@ def _data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
             for split in SPLITS:
                 shutil.copyfile(FIXTURE_DIR / f"builtin_{split}.jsonl", folder / f"builtin_{split}.jsonl")
             return summary
-        task = TaskConfig(policy=cfg.policy, gold=cfg.gold, completions_per_prompt=d.completions_per_prompt,
-                          pairs_per_prompt=d.pairs_per_prompt, max_new_tokens=d.max_new_tokens,
-                          temperature=d.temperature, label_noise=d.label_noise, bt_sampling=d.bt_sampling,
-                          bt_temperature=d.bt_temperature, split_fractions=tuple(d.split_fractions),
-                          batch_size=d.batch_size, seed=d.seed)
+        fields = {k: v for k, v in config_to_dict(d).items() if k != "source"}
+        fields["split_fractions"] = tuple(fields["split_fractions"])
+        task = TaskConfig(policy=cfg.policy, gold=cfg.gold, **fields)
         summary = build_task(task, folder, prompts)
         for split in ("train", "validation", "test"):
             if summary[split]["pairs"] == 0:

@@ -133,7 +133,7 @@ class Run:
         cfg_dict = config_to_dict(cfg)
         self.checkpoint = self.latest_checkpoint() if resume else None
         if resume and self.checkpoint is None:
-            log.warning("resume=true but %s has no checkpoint; starting from step 0", self.dir / CHECKPOINT_DIR)
+            log.info("resume=true but %s has no checkpoint; starting from step 0", self.dir / CHECKPOINT_DIR)
         if self.checkpoint is None and (self.dir / "metrics.jsonl").exists() and not resume and is_main:
             log.warning("%s already holds a run; its metrics will be overwritten (use resume=true to continue it)", self.dir)
         if self.checkpoint is not None:
