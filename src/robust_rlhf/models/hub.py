@@ -148,7 +148,7 @@ def _from_pretrained(auto_cls, path: str, trust_remote_code: bool, allow_pickle:
         if not allow_pickle and Path(path).is_dir() and any(Path(path).glob("*.bin")):
             raise UserError(
                 f"model {path!r} has only pickle (.bin) weights; they can run arbitrary code on load. "
-                "Convert them to safetensors, or opt in with allow_pickle=true."
+                "Convert them to safetensors, or opt in with model.allow_pickle=true."
             ) from None
         raise UserError(f"model {path!r}: cannot load ({msg})") from None
     except ValueError as e:

@@ -50,6 +50,8 @@ class ModelConfig:
     """modules that get adapters (default: q_proj, k_proj, v_proj, o_proj)"""
     trust_remote_code: bool = False
     """allow custom model code from the model folder / hub"""
+    allow_pickle: bool = False
+    """Allow pickle (.bin) weights; off: safetensors only, since pickle can run code on load."""
 
     def __post_init__(self) -> None:
         if self.lora_target_modules is None:
@@ -233,7 +235,7 @@ def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: st
     base_name = cfg.name
     if adapter_path is not None and not cfg.use_lora:
         base_name = str(adapter_path)  # a full fine-tuned policy folder is a complete model
-    lm = load_causal_lm(base_name, trust_remote_code=cfg.trust_remote_code)
+    lm = load_causal_lm(base_name, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
     tokenizer = load_tokenizer(base_name if not cfg.use_lora else cfg.name, trust_remote_code=cfg.trust_remote_code)
     tokenizer.padding_side = "left"
     lm.config.use_cache = True

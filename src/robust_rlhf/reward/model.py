@@ -49,6 +49,8 @@ class RewardModelConfig:
     """Floor of Gaussian heads' std."""
     trust_remote_code: bool = False
     """Allow custom modelling code from the backbone folder/hub (off by default)."""
+    allow_pickle: bool = False
+    """Allow pickle (.bin) backbone weights; off: safetensors only, since pickle can run code on load."""
     head_stats: dict = field(default_factory=dict)
     """Per-head reward mean/std on the validation set (for normalised aggregation)."""
 
@@ -80,7 +82,7 @@ class RewardModel(nn.Module):
         if config.head_type == "scalar":
             config.num_heads = 1
         self.config = config
-        self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.trust_remote_code)
+        self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.trust_remote_code, config.allow_pickle)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.backbone, config.trust_remote_code)
         if self.config.pooling is None:
             self.config.pooling = default_pooling(self.backbone.config)
@@ -198,7 +200,7 @@ class RewardModel(nn.Module):
         except (TypeError, ValueError) as e:
             raise UserError(f"{cfg_file}: {e}") from None
         source = str(path / location) if location == "backbone" else (location or config.backbone)
-        backbone = load_backbone(source, config.trust_remote_code)
+        backbone = load_backbone(source, config.trust_remote_code, config.allow_pickle)
         tokenizer = load_tokenizer(source, config.trust_remote_code)
         model = cls(config, backbone, tokenizer, backbone_source=location if location != "backbone" else config.backbone)
         try:
