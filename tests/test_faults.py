@@ -26,6 +26,35 @@ def _run(out, env):
                           env=env, capture_output=True, text=True)
 
 
+def _kill_when(cmd, progress, target, rng, env):
+    """Start `cmd`, wait until `progress()` reaches `target` (a step number), then SIGKILL it after
+    a random extra delay that lands mid-step or mid-write. Returns True if it was killed."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while proc.poll() is None and time.time() < deadline:
+        if progress() >= target:
+            time.sleep(rng.uniform(0.0, 0.8))
+            break
+        time.sleep(0.02)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
+def _rm_progress(out):
+    try:
+        return json.loads((out / "checkpoints" / "stage1" / "state.json").read_text())["progress"]["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def _policy_progress(out):
+    steps = [int(p.name.split("_")[1]) for p in (out / "checkpoints").glob("step_*")] if (out / "checkpoints").exists() else []
+    return max(steps, default=0)
+
+
 def _checkpoint_is_complete_or_absent(out):
     ck = out / "checkpoints" / "stage1"
     if ck.exists():
@@ -43,15 +72,13 @@ def test_kill9_at_random_points_then_resume_matches_uninterrupted(tmp_path):
     assert _run(ref, env).returncode == 0
     out = tmp_path / "killed"
     rng = random.Random(1234)
+    # Kill points: 5 random stage-1 steps, then once more after the last stage-1 checkpoint
+    # (i.e. inside the feature pass / stage 2 / the final save).
+    targets = sorted(rng.sample(range(1, 12), 5)) + [12]
+    cmd = [sys.executable, "-m", "robust_rlhf.cli", *RM_ARGS, "--output-dir", str(out)]
     kills = 0
-    for _ in range(6):
-        proc = subprocess.Popen([sys.executable, "-m", "robust_rlhf.cli", *RM_ARGS, "--output-dir", str(out)],
-                                env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(6.0, 14.0))  # start-up is ~5 s; each step well under a second
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    for t in targets:
+        kills += _kill_when(cmd, lambda: _rm_progress(out), t, rng, env)
         _checkpoint_is_complete_or_absent(out)
     assert kills >= 5
     assert _run(out, env).returncode == 0
@@ -72,14 +99,10 @@ def test_kill9_policy_train_then_resume_matches_uninterrupted(tmp_path):
     assert subprocess.run([*cmd, str(ref)], env=env, capture_output=True).returncode == 0
     out = tmp_path / "killed"
     rng = random.Random(99)
+    targets = sorted(rng.sample(range(1, 10), 5)) + [10]  # the last one lands in the final save
     kills = 0
-    for _ in range(6):
-        proc = subprocess.Popen([*cmd, str(out)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        time.sleep(rng.uniform(8.0, 16.0))
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    for t in targets:
+        kills += _kill_when([*cmd, str(out)], lambda: _policy_progress(out), t, rng, env)
         for ck in (out / "checkpoints").glob("step_*"):  # complete or absent
             assert (ck / "state.json").exists(), sorted(p.name for p in ck.iterdir())
             json.loads((ck / "state.json").read_text())

@@ -19,6 +19,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import os
 import logging
 import random
 import shutil
@@ -229,7 +230,6 @@ class Run:
         final = self.dir / CHECKPOINT_DIR / f"step_{step:06d}"
         if not self.is_main:
             return final
-        final = self.dir / CHECKPOINT_DIR / f"step_{step:06d}"
 
         def write(tmp: Path) -> None:
             torch.save(policy.trainable_state_dict(), tmp / "trainable.pt")
@@ -243,7 +243,13 @@ class Run:
         atomic_save_dir(final, write)
         old = sorted((self.dir / CHECKPOINT_DIR).glob("step_*"))[: -self.log_cfg.keep_checkpoints]
         for o in old:
-            shutil.rmtree(o, ignore_errors=True)
+            # Rename first (atomic), then delete: a kill mid-delete leaves a hidden temp folder
+            # (cleaned by the next save), never a half-deleted step_* checkpoint.
+            doomed = o.with_name(f".{o.name}.deleting.tmp")
+            os.replace(o, doomed)
+            shutil.rmtree(doomed, ignore_errors=True)
+        for stale in (self.dir / CHECKPOINT_DIR).glob(".step_*.deleting.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
         return final
 
     def restore(self, policy, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
