@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 
 def peak_mem_mb() -> float:
@@ -42,16 +43,25 @@ def phase_ours(args, head_type: str, num_heads: int) -> dict:
 
     cfg = load_config(RewardTrainConfig, None, [
         f"model.backbone={args.backbone}", f"model.head_type={head_type}", f"model.num_heads={num_heads}",
-        f"model.max_length={args.max_length}", f"stage1.max_steps={args.steps}", "stage1.loss_threshold=null",
+        f"model.max_length={args.max_length}", f"stage1.max_steps={args.steps}", "stage1.max_epochs=1000",
+        "stage1.loss_threshold=null",
         f"stage1.batch_size={args.batch_size}", f"stage1.lr={args.lr}", "stage1.eval_every=0",
-        "data.validation=null", "stage2.epochs=30"])
+        "data.validation=null", "stage2.epochs=30",
+        # TRL runs with save_strategy="no"; we write our one end-of-stage checkpoint only.
+        "stage1.checkpoint_every=0"])
     out = tempfile.mkdtemp()
     t0 = time.perf_counter()
     train_reward_model(cfg, out)
     train_s = time.perf_counter() - t0
     rm = RewardModel.from_pretrained(out)
     metrics, _ = evaluate_reward_model(rm, load_preferences("builtin:test"))
-    return {"train_s": train_s, "test_accuracy": metrics["accuracy"], "peak_mem_mb": peak_mem_mb()}
+    summary = json.loads((Path(out) / "train_summary.json").read_text())
+    phases = {"stage1_steps": summary.get("stage1", {}).get("steps"),
+              "stage1_s": summary.get("stage1", {}).get("wall_time_s"),
+              "features_s": summary.get("stage2", {}).get("features_s"),
+              "heads_s": summary.get("stage2", {}).get("heads_s"), "setup_s": summary.get("setup_s"),
+              "save_s": summary.get("save_s"), "total_s": summary.get("wall_time_s")}
+    return {"train_s": train_s, "test_accuracy": metrics["accuracy"], "peak_mem_mb": peak_mem_mb(), "phases": phases}
 
 
 def phase_trl(args) -> dict:
@@ -63,6 +73,7 @@ def phase_trl(args) -> dict:
     from robust_rlhf.data.preferences import load_preferences
     from robust_rlhf.models.hub import load_tokenizer, resolve_model_path
 
+    t0 = time.perf_counter()  # like ours: loading, data preparation and training all count
     path = resolve_model_path(args.backbone)
     tok = load_tokenizer(args.backbone)
     if tok.eos_token is None:  # TRL appends EOS to every text; BERT-style tokenizers name it [SEP]
@@ -82,7 +93,6 @@ def phase_trl(args) -> dict:
                       **no_ckpt, report_to=[], save_strategy="no", logging_steps=10,
                       max_length=args.max_length, seed=0, disable_tqdm=True)
     trainer = RewardTrainer(model=model, args=rc, train_dataset=ds, processing_class=tok)
-    t0 = time.perf_counter()
     trainer.train()
     train_s = time.perf_counter() - t0
     model.eval()
@@ -152,14 +162,14 @@ def main() -> None:
         print(json.dumps(fn()))
         return
     argv = [a for a in sys.argv[1:]]
-    res = {name: run_phase(name, argv) for name in ("trl", "ours_ensemble", "ours_bt", "score")}
+    res = {name: run_phase(name, argv) for name in ("trl", "ours_bt", "ours_ensemble", "score")}
     import torch
 
     print(f"device: {'cuda ' + torch.cuda.get_device_name() if torch.cuda.is_available() else 'cpu'}  backbone: {args.backbone}  steps: {args.steps}")
     print(f"{'':28s}{'train s':>10s}{'test acc':>10s}{'peak MB':>10s}")
     for name in ("trl", "ours_bt", "ours_ensemble"):
         r = res[name]
-        print(f"{name:28s}{r['train_s']:10.1f}{r['test_accuracy']:10.3f}{r['peak_mem_mb']:10.0f}")
+        print(f"{name:28s}{r['train_s']:10.1f}{r['test_accuracy']:10.3f}{r['peak_mem_mb']:10.0f}  {r.get('phases', '')}")
     s = res["score"]
     print(f"scoring texts/s: K=10 {s['k10_texts_per_s']:.1f}  K=1 {s['k1_texts_per_s']:.1f}  "
           f"10 separate models {s['separate10_texts_per_s']:.1f}  (peak MB {s['peak_mem_mb']:.0f})")

@@ -96,7 +96,7 @@ class Stage1Config:
     disable_dropout: bool = False
     """Turn the backbone's dropout off while training (TRL's disable_dropout); makes runs independent of RNG streams."""
     checkpoint_every: int = 50
-    """Write a resumable checkpoint every N steps."""
+    """Write a resumable checkpoint every N steps (0 = only when stage 1 ends)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     warmup_steps: int = 0
@@ -374,7 +374,7 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
         progress["log"].append(row)
         bar.update(1)
         bar.set_postfix(loss=f"{running:.3f}", **({"val_acc": f"{row['eval/val_accuracy']:.3f}"} if "eval/val_accuracy" in row else {}))
-        if step % s1.checkpoint_every == 0 or progress["stopped"] or step == total_steps:
+        if (s1.checkpoint_every and step % s1.checkpoint_every == 0) or progress["stopped"] or step == total_steps:
             if accelerator.is_main_process:
                 ckpt.save(_Unwrapped(model, plain_backbone), plain_head, opt, sched, progress, cfg_dict)
             accelerator.wait_for_everyone()
@@ -508,6 +508,7 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     log_rows: list[dict] = []
     summary: dict = {"num_train_pairs": len(train), "num_val_pairs": len(val) if val else 0}
     stage1_head = None
+    summary["setup_s"] = time.time() - t0  # model + data loading, validation
     if cfg.stage1.enabled:
         t_stage1 = time.time()
         s1 = train_stage1(model, train, val, cfg, out, log_rows, accelerator)
@@ -543,7 +544,9 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     summary["truncated_texts"] = model.truncated_count
     if model.truncated_count:
         log.warning("%d texts were longer than max_length=%d and were truncated", model.truncated_count, cfg.model.max_length)
+    t_save = time.time()
     model.save_pretrained(out, save_backbone=cfg.stage1.enabled)
+    summary["save_s"] = time.time() - t_save
     summary["wall_time_s"] = time.time() - t0
     atomic_write_json(out / "train_summary.json", summary)
     from robust_rlhf.utils import atomic_write_jsonl
