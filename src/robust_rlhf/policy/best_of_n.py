@@ -23,6 +23,7 @@ from typing import Literal
 import torch
 
 from robust_rlhf.config import config_to_dict
+from robust_rlhf.errors import UserError
 from robust_rlhf.gold import load_gold
 from robust_rlhf.policy.losses import best_of_n_expected_reward, best_of_n_kl
 from robust_rlhf.policy.model import ModelConfig, load_policy
@@ -109,7 +110,13 @@ def best_of_n(policy, prompts: list[str], n: int, reward: TrainingReward, sampli
 
 
 def run_best_of_n(cfg: BestOfNConfig, output_dir: str | Path, reward_source: RewardSource | None = None) -> Path:
-    """Sample a pool of n_max per held-out prompt; report proxy and gold of best-of-n for each n."""
+    """Sample a pool of n_max per held-out prompt; report proxy and gold of best-of-n for each n.
+
+    One process only (nothing to synchronise; several would race on the output folder)."""
+    from accelerate import PartialState
+
+    if PartialState().num_processes > 1:
+        raise UserError("method=best_of_n runs in one process only; launch it without torchrun / accelerate launch")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     import yaml
