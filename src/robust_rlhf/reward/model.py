@@ -103,10 +103,14 @@ class RewardModel(nn.Module):
         return [p + r for p, r in zip(prompts, responses)]
 
     def tokenize(self, texts: Sequence[str]) -> dict:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config.max_length,
-                             return_tensors="pt", return_overflowing_tokens=False, return_length=False)
-        lengths = [len(ids) for ids in self.tokenizer(list(texts), truncation=False)["input_ids"]]
-        self.truncated_count += sum(n > self.config.max_length for n in lengths)
+        """Tokenize (truncating to max_length) and count truncated texts. Only texts that fill
+        max_length can have been cut, so only those are re-tokenized untruncated to tell."""
+        L = self.config.max_length
+        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=L, return_tensors="pt")
+        full = [t for t, n in zip(texts, enc["attention_mask"].sum(dim=1).tolist()) if n >= L]
+        if full:
+            lengths = [len(ids) for ids in self.tokenizer(full, truncation=False)["input_ids"]]
+            self.truncated_count += sum(n > L for n in lengths)
         return {k: v.to(self.device) for k, v in enc.items()}
 
     def features(self, enc: dict) -> torch.Tensor:
