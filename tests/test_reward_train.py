@@ -35,8 +35,8 @@ def test_resume_after_interruption_reaches_the_same_weights(tmp_path, monkeypatc
     train_reward_model(cfg, tmp_path / "full")
 
     original = _Checkpoint.save
-    def crash_after_step_4(self, model, head, opt, sched, progress, cfg_dict):
-        original(self, model, head, opt, sched, progress, cfg_dict)
+    def crash_after_step_4(self, backbone, head, opt, sched, progress, cfg_dict):
+        original(self, backbone, head, opt, sched, progress, cfg_dict)
         if progress["step"] == 4:
             raise RuntimeError("simulated crash")
     monkeypatch.setattr(_Checkpoint, "save", crash_after_step_4)

@@ -230,13 +230,6 @@ def _config_fingerprint(cfg: RewardTrainConfig) -> dict:
     return d
 
 
-class _Unwrapped:
-    """The model as the checkpoint sees it: parameter names without DDP's `module.` prefix."""
-
-    def __init__(self, model: RewardModel, backbone: torch.nn.Module):
-        self.backbone = backbone
-
-
 class _Checkpoint:
     """Stage-1 checkpoint: trainable weights + optimizer + RNG + progress, in one atomic folder."""
 
@@ -247,8 +240,9 @@ class _Checkpoint:
         recover_dir(self.dir)
         return (self.dir / "state.json").exists()
 
-    def save(self, model: RewardModel, head: torch.nn.Module, opt, sched, progress: dict, cfg_dict: dict) -> None:
-        trainable = {k: v.detach().cpu().contiguous() for k, v in model.backbone.named_parameters() if v.requires_grad}
+    def save(self, backbone: torch.nn.Module, head: torch.nn.Module, opt, sched, progress: dict, cfg_dict: dict) -> None:
+        """`backbone` and `head` are the plain modules (not DDP-wrapped), so names carry no `module.` prefix."""
+        trainable = {k: v.detach().cpu().contiguous() for k, v in backbone.named_parameters() if v.requires_grad}
 
         def write(tmp: Path) -> None:
             (tmp / "weights.safetensors").write_bytes(save_safetensors(
@@ -262,14 +256,14 @@ class _Checkpoint:
 
         atomic_save_dir(self.dir, write)
 
-    def load(self, model: RewardModel, head: torch.nn.Module, opt, sched, cfg_dict: dict) -> dict:
+    def load(self, backbone: torch.nn.Module, head: torch.nn.Module, opt, sched, cfg_dict: dict) -> dict:
         state = json.loads((self.dir / "state.json").read_text())
         if state["config"] != cfg_dict:
             raise UserError(
                 f"{self.dir}: a checkpoint of a different config is here; use another --output-dir "
                 "or resume=false to start over")
         weights = load_file(str(self.dir / "weights.safetensors"))
-        params = dict(model.backbone.named_parameters())
+        params = dict(backbone.named_parameters())
         for k, v in weights.items():
             if k.startswith("backbone."):
                 params[k[len("backbone."):]].data.copy_(v)
@@ -322,7 +316,7 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
     progress = {"step": 0, "recent_losses": [], "best_val_loss": None, "evals_without_improvement": 0,
                 "stopped": None, "log": []}
     if cfg.resume and ckpt.exists():
-        progress = ckpt.load(model, head, opt, sched, cfg_dict)
+        progress = ckpt.load(model.backbone, head, opt, sched, cfg_dict)
         log.info("resumed stage 1 from %s at step %d", ckpt.dir, progress["step"])
     log_rows[:] = progress["log"]
     plain_head = head
@@ -376,7 +370,7 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
         bar.set_postfix(loss=f"{running:.3f}", **({"val_acc": f"{row['eval/val_accuracy']:.3f}"} if "eval/val_accuracy" in row else {}))
         if (s1.checkpoint_every and step % s1.checkpoint_every == 0) or progress["stopped"] or step == total_steps:
             if accelerator.is_main_process:
-                ckpt.save(_Unwrapped(model, plain_backbone), plain_head, opt, sched, progress, cfg_dict)
+                ckpt.save(plain_backbone, plain_head, opt, sched, progress, cfg_dict)
             accelerator.wait_for_everyone()
     bar.close()
     model.backbone, head = plain_backbone, plain_head
