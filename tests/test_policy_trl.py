@@ -24,9 +24,36 @@ def test_adapter_plain_and_conversational():
     prompts = [[{"role": "user", "content": "hi"}]]
     completions = [[{"role": "assistant", "content": "hello"}]]
     logged = {}
-    assert g(prompts, completions, log_metric=lambda k, v: logged.__setitem__(k, v)) == [6.0]
+    # rendered as ("hi", " hello"): a space joins prompt and response -> 6 characters, mean 7
+    assert g(prompts, completions, log_metric=lambda k, v: logged.__setitem__(k, v)) == [7.0]
     assert logged["reward/ensemble_std"] == pytest.approx(2**0.5)  # std of (5, 7)
-    assert message_text([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]) == "a\nb"
+    # one user turn scores like its plain twin; several turns keep their roles
+    assert message_text([{"role": "user", "content": "a"}]) == "a"
+    assert message_text([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                         {"role": "user", "content": "c"}]) == "user: a\nassistant: b\nuser: c\nassistant: "
+
+
+def test_adapter_conversational_none_content_roles_and_ensemble_std_logging():
+    seen = []
+
+    def recording(prompts, responses):
+        seen.append((list(prompts), list(responses)))
+        return _two_heads(prompts, responses)
+
+    f = EnsembleRewardFunc(recording)  # mean = len(rendered response) + 1
+    prompts = [[{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}],
+               [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
+                {"role": "user", "content": "q2"}]]
+    completions = [[{"role": "assistant", "content": None}],  # e.g. a tool call without text
+                   [{"role": "assistant", "content": "ok"}]]
+    logged, extra = {}, {}
+    out = f(prompts=prompts, completions=completions, completion_ids=[[1], [2]], trainer_state=None,
+            log_metric=lambda k, v: logged.__setitem__(k, v), log_extra=lambda k, v: extra.__setitem__(k, v))
+    assert seen[0] == (["hi", "user: q1\nassistant: a1\nuser: q2\nassistant: "], ["", "ok"])  # never "None"
+    assert out == [1.0, 3.0]
+    assert f.last_std == pytest.approx([2**0.5, 2**0.5]) and f.last_mean == pytest.approx([1.0, 3.0])
+    assert extra == {"ensemble_std": pytest.approx([2**0.5, 2**0.5])}
+    assert logged == {"reward/ensemble_mean": pytest.approx(2.0), "reward/ensemble_std": pytest.approx(2**0.5)}
 
 
 def test_adapter_rejects_nonfinite():

@@ -128,9 +128,9 @@ def test_health_reports_model_heads_aggregator_and_queue(server):
 
 
 def test_openrlhf_client_request_exactly_as_sent():
-    """OpenRLHF `openrlhf/utils/remote_rm_utils.py::request_api_wrapper` posts
-    {"query", "prompts", "labels"} with requests and reads response.json()["rewards"]
-    (recent versions also "scores" and "extra_logs")."""
+    """OpenRLHF <= 0.9's `openrlhf/utils/remote_rm_utils.py::request_api_wrapper` posted
+    {"query", "prompts", "labels"} with requests and read response.json()["rewards"]. The current
+    client (0.11, aiohttp, one query per request) is held in tests/test_integrations_protocol.py."""
     requests = pytest.importorskip("requests")
     with BackgroundServer(create_app(make_service())) as srv:
         queries = ["abxyz", "<s>ab 0123456789"]   # the 2nd was re-decoded with a BOS: no prompt prefix
@@ -145,6 +145,7 @@ def test_openrlhf_client_request_exactly_as_sent():
             assert response["rewards"] == pytest.approx([2.6, 3.2])
             assert response["scores"] == response["rewards"]
             assert response["extra_logs"]["reward_std"] == pytest.approx([0.3, 1.6])
+            assert response["extra_logs"]["reward_mean"] == pytest.approx([2.6, 3.2])
             assert len(response["rewards_per_head"]) == 2
         # Older OpenRLHF sends only {"query": ...}
         response = requests.post(url=srv.url + "/openrlhf", json={"query": ["abxyz"]}, timeout=180).json()
@@ -399,7 +400,7 @@ def test_verl_compute_score(server, monkeypatch):
                                      extra_info={"question": "abcd"}) == pytest.approx(4.6)
     assert verl_reward.compute_score("ds", "xyz", "gt") == pytest.approx(0.6)  # no prompt known
     assert verl_reward.compute_score_with_std("ds", "xyz", "gt", {"prompt": "ab"}) == pytest.approx(
-        {"score": 2.6, "reward_std": 0.3})
+        {"score": 2.6, "reward_std": 0.3, "reward_mean": 2.6})
     assert verl_reward.compute_score_batch(["d", "d"], ["xyz", "x"], [None, None],
                                            [{"prompt": "ab"}, None]) == pytest.approx([2.6, 0.2])
     monkeypatch.setenv("ROBUST_RLHF_URL", "http://127.0.0.1:1")
@@ -494,3 +495,56 @@ def test_serve_command_runs_reports_url_and_stops_on_sigterm(untrained_rm_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+HOSTILE = [
+    # (body bytes, expected status): never a 500
+    (b'"a string"', 400), (b"42", 400), (b"null", 400), (b"true", 400),
+    (b'{"prompts": ["a"], "responses": [NaN]}', 400), (b'{"prompts": [Infinity], "responses": ["b"]}', 400),
+    (b'{"prompts": ["\\ud800"], "responses": ["b"]}', 400),             # lone surrogate
+    (b'{"prompts": [' + b"9" * 5000 + b'], "responses": ["b"]}', 400),  # past Python's int digit limit
+    (b"[" * 30000 + b"]" * 30000, 400),                                  # deeply nested, under 64 KiB
+    (b"\xc3\x28", 400),                                                   # invalid UTF-8
+    (b'{"prompts": [["a"]], "responses": ["b"]}', 400), (b'{"prompts": [true], "responses": ["b"]}', 400),
+]
+
+
+@pytest.mark.parametrize("body,status", HOSTILE)
+def test_hostile_bodies_get_4xx_never_500(server, body, status):
+    got, reply, _ = http(server.url + "/score", body)
+    expected = 413 if len(body) > 64 * 1024 else status  # the module server's body limit is 64 KiB
+    assert got == expected and 400 <= got < 500, (got, reply)
+    for path in ("/openrlhf",):
+        got, reply, _ = http(server.url + path, body.replace(b'"prompts"', b'"query"').replace(b'"responses"', b'"prompts"'))
+        assert 400 <= got < 500, (got, reply)
+
+
+def test_deep_nesting_under_the_body_limit_is_400():
+    with BackgroundServer(create_app(make_service(), ServerConfig())) as srv:
+        got, reply, _ = http(srv.url + "/score", b'{"a": ' * 100000 + b"1" + b"}" * 100000)
+        assert got == 400 and "nested" in reply["error"]
+
+
+def test_scorer_user_error_is_422_not_500():
+    def strict(prompts, responses):
+        raise UserError("text 0: the response alone is 99 tokens")
+    with BackgroundServer(create_app(make_service(strict), ServerConfig())) as srv:
+        got, reply, _ = http(srv.url + "/score", {"prompts": ["a"], "responses": ["b"]})
+        assert got == 422 and "99 tokens" in reply["error"]
+
+
+def test_empty_token_is_no_token_on_loopback_and_an_error_elsewhere(monkeypatch):
+    from robust_rlhf.cli.serve import config_from_args
+
+    parser = _parser()
+    config, _ = config_from_args(parser.parse_args(["serve", "--model", "m", "--token", ""]))
+    assert config.token is None
+    monkeypatch.setenv("ROBUST_RLHF_TOKEN", "")
+    assert config_from_args(parser.parse_args(["serve", "--model", "m", "--host", "::1"]))[0].token is None
+    for argv in (["--host", "0.0.0.0"], ["--host", "10.1.2.3", "--token", " "]):
+        with pytest.raises(UserError, match="token is empty.*not loopback"):
+            config_from_args(parser.parse_args(["serve", "--model", "m", *argv]))
+    env = {**os.environ, "ROBUST_RLHF_TOKEN": ""}
+    proc = subprocess.run([sys.executable, "-m", "robust_rlhf.cli.serve", "--model", "m", "--host", "0.0.0.0"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1 and "token is empty" in proc.stderr

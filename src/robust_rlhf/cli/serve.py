@@ -20,7 +20,7 @@ TOKEN_ENV = "ROBUST_RLHF_TOKEN"
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="reward model folder written by `rm train` (or save_pretrained)")
     p.add_argument("--aggregator", default="mean", metavar="NAME",
-                   help="how the K heads become one reward: mean, min, uwo, lcb, median, brme_nominal, "
+                   help="how the K heads become one reward: mean, min, max, uwo, lcb, median, brme_nominal, "
                         "brme_tradeoff (default: %(default)s)")
     p.add_argument("--lam", type=float, default=None,
                    help="uwo: variance penalty (default 0.1); brme_tradeoff: nominal weight in [0, 1] (default 0.5)")
@@ -32,6 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--token", default=None,
                    help=f"bearer token required on every request (default: ${TOKEN_ENV} if set, else no auth); "
+                        f"an empty token means no auth on loopback and is an error on any other host; "
                         f"prefer the environment variable, command lines are visible to other users")
     p.add_argument("--max-batch-size", type=int, default=64,
                    help="most texts per backbone batch; concurrent requests are gathered up to this (default: %(default)s)")
@@ -52,7 +53,7 @@ def register(sub) -> None:
     s = sub.add_parser(
         "serve", help="serve a reward model over HTTP (dynamic batching, OpenRLHF/verl compatible)",
         description="Serve a reward model over HTTP: GET /health, POST /score, POST /openrlhf (OpenRLHF "
-                    "--remote_rm_url). Concurrent requests are batched dynamically. Binds 127.0.0.1 by "
+                    "--reward.remote_url). Concurrent requests are batched dynamically. Binds 127.0.0.1 by "
                     "default; set ROBUST_RLHF_TOKEN (or --token) to require a bearer token. See docs/serving.md.")
     add_arguments(s)
     s.set_defaults(func=cmd_serve)
@@ -66,7 +67,9 @@ def config_from_args(args):
     aggregator = AggregatorConfig(name=args.aggregator, lam=args.lam, beta=args.beta, normalize=args.normalize)
     if not args.max_body_mb > 0:
         raise UserError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
-    token = args.token if args.token is not None else (os.environ.get(TOKEN_ENV) or None)
+    # An empty token (--token "" or an empty ROBUST_RLHF_TOKEN) means "no token" on loopback only;
+    # ServerConfig.validate refuses it on any other host.
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
     config = ServerConfig(host=args.host, port=args.port, token=token, max_batch_size=args.max_batch_size,
                           max_wait_ms=args.max_wait_ms, max_queue_items=args.max_queue,
                           max_items_per_request=args.max_items, max_body_bytes=int(args.max_body_mb * 1024 * 1024),

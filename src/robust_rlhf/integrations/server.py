@@ -13,7 +13,8 @@ The pieces, top to bottom:
   one batch at a time in a single worker thread (the event loop never blocks), and hands each
   request its slice. Its queue is bounded in texts: a full queue answers 503.
 * `create_app` -- the HTTP contract: ``GET /health``, ``POST /score``, and ``POST /openrlhf``
-  (alias ``/get_reward``), which speaks OpenRLHF's ``--remote_rm_url`` request/response as is.
+  (alias ``/get_reward``), which speaks OpenRLHF's remote reward request/response as is
+  (``--reward.remote_url``, formerly ``--remote_rm_url``), chat-templated queries included.
   Every error is a JSON ``{"error": message, "status": code}`` whose message names the field.
 * `serve` (blocking, for the CLI) and `BackgroundServer` (a thread; tests, notebooks, benchmark).
 
@@ -100,7 +101,10 @@ class ServerConfig:
         if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
             raise UserError(f"--max-wait-ms must be finite and >= 0, got {self.max_wait_ms}")
         if self.token is not None and not self.token.strip():
-            raise UserError("the bearer token is empty; unset it or give a non-empty token")
+            if not is_loopback(self.host):
+                raise UserError(f"the bearer token is empty but --host {self.host} is not loopback: give a "
+                                f"non-empty token (ROBUST_RLHF_TOKEN or --token) or bind 127.0.0.1")
+            self.token = None  # an empty token on loopback means "no token"
 
 
 def is_loopback(host: str) -> bool:
@@ -245,7 +249,8 @@ def load_service(model_dir: str, aggregator: AggregatorConfig, batch_size: int =
                             f"train it with a validation set, or drop --normalize")
         head_stats = (torch.tensor(stats["mean"], dtype=torch.float32), torch.tensor(stats["std"], dtype=torch.float32))
     info = {"model": str(model_dir), "backbone": model.backbone_source, "head_type": model.config.head_type,
-            "max_length": model.config.max_length, "device": str(model.device)}
+            "max_length": model.config.max_length, "truncation": model.config.truncation,
+            "device": str(model.device)}
     service = RewardService(partial(model.score, batch_size=batch_size), k, aggregator, head_stats,
                             gaussian=model.config.head_type == "gaussian", info=info)
     service.model = model
@@ -281,6 +286,10 @@ class BatcherStats:
     rejected_queue_full: int = 0
     scorer_errors: int = 0
     busy_s: float = 0.0
+    std_sum: float = 0.0
+    """Sum of the ensemble std of every text scored (``/health`` reports the mean)."""
+    templated: int = 0
+    """Chat-templated OpenRLHF queries that were turned into plain text."""
     started: float = field(default_factory=time.monotonic)
 
 
@@ -447,6 +456,7 @@ class DynamicBatcher:
                     job.future.set_result(res.slice(start, start + len(job)))
                 start += len(job)
                 self.stats.items += len(job)
+            self.stats.std_sum += float(res.reward_std.double().sum())
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -540,14 +550,20 @@ async def _read_json_object(request: web.Request) -> dict:
     if not body:
         raise ApiError(400, "request body is empty; send a JSON object")
     try:
-        data = json.loads(body.decode("utf-8"))
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 text; send a JSON object") from None
-    except (json.JSONDecodeError, RecursionError) as e:
+    except RecursionError:
+        raise ApiError(400, "request body is nested too deeply; send a flat JSON object") from None
+    except ValueError as e:  # JSONDecodeError, NaN/Infinity, integers past Python's digit limit
         raise ApiError(400, f"request body is not valid JSON: {e}") from None
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, got {_json_type(data)}")
     return data
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (use null or a number)")
 
 
 def _string_list(data: dict, name: str, config: ServerConfig, required: bool = True) -> list[str] | None:
@@ -567,6 +583,10 @@ def _string_list(data: dict, name: str, config: ServerConfig, required: bool = T
         if len(item) > config.max_text_chars:
             raise ApiError(413, f"field '{name}' item {i} has {len(item)} characters; the limit is "
                                 f"{config.max_text_chars} (--max-text-chars)")
+        try:
+            item.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
+            raise ApiError(400, f"field '{name}' item {i} is not valid Unicode (lone surrogate)") from None
     return value
 
 
@@ -579,12 +599,26 @@ def split_query(query: str, prompt: str | None) -> tuple[str, str]:
     """OpenRLHF sends ``query`` = prompt + response text; split it with the request's prompt.
 
     If the query does not start with the prompt (e.g. the policy's tokenizer re-decoded it
-    differently), the whole query is scored as the response with an empty prompt. The reward
-    model scores the concatenation either way, so the split only labels the parts.
+    differently), the whole query is returned as the response with an empty prompt (then
+    `openrlhf_pairs` finds the response as the query's last assistant turn, if templated).
     """
     if prompt and query.startswith(prompt):
         return prompt, query[len(prompt):]
     return "", query
+
+
+def openrlhf_pairs(queries: Sequence[str], prompts: Sequence[str] | None) -> tuple[list[str], list[str], int]:
+    """Plain (prompts, responses) of OpenRLHF's ``query``/``prompts``, and how many were templated.
+
+    The query is split with its prompt (`split_query`); chat-templated text (special tokens and
+    role markers, e.g. SmolLM2's ChatML) becomes the plain prompt and response the reward model
+    was trained on (`robust_rlhf.integrations.chat.untemplate`), so that truncation can keep the
+    response and a templated query scores like its plain twin.
+    """
+    from robust_rlhf.integrations.chat import untemplate_many
+
+    pairs = [split_query(q, prompts[i] if prompts is not None else None) for i, q in enumerate(queries)]
+    return untemplate_many([p for p, _ in pairs], [r for _, r in pairs])
 
 
 async def _score(request: web.Request, prompts: list[str], responses: list[str]) -> ScoreBatch:
@@ -596,6 +630,8 @@ async def _score(request: web.Request, prompts: list[str], responses: list[str])
         result = await batcher.submit(prompts, responses)
     except QueueFull as e:
         raise ApiError(503, str(e), {"Retry-After": "1"}) from None
+    except UserError as e:  # e.g. truncation=error and a response longer than max_length
+        raise ApiError(422, f"cannot score this request: {e}") from None
     except Exception as e:
         raise ApiError(500, f"scoring failed: {type(e).__name__}: {e}") from None
     bad = result.nonfinite_rows()
@@ -624,10 +660,10 @@ async def handle_score(request: web.Request) -> web.Response:
 
 
 async def handle_openrlhf(request: web.Request) -> web.Response:
-    """OpenRLHF ``--remote_rm_url``: ``{"query": [...], "prompts": [...], "labels": [...]}``.
+    """OpenRLHF remote reward: ``{"query": [...], "prompts": [...], "labels": [...]}``.
 
-    Answers ``{"rewards", "scores", "extra_logs": {"reward_std"}, "rewards_per_head"}``; other
-    request fields (``labels``, ``datasources``, ...) are accepted and ignored.
+    Answers ``{"rewards", "scores", "extra_logs": {"reward_std", "reward_mean"}, "rewards_per_head"}``;
+    other request fields (``labels``, ``datasources``, ...) are accepted and ignored.
     """
     config = request.app[CONFIG]
     data = await _read_json_object(request)
@@ -636,11 +672,15 @@ async def handle_openrlhf(request: web.Request) -> web.Response:
     assert queries is not None
     if prompts is not None:
         _same_length("query", len(queries), "prompts", len(prompts))
-    pairs = [split_query(q, prompts[i] if prompts is not None else None) for i, q in enumerate(queries)]
-    result = await _score(request, [p for p, _ in pairs], [r for _, r in pairs])
+    plain_prompts, plain_responses, templated = openrlhf_pairs(queries, prompts)
+    request.app[BATCHER].stats.templated += templated
+    result = await _score(request, plain_prompts, plain_responses)
     out = result.to_json()
+    # extra_logs: OpenRLHF (>= 0.9, samples_generator.py) turns each key into a per-sample metric,
+    # so the ensemble's uncertainty on the policy's own samples is logged beside the reward.
     return _json_response({"rewards": out["rewards"], "scores": out["rewards"],
-                           "extra_logs": {"reward_std": out["reward_std"]},
+                           "extra_logs": {"reward_std": out["reward_std"],
+                                          "reward_mean": result.per_head.mean(dim=1).tolist()},
                            "rewards_per_head": out["rewards_per_head"]})
 
 
@@ -665,7 +705,9 @@ async def handle_health(request: web.Request) -> web.Response:
                   "rejected_queue_full": s.rejected_queue_full, "scorer_errors": s.scorer_errors,
                   "busy_s": round(s.busy_s, 3), "uptime_s": round(time.monotonic() - request.app[STARTED], 3),
                   "responses_by_class": {f"{k}xx": v for k, v in sorted(request.app[COUNTS].items())},
-                  "truncated_texts": getattr(model, "truncated_count", None)},
+                  "truncated_texts": getattr(model, "truncated_count", None),
+                  "templated_queries": s.templated,
+                  "mean_reward_std": s.std_sum / s.items if s.items else None},
     })
 
 

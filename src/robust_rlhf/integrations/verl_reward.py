@@ -1,19 +1,25 @@
-"""verl custom reward function that scores responses with a running robust-rlhf reward server.
+"""verl custom reward functions that score responses with a running robust-rlhf reward server.
 
-verl loads a file named in ``custom_reward_function.path`` and calls the function named in
-``custom_reward_function.name`` (default ``compute_score``) as::
+Read: volcengine/verl at b178a3c (0.8.0.dev, Jan 2026) ``verl/trainer/ppo/reward.py``
+(``get_custom_reward_fn``) and ``verl/experimental/reward_loop/reward_manager/naive.py``; the 0.9
+key names are from issue 11 (measured with verl 0.9.1). verl loads the file named in
+``reward.custom_reward_function.path`` (verl <= 0.8: top-level ``custom_reward_function.path``)
+and calls the function named in ``reward.custom_reward_function.name`` as::
 
-    compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=...)
+    compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=..., **reward_kwargs)
 
-(``NaiveRewardManager``, one call per response; it accepts a float, or a dict with ``"score"``
-whose other keys it logs). ``BatchRewardManager`` instead calls
-``compute_score(data_sources=..., solution_strs=..., ground_truths=..., extra_infos=...)`` once
-per batch and expects a list -- use `compute_score_batch` there: one HTTP request per batch,
-which the server's dynamic batching prefers.
+once per response: the reward loop's managers (``naive``, ``dapo``, ``rate_limited``, ``remote``,
+``gdpo``) run many such calls at once in threads, and the reward server's dynamic batching
+gathers them into one backbone batch -- that is what "one request per batch" became (the
+``batch`` manager is gone). The result is a float, or a dict whose ``"score"`` is the reward and
+whose other keys verl logs (`compute_score_with_std`). `compute_score_batch` is kept for
+verl <= 0.8's ``reward_model.reward_manager=batch``.
 
-verl passes only the decoded response, so the prompt is read from ``extra_info["prompt"]``
-(or ``extra_info["question"]``, as verl's example preprocessors store it); put the prompt text
-there when you preprocess the data. Without it the response is scored alone.
+verl passes only the decoded response (``skip_special_tokens=True``), so the prompt is read from
+``extra_info["prompt"]`` -- a string, or chat messages ``[{"role", "content"}, ...]`` as verl's
+own preprocessors write the top-level ``prompt`` column -- or ``extra_info["question"]``. Chat
+messages become plain text as in `robust_rlhf.integrations.chat.render_conversation`. Without a
+prompt the response is scored alone (a warning is logged once).
 
 Configuration (environment variables, read on first use):
     ROBUST_RLHF_URL      server base URL (required), e.g. http://127.0.0.1:8000
@@ -32,6 +38,7 @@ import threading
 from typing import Any, Sequence
 
 from robust_rlhf.errors import UserError
+from robust_rlhf.integrations.chat import is_messages, render_conversation
 from robust_rlhf.integrations.client import RewardClient
 
 __all__ = ["URL_ENV", "compute_score", "compute_score_batch", "compute_score_with_std", "get_client"]
@@ -66,16 +73,21 @@ def get_client() -> RewardClient:
 
 
 def _prompt_of(extra_info: Any) -> str:
+    """The plain prompt text in verl's ``extra_info``: ``prompt`` (string or chat messages) or ``question``."""
     global _warned_no_prompt
     if isinstance(extra_info, dict):
         for key in ("prompt", "question"):
             value = extra_info.get(key)
             if isinstance(value, str):
                 return value
+            if value is not None and not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
+                messages = list(value)  # verl stores lists as numpy object arrays in the parquet round trip
+                if is_messages(messages):
+                    return render_conversation(messages)[0]
     if not _warned_no_prompt:
         _warned_no_prompt = True
-        log.warning("verl extra_info has no 'prompt' (or 'question') string: scoring responses "
-                    "without their prompts; add the prompt text to extra_info when preprocessing")
+        log.warning("verl extra_info has no 'prompt' (string or chat messages) or 'question': scoring "
+                    "responses without their prompts; add the prompt to extra_info when preprocessing")
     return ""
 
 
@@ -87,7 +99,7 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
         data_source: dataset name (unused: the reward model scores every source).
         solution_str: the decoded response.
         ground_truth: unused (a learned reward model needs no reference answer).
-        extra_info: its ``prompt`` (or ``question``) string is scored as the prompt.
+        extra_info: its ``prompt`` (string or chat messages) or ``question`` is scored as the prompt.
         **kwargs: further arguments some verl versions pass; ignored.
 
     Returns:
@@ -101,15 +113,19 @@ def compute_score(data_source: str, solution_str: str, ground_truth: Any, extra_
 
 def compute_score_with_std(data_source: str, solution_str: str, ground_truth: Any,
                            extra_info: dict | None = None, **kwargs: Any) -> dict[str, float]:
-    """Like `compute_score`, returning ``{"score": reward, "reward_std": ensemble std}`` so that
-    verl (versions whose reward manager accepts dicts) logs the ensemble spread too."""
+    """Like `compute_score`, returning ``{"score": reward, "reward_std": ensemble std,
+    "reward_mean": ensemble mean}``: verl's reward managers put the extra keys in
+    ``reward_extra_info`` and log them, so the ensemble's uncertainty on the policy's samples is tracked."""
     result = get_client().score([_prompt_of(extra_info)], [solution_str])
-    return {"score": result.rewards[0], "reward_std": result.reward_std[0]}
+    heads = result.rewards_per_head[0]
+    return {"score": result.rewards[0], "reward_std": result.reward_std[0],
+            "reward_mean": sum(heads) / len(heads)}
 
 
 def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
                         extra_infos: Sequence[dict | None] | None = None, **kwargs: Any) -> list[float]:
-    """verl ``BatchRewardManager`` form: all responses of a batch in one request.
+    """verl <= 0.8 ``BatchRewardManager`` form (``reward_model.reward_manager=batch``; the ``batch``
+    manager no longer exists in verl 0.9): all responses of a batch in one request.
 
     Returns:
         One aggregated reward per response, in order.
