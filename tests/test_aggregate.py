@@ -13,6 +13,7 @@ from robust_rlhf.aggregate import (
     aggregate_brme_nominal,
     aggregate_brme_tradeoff,
     aggregate_lcb,
+    aggregate_max,
     aggregate_mean,
     aggregate_median,
     aggregate_min,
@@ -32,8 +33,8 @@ def _random_output(b: int = 6, k: int = 5, seed: int = 0, gaussian: bool = True)
 
 
 # A hand-worked example: 2 samples, 4 heads.
-#   row 0: r = [1, 3, 2, 6]  mean 3, unbiased var ((4+0+1+9)/3) = 14/3, min 1, median (2+3)/2 = 2.5
-#   row 1: r = [0, 0, 4, 4]  mean 2, var (4+4+4+4)/3 = 16/3, min 0, median (0+4)/2 = 2
+#   row 0: r = [1, 3, 2, 6]  mean 3, unbiased var ((4+0+1+9)/3) = 14/3, min 1, max 6, median (2+3)/2 = 2.5
+#   row 1: r = [0, 0, 4, 4]  mean 2, var (4+4+4+4)/3 = 16/3, min 0, max 4, median (0+4)/2 = 2
 #   stds:  row 0 [.5, .2, .9, .3] -> head 1 is most confident -> nominal 3
 #          row 1 [.4, .8, .1, .1] -> tie between heads 2 and 3 -> first (head 2) -> nominal 4
 HAND = RewardOutput(
@@ -45,6 +46,7 @@ HAND = RewardOutput(
 def test_hand_worked_example() -> None:
     torch.testing.assert_close(aggregate_mean(HAND), torch.tensor([3.0, 2.0], dtype=torch.float64))
     torch.testing.assert_close(aggregate_min(HAND), torch.tensor([1.0, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(aggregate_max(HAND), torch.tensor([6.0, 4.0], dtype=torch.float64))
     torch.testing.assert_close(aggregate_median(HAND), torch.tensor([2.5, 2.0], dtype=torch.float64))
     # uwo lam=0.3: 3 - 0.3*14/3 = 1.6 ; 2 - 0.3*16/3 = 0.4
     torch.testing.assert_close(aggregate_uwo(HAND, lam=0.3), torch.tensor([1.6, 0.4], dtype=torch.float64))
@@ -66,6 +68,7 @@ def test_against_numpy(k: int) -> None:
     var = np.var(r, axis=1, ddof=1) if k > 1 else np.zeros(r.shape[0])
     np.testing.assert_allclose(aggregate_mean(out).numpy(), r.mean(axis=1))
     np.testing.assert_allclose(aggregate_min(out).numpy(), r.min(axis=1))
+    np.testing.assert_allclose(aggregate_max(out).numpy(), r.max(axis=1))
     np.testing.assert_allclose(aggregate_median(out).numpy(), np.median(r, axis=1))
     np.testing.assert_allclose(aggregate_uwo(out).numpy(), r.mean(axis=1) - 0.1 * var)
     np.testing.assert_allclose(aggregate_uwo(out, lam=0.5).numpy(), r.mean(axis=1) - 0.5 * var)
@@ -98,12 +101,18 @@ def test_brme_needs_std() -> None:
         aggregate(point, AggregatorConfig(name="brme_tradeoff"))
 
 
-def test_gradients_flow() -> None:
-    per_head = torch.randn(3, 4, requires_grad=True)
-    out = RewardOutput(per_head, torch.rand(3, 4) + 0.1)
-    for name in AGGREGATORS:
-        aggregate(out, AggregatorConfig(name=name)).sum().backward()
-    assert per_head.grad is not None and torch.isfinite(per_head.grad).all()
+@pytest.mark.parametrize("name", sorted(AGGREGATORS))
+def test_gradients_flow(name) -> None:
+    # Each aggregator on its own, its autograd gradient against central finite differences
+    # (float64, distinct values so min / max / median are differentiable there). A detached
+    # aggregator fails: its output does not require grad, or its gradient is zero.
+    g = torch.Generator().manual_seed(3)
+    per_head = torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    std = torch.rand(3, 4, generator=g, dtype=torch.float64) + 0.1
+    fn = lambda ph: aggregate(RewardOutput(ph, std), AggregatorConfig(name=name))  # noqa: E731
+    assert torch.autograd.gradcheck(fn, (per_head,), eps=1e-6, atol=1e-5)
+    fn(per_head).sum().backward()
+    assert per_head.grad.abs().sum() > 0
 
 
 def test_aggregate_dispatches_with_defaults_and_params() -> None:
@@ -115,7 +124,8 @@ def test_aggregate_dispatches_with_defaults_and_params() -> None:
     torch.testing.assert_close(
         aggregate(out, AggregatorConfig(name="brme_tradeoff", lam=0.6)), aggregate_brme_tradeoff(out, lam=0.6)
     )
-    assert set(AGGREGATORS) == {"mean", "min", "uwo", "lcb", "median", "brme_nominal", "brme_tradeoff"}
+    torch.testing.assert_close(aggregate(out, AggregatorConfig(name="max")), aggregate_max(out))
+    assert set(AGGREGATORS) == {"mean", "min", "max", "uwo", "lcb", "median", "brme_nominal", "brme_tradeoff"}
 
 
 def test_aggregator_params() -> None:
@@ -178,7 +188,7 @@ def test_stats_without_normalize_is_an_error() -> None:
 
 
 def test_unknown_name_lists_valid_names() -> None:
-    with pytest.raises(UserError) as info:
+    with pytest.raises(UserError, match="unknown aggregator 'maen'") as info:
         AggregatorConfig(name="maen")
     for name in AGGREGATORS:
         assert name in str(info.value)
@@ -195,6 +205,8 @@ def test_unknown_name_lists_valid_names() -> None:
         ({"name": "lcb", "lam": 0.1}, "no effect"),
         ({"name": "mean", "lam": 0.1}, "no effect"),
         ({"name": "min", "beta": 1.0}, "no effect"),
+        ({"name": "max", "lam": 0.1}, "no effect"),
+        ({"name": "maximum"}, "unknown aggregator .*max"),
         ({"name": "median", "lam": 0.0}, "no effect"),
         ({"name": "brme_nominal", "lam": 0.5}, "no effect"),
         ({"name": "brme_tradeoff", "beta": 0.5}, "no effect"),

@@ -8,7 +8,7 @@ import torch
 from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.config import load_config
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.losses import token_level_rewards
+from robust_rlhf.policy.losses import token_level_rewards, variance_aware_kl_weight
 from robust_rlhf.policy.ppo import PPOConfig
 from robust_rlhf.policy.rewards import KLConfig, RewardConfig, TrainingReward
 from robust_rlhf.reward.output import RewardOutput
@@ -41,11 +41,11 @@ def test_clip_and_whiten():
 
 
 def test_variance_aware_kl_coefficients_enter_token_rewards():
+    # Default = seed 002: raw sigma^2. var = [2, 2, 0] -> beta * var = 0.2 * [2, 2, 0] = [0.4, 0.4, 0]
     tr = TrainingReward(source, RewardConfig(), KLConfig(coef=0.2, variance_aware=True))
     rb = tr(["a"] * 3, ["x"] * 3)
     coef = tr.kl_coef(rb, 0.2)
-    # var = [2, 2, 0], batch mean 4/3 -> sigma^2 / mean = [1.5, 1.5, 0]; times beta 0.2
-    torch.testing.assert_close(coef, torch.tensor([0.3, 0.3, 0.0]), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(coef, torch.tensor([0.4, 0.4, 0.0]), atol=1e-6, rtol=1e-6)
     kl = torch.ones(3, 2)
     mask = torch.ones(3, 2)
     r = token_level_rewards(rb.training, kl, coef, mask)
@@ -54,6 +54,105 @@ def test_variance_aware_kl_coefficients_enter_token_rewards():
     torch.testing.assert_close(r[:, 1], rb.training - coef)
     # without variance awareness: the plain scalar
     assert TrainingReward(source, RewardConfig(), KLConfig(coef=0.2)).kl_coef(rb, 0.2) == 0.2
+
+
+# Hand-worked variance-aware coefficients for var = [2, 2, 0] (heads [1, 3], [0, 2], [4, 4]), beta = 0.2:
+#   sigma = [sqrt 2, sqrt 2, 0] = [1.41421, 1.41421, 0]
+#   sigma2 / batch_mean:   batch mean 4/3 -> [1.5, 1.5, 0]            * 0.2 = [0.3, 0.3, 0]
+#   sigma  / batch_mean:   batch mean 2*sqrt2/3 -> [1.5, 1.5, 0]      * 0.2 = [0.3, 0.3, 0]
+#   sigma2 / 0.5 (fixed):  [4, 4, 0]                                  * 0.2 = [0.8, 0.8, 0]
+#   sigma  / 0.5 (fixed):  [2.82843, 2.82843, 0]                      * 0.2 = [0.565685, 0.565685, 0]
+#   sigma, raw:            0.2 * sqrt 2 = 0.282843
+@pytest.mark.parametrize("form, scale, reference, expected", [
+    ("sigma2", "none", None, [0.4, 0.4, 0.0]),
+    ("sigma", "none", None, [0.282843, 0.282843, 0.0]),
+    ("sigma2", "batch_mean", None, [0.3, 0.3, 0.0]),
+    ("sigma", "batch_mean", None, [0.3, 0.3, 0.0]),
+    ("sigma2", "validation", 0.5, [0.8, 0.8, 0.0]),
+    ("sigma", "validation", 0.5, [0.565685, 0.565685, 0.0]),
+])
+def test_variance_forms_and_scales_hand_worked(form, scale, reference, expected):
+    kl_cfg = KLConfig(coef=0.2, variance_aware=True, variance_form=form, variance_scale=scale,
+                      variance_reference=reference)
+    tr = TrainingReward(source, RewardConfig(), kl_cfg)
+    coef = tr.kl_coef(tr(["a"] * 3, ["x"] * 3), 0.2)
+    torch.testing.assert_close(coef, torch.tensor(expected), atol=1e-6, rtol=1e-5)
+
+
+def test_raw_sigma2_keeps_absolute_risk_aversion_batch_mean_does_not():
+    # A batch whose every sample is 10x more uncertain: raw and fixed scales penalise it 10x
+    # harder; the batch mean hides the drift (same coefficients). Independent numbers: 0.1 * var.
+    var = torch.tensor([0.5, 1.0, 1.5])
+    for scale, factor in (("none", 10.0), (0.5, 10.0), ("batch_mean", 1.0)):
+        low = variance_aware_kl_weight(var, 0.1, scale=scale)
+        high = variance_aware_kl_weight(10 * var, 0.1, scale=scale)
+        torch.testing.assert_close(high, factor * low)
+    torch.testing.assert_close(variance_aware_kl_weight(var, 0.1), torch.tensor([0.05, 0.1, 0.15]))
+
+
+def test_variance_weight_errors():
+    var = torch.tensor([1.0, 2.0])
+    with pytest.raises(ValueError, match="form"):
+        variance_aware_kl_weight(var, 0.1, form="var")
+    with pytest.raises(ValueError, match="scale"):
+        variance_aware_kl_weight(var, 0.1, scale="median")
+    with pytest.raises(ValueError, match="> 0"):
+        variance_aware_kl_weight(var, 0.1, scale=0.0)
+
+
+class _SavedModelLike:
+    """A reward source exposing a validation uncertainty, like `RewardModelSource`."""
+
+    def __init__(self, values):
+        self.values = values
+
+    def __call__(self, prompts, responses):
+        return source(prompts, responses)
+
+    def validation_uncertainty(self, form):
+        return self.values[form]
+
+
+def test_validation_scale_is_read_once_from_the_reward_model():
+    src = _SavedModelLike({"sigma2": 4.0, "sigma": 2.0})
+    tr = TrainingReward(src, RewardConfig(), KLConfig(coef=0.2, variance_aware=True, variance_scale="validation"))
+    assert tr.variance_scale == 4.0
+    # var [2, 2, 0] / 4 * 0.2 = [0.1, 0.1, 0]
+    torch.testing.assert_close(tr.kl_coef(tr(["a"] * 3, ["x"] * 3), 0.2), torch.tensor([0.1, 0.1, 0.0]))
+    tr = TrainingReward(src, RewardConfig(), KLConfig(coef=0.2, variance_aware=True, variance_scale="validation",
+                                                      variance_form="sigma"))
+    assert tr.variance_scale == 2.0
+    with pytest.raises(UserError, match="variance_reference"):
+        TrainingReward(source, RewardConfig(), KLConfig(variance_aware=True, variance_scale="validation"))
+    with pytest.raises(UserError, match="> 0"):
+        TrainingReward(_SavedModelLike({"sigma2": 0.0}), RewardConfig(),
+                       KLConfig(variance_aware=True, variance_scale="validation"))
+
+
+def test_deprecated_variance_normalize_alias():
+    with pytest.warns(FutureWarning, match="variance_scale=batch_mean"):
+        cfg = load_config(PPOConfig, None, ["kl.variance_aware=true", "kl.variance_normalize=true"])
+    assert cfg.kl.variance_scale == "batch_mean" and cfg.kl.variance_normalize is None
+    with pytest.warns(FutureWarning, match="variance_scale=none"):
+        assert KLConfig(variance_normalize=False).variance_scale == "none"
+    with pytest.raises(UserError, match="contradicts"):
+        load_config(PPOConfig, None, ["kl.variance_normalize=true", "kl.variance_scale=validation"])
+
+
+def test_bad_kl_settings_rejected():
+    with pytest.raises(UserError, match="variance_form"):
+        load_config(PPOConfig, None, ["kl.variance_form=sigma3"])
+    with pytest.raises(UserError, match="variance_scale"):
+        load_config(PPOConfig, None, ["kl.variance_scale=batch"])
+    with pytest.raises(UserError, match="only used with"):
+        load_config(PPOConfig, None, ["kl.variance_reference=0.5"])
+    with pytest.raises(UserError, match="variance_reference"):
+        load_config(PPOConfig, None, ["kl.variance_scale=validation", "kl.variance_reference=-1"])
+
+
+def test_presets_load_and_vappo_is_seed_002():
+    cfg = load_config(PPOConfig, "policy_vappo")
+    assert cfg.kl.variance_aware and cfg.kl.variance_form == "sigma2" and cfg.kl.variance_scale == "none"
 
 
 def test_variance_aware_needs_an_ensemble():

@@ -128,6 +128,88 @@ def test_softmax_run_matches_kl_and_regret_nonnegative():
     assert arrays["regret_variance_aware"].min() > -1e-8
 
 
+# ------------------------------------------------------------------ Theorem 3.6: exact vs as printed
+
+
+def test_exact_thm36_hand_worked_two_actions():
+    # pi0 = (1/2, 1/2), R^ = (0, 0), sigma^2 = (1, 2), beta = 1.
+    # Stationarity: pi_y = 1/2 exp(-mu / sigma_y^2 - 1). With t = exp(-mu/2):
+    #   1/2 e^-1 (t^2 + t) = 1  ->  t = (-1 + sqrt(1 + 8e)) / 2 = 1.88465
+    #   pi = (e^-1 t^2 / 2, e^-1 t / 2) = (0.65334, 0.34666)
+    # The paper's form gives pi0 = (1/2, 1/2) (no reward, no move); the exact maximiser moves mass
+    # to the low-variance action, because sum pi sigma^2 ln(pi/pi0) is not a divergence:
+    #   J(exact) = -(0.65334 ln 1.30668 + 2 * 0.34666 ln 0.69332) = +0.0791 > J(pi0) = 0.
+    t = (-1 + math.sqrt(1 + 8 * math.e)) / 2
+    expected = np.array([t * t, t]) / (2 * math.e)
+    pi0, var, r_hat = np.array([0.5, 0.5]), np.array([1.0, 2.0]), np.zeros(2)
+    pi, mu = theory.exact_variance_aware_policy(r_hat, var, pi0, 1.0)
+    np.testing.assert_allclose(pi, expected, rtol=1e-12)
+    assert mu == pytest.approx(-2 * math.log(t), rel=1e-12)
+    np.testing.assert_allclose(theory.paper_variance_aware_policy(r_hat, var, pi0, 1.0), pi0)
+    j_exact = -(expected[0] * math.log(expected[0] / 0.5) + 2 * expected[1] * math.log(expected[1] / 0.5))
+    assert theory.variance_weighted_objective(pi, r_hat, var, pi0, 1.0) == pytest.approx(j_exact, rel=1e-12)
+    assert j_exact == pytest.approx(0.0791, abs=1e-4)
+    assert theory.variance_weighted_objective(pi0, r_hat, var, pi0, 1.0) == 0.0
+
+
+@pytest.mark.parametrize("seed, beta", [(0, 0.05), (1, 0.3), (2, 1.0), (3, 4.0)])
+def test_exact_thm36_matches_a_general_optimiser_on_the_simplex(seed, beta):
+    from scipy.optimize import minimize
+
+    rng = np.random.default_rng(seed)
+    k = 5
+    r_hat, var, pi0 = rng.normal(size=k), rng.uniform(0.2, 4.0, k), rng.dirichlet(np.ones(k))
+
+    def neg_objective(z):  # pi = softmax(z): any point of the open simplex
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        return -theory.variance_weighted_objective(p, r_hat, var, pi0, beta)
+
+    best = min((minimize(neg_objective, z0, method="BFGS", options={"gtol": 1e-12})
+                for z0 in (np.zeros(k), np.log(pi0), rng.normal(size=k))), key=lambda res: res.fun)
+    pi_num = np.exp(best.x - best.x.max())
+    pi_num /= pi_num.sum()
+    pi, _ = theory.exact_variance_aware_policy(r_hat, var, pi0, beta)
+    j_exact = theory.variance_weighted_objective(pi, r_hat, var, pi0, beta)
+    assert j_exact == pytest.approx(-best.fun, abs=1e-9)
+    assert j_exact >= -best.fun - 1e-12  # nothing the optimiser finds beats the closed form
+    np.testing.assert_allclose(pi, pi_num, atol=1e-4)
+    # The paper's form is strictly worse on this objective when sigma^2 varies.
+    pi_paper = theory.paper_variance_aware_policy(r_hat, var, pi0, beta)
+    assert theory.variance_weighted_objective(pi_paper, r_hat, var, pi0, beta) < j_exact - 1e-6
+
+
+def test_exact_thm36_stationarity_and_constant_variance():
+    rng = np.random.default_rng(7)
+    r_hat = rng.normal(size=(400, 30))  # (T, K)
+    var = rng.uniform(0.1, 5.0, 30)
+    pi0 = rng.dirichlet(np.ones(30))
+    beta = np.geomspace(1e-3, 1e3, 400)  # (T,) extreme temperatures too
+    pi, mu = theory.exact_variance_aware_policy(r_hat, var, pi0, beta)
+    # The unnormalised Lagrangian form itself sums to 1 at mu (no renormalisation needed).
+    direct = pi0 * np.exp((r_hat - mu[:, None]) / (beta[:, None] * var) - 1.0)
+    np.testing.assert_allclose(direct.sum(1), 1.0, atol=1e-10)
+    np.testing.assert_allclose(pi, direct, atol=1e-10)
+    # Constant sigma^2: mu is a normaliser again and the paper's form is exact.
+    pi_c, _ = theory.exact_variance_aware_policy(r_hat, np.full(30, 2.0), pi0, beta)
+    np.testing.assert_allclose(pi_c, theory.paper_variance_aware_policy(r_hat, np.full(30, 2.0), pi0, beta), atol=1e-12)
+    with pytest.raises(UserError, match="> 0"):
+        theory.exact_variance_aware_policy(r_hat[0], var, pi0, 0.0)
+
+
+def test_softmax_run_reports_exact_vs_paper_gap(tmp_path):
+    res, arrays = theory.run_softmax(theory.SoftmaxConfig(actions=20, trials=300, kl=0.5, seed=5))
+    ex = res["thm36_exact_vs_paper"]
+    assert ex["objective_gap_min"] > -1e-10  # the exact form is never worse on its own objective
+    assert ex["objective_gap_mean"] > 1e-4  # and strictly better when sigma^2 varies
+    assert ex["kl_mean_paper"] == pytest.approx(0.5, abs=1e-8)
+    np.testing.assert_allclose(arrays["objective_gap"].mean(), ex["objective_gap_mean"])
+    # Constant variances: no gap.
+    (tmp_path / "v.txt").write_text("1.5\n" * 20)
+    res_c, _ = theory.run_softmax(theory.SoftmaxConfig(trials=50, kl=0.5, variances_file=str(tmp_path / "v.txt")))
+    assert abs(res_c["thm36_exact_vs_paper"]["objective_gap_max"]) < 1e-10
+
+
 # ------------------------------------------------------------------ scoring (seed 000)
 
 
@@ -254,6 +336,8 @@ def test_cli_softmax_and_scoring(tmp_path):
     res = json.loads((tmp_path / "s" / "results.json").read_text())
     assert {"return_mean_vanilla", "return_mean_variance_aware", "regret_mean_vanilla",
             "regret_mean_variance_aware", "kl_target"} <= res.keys()
+    assert {"objective_mean_exact", "objective_mean_paper", "objective_gap_mean", "return_mean_exact",
+            "return_mean_paper", "kl_mean_exact", "kl_mean_paper"} <= res["thm36_exact_vs_paper"].keys()
     assert (tmp_path / "s" / "softmax.png").exists()
     assert _cli(["simulate", "scoring", "--actions", "20", "--trials", "200", "--sweep-points", "5",
                  "--out", str(tmp_path / "c")]) == 0

@@ -11,6 +11,7 @@ References:
     lower confidence bound (mean - beta*std): Zhang et al. 2024; Eisenstein et al. 2023.
     median: Eisenstein et al. 2023, "Helping or Herding?", arXiv:2312.09244.
     BRME nominal / trade-off: seed 000 (Yan et al., "Reward-Robust RLHF in LLMs").
+    max (best case, the over-scoring counterpart of min): seed 000's min-vs-max comparison.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ __all__ = [
     "aggregate_brme_nominal",
     "aggregate_brme_tradeoff",
     "aggregate_lcb",
+    "aggregate_max",
     "aggregate_mean",
     "aggregate_median",
     "aggregate_min",
@@ -66,6 +68,22 @@ def aggregate_min(output: RewardOutput) -> torch.Tensor:
         (B,) minimum over heads.
     """
     return output.per_head.min(dim=1).values
+
+
+def aggregate_max(output: RewardOutput) -> torch.Tensor:
+    """Best case ``max_k r_k``: the optimistic counterpart of `aggregate_min`.
+
+    Seed 000 trains PPO on the minimum and on the maximum of its reward heads to show that
+    over-scoring (optimising the most optimistic head) hurts more than under-scoring. Not a
+    robust aggregator -- a baseline for that comparison.
+
+    Args:
+        output: rewards with ``per_head`` (B, K).
+
+    Returns:
+        (B,) maximum over heads.
+    """
+    return output.per_head.max(dim=1).values
 
 
 def aggregate_uwo(output: RewardOutput, lam: float = 0.1) -> torch.Tensor:
@@ -165,6 +183,7 @@ def aggregate_brme_tradeoff(output: RewardOutput, lam: float = 0.5) -> torch.Ten
 AGGREGATORS: dict[str, Callable[..., torch.Tensor]] = {
     "mean": aggregate_mean,
     "min": aggregate_min,
+    "max": aggregate_max,
     "uwo": aggregate_uwo,
     "lcb": aggregate_lcb,
     "median": aggregate_median,
@@ -190,7 +209,7 @@ class AggregatorConfig:
     """How the K head rewards become one reward per sample (METHODS.md section 2)."""
 
     name: str = "mean"
-    """Aggregator: one of mean, min (WCO), uwo, lcb, median, brme_nominal, brme_tradeoff."""
+    """Aggregator: one of mean, min (WCO), max (best case, seed 000's over-scoring baseline), uwo, lcb, median, brme_nominal, brme_tradeoff."""
     lam: float | None = None
     """uwo: variance penalty (default 0.1); brme_tradeoff: nominal weight in [0, 1] (default 0.5)."""
     beta: float | None = None

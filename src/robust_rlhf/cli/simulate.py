@@ -1,18 +1,54 @@
 """`robust-rlhf simulate {bandit,softmax,scoring}`: the theory checks of seeds 002 and 000.
 
 Thin: parse arguments into the config dataclass of `robust_rlhf.experiments.theory`, run it,
-write results.json + a PNG, print a short summary. See docs/theory.md.
+write results.json + a PNG (`robust_rlhf.report.theory_plots`), print a short summary. See docs/theory.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 from robust_rlhf.errors import UserError
 from robust_rlhf.experiments import theory
+from robust_rlhf.report import theory_plots
+from robust_rlhf.utils import MAX_SEED, atomic_write_json, atomic_write_text, check_output_dir
+
+MAX_COUNT = 10_000_000
+"""Largest trials/actions/dimension accepted: bigger ones are typos that would exhaust memory."""
+
+
+def _finite_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(f"expected a whole number in [1, {MAX_COUNT}], got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"a seed must be in [0, 2**32 - 1], got {value}")
+    return value
 
 
 def _apply(cfg: Any, values: dict[str, Any]) -> Any:
@@ -23,6 +59,21 @@ def _apply(cfg: Any, values: dict[str, Any]) -> Any:
             assert key in names, key
             setattr(cfg, key, value)
     return cfg
+
+
+def _write_outputs(out_dir: str | Path, name: str, results: dict, arrays: dict,
+                   vectors: tuple[str, ...] = ()) -> dict[str, Path]:
+    """Write OUT/results.json, OUT/<name>.png and, for `vectors`, OUT/<vector>.txt (one number
+    per line, so --r-star/--variances/--pi0 can replay the exact problem)."""
+    out = Path(out_dir)
+    paths = {"results": out / "results.json", "png": out / f"{name}.png"}
+    for vec in vectors:
+        paths[vec] = out / f"{vec}.txt"
+        atomic_write_text(paths[vec], "".join(f"{x:.17g}\n" for x in arrays[vec]))
+    atomic_write_json(paths["results"], results)
+    plot = {"bandit": theory_plots.plot_bandit, "softmax": theory_plots.plot_softmax, "scoring": theory_plots.plot_scoring}
+    plot[name](results, arrays, paths["png"])
+    return paths
 
 
 def _finish(paths: dict[str, Path], lines: list[str]) -> int:
@@ -56,9 +107,9 @@ def _bandit(args: argparse.Namespace) -> int:
         pi0_file=args.pi0,
     ))
     cfg.dim_explicit = args.dim is not None
-    out = args.out or f"runs/simulate/bandit-{cfg.preset or 'custom'}"
+    out = check_output_dir(args.out if args.out is not None else f"runs/simulate/bandit-{cfg.preset or 'custom'}", "--out")
     results, arrays = theory.run_bandit(cfg)
-    paths = theory.write_bandit_outputs(out, results, arrays)
+    paths = _write_outputs(out, "bandit", results, arrays, vectors=("r_star", "variances", "pi0"))
     r = results
     lines = [
         f"bandit ({cfg.preset or 'custom'}): d={r['dim']}, trials={r['trials']}, "
@@ -86,9 +137,9 @@ def _softmax(args: argparse.Namespace) -> int:
         pi0_file=args.pi0,
     ))
     cfg.dim_explicit = args.actions is not None
-    out = args.out or "runs/simulate/softmax"
+    out = check_output_dir(args.out if args.out is not None else "runs/simulate/softmax", "--out")
     results, arrays = theory.run_softmax(cfg)
-    paths = theory.write_softmax_outputs(out, results, arrays)
+    paths = _write_outputs(out, "softmax", results, arrays)
     r = results
     lines = [
         f"softmax (Thm 3.6): K={r['n_actions']}, trials={r['trials']}, KL(pi||pi0)={r['kl_target']:g} "
@@ -101,6 +152,16 @@ def _softmax(args: argparse.Namespace) -> int:
         f"  variance-aware better in {100 * r['p_variance_aware_beats_vanilla']:.1f}% of trials "
         f"(mean gain {r['return_diff_mean']:+.4f} ± {r['return_diff_stderr']:.4f} s.e.)",
     ]
+    ex = r["thm36_exact_vs_paper"]
+    lines += [
+        "  Thm 3.6 at the same beta, exact maximiser pi0·exp((R^-mu)/(beta sigma^2)-1) vs the paper's form:",
+        f"    objective J: exact {ex['objective_mean_exact']:.4f}, paper {ex['objective_mean_paper']:.4f} "
+        f"(gap mean {ex['objective_gap_mean']:.2e}, max {ex['objective_gap_max']:.2e})",
+        f"    true return: exact {ex['return_mean_exact']:.4f} ± {ex['return_std_exact']:.4f}, paper "
+        f"{ex['return_mean_paper']:.4f} ± {ex['return_std_paper']:.4f} "
+        f"(exact - paper {ex['return_diff_exact_minus_paper_mean']:+.4f} ± {ex['return_diff_exact_minus_paper_stderr']:.4f} s.e.)",
+        f"    KL(pi||pi0): exact {ex['kl_mean_exact']:.4f}, paper {ex['kl_mean_paper']:.4f}",
+    ]
     return _finish(paths, lines)
 
 
@@ -112,9 +173,9 @@ def _scoring(args: argparse.Namespace) -> int:
         actions=args.actions, fraction=args.fraction, delta=args.delta, beta=args.beta, trials=args.trials,
         seed=args.seed, beta_min=args.beta_min, beta_max=args.beta_max, sweep_points=args.sweep_points,
     ))
-    out = args.out or "runs/simulate/scoring"
+    out = check_output_dir(args.out if args.out is not None else "runs/simulate/scoring", "--out")
     results, arrays = theory.run_scoring(cfg)
-    paths = theory.write_scoring_outputs(out, results, arrays)
+    paths = _write_outputs(out, "scoring", results, arrays)
     r = results
     lines = [
         f"scoring (seed 000): K={r['n_actions']}, {r['n_perturbed']} perturbed by ±{r['delta']:g}, "
@@ -131,20 +192,20 @@ def _scoring(args: argparse.Namespace) -> int:
 
 
 def _add_problem_args(p: argparse.ArgumentParser, dim_flag: str, dim_help: str) -> None:
-    p.add_argument(dim_flag, type=int, default=None, help=dim_help)
+    p.add_argument(dim_flag, type=_count, default=None, help=dim_help)
     p.add_argument(
-        "--var-range", nargs=2, type=float, metavar=("LOW", "HIGH"), default=None,
+        "--var-range", nargs=2, type=_finite_float, metavar=("LOW", "HIGH"), default=None,
         help="draw the diagonal variances of Sigma uniformly in [LOW, HIGH] (both > 0)",
     )
     p.add_argument("--variances", metavar="FILE", default=None,
                    help="fix the variances exactly: one number (> 0) per line; sets the dimension")
     p.add_argument("--r-star", metavar="FILE", default=None,
                    help="fix the true reward r* exactly: one number per line")
-    p.add_argument("--r-star-scale", type=float, default=None, metavar="S",
+    p.add_argument("--r-star-scale", type=_finite_float, default=None, metavar="S",
                    help="without --r-star, draw r*_i ~ N(0, S^2) once from --seed")
     p.add_argument("--pi0", metavar="FILE", default=None,
                    help="reference policy pi0, one probability per line (sums to 1); uniform by default")
-    p.add_argument("--seed", type=int, default=None,
+    p.add_argument("--seed", type=_seed, default=None,
                    help="seed for r*, the variances and the noise (independent streams; default 0)")
 
 
@@ -172,9 +233,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
              "r*_i ~ N(0, 0.13^2) seed 0, uniform pi0, eps=1); without it the defaults equal high-variability",
     )
     _add_problem_args(b, "--dim", "dimension d (number of prompt-response pairs; default 1000)")
-    b.add_argument("--epsilon", type=float, default=None,
+    b.add_argument("--epsilon", type=_finite_float, default=None,
                    help="L2 budget eps of pi1, > 0 (default 1); pi2 uses eps~ = min(variance) * eps")
-    b.add_argument("--trials", type=int, default=None, help="number of estimates R^ drawn (default 10000)")
+    b.add_argument("--trials", type=_count, default=None, help="number of estimates R^ drawn (default 10000)")
     b.add_argument("--out", default=None,
                    help="output folder for results.json, bandit.png and the r*/variances/pi0 used "
                         "(default runs/simulate/bandit-<preset>)")
@@ -184,13 +245,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "softmax",
         help="discrete-action Theorem 3.6: pi0·exp(R^/(beta sigma^2)) vs pi0·exp(R^/beta) at equal KL",
         description="Both policies' beta is solved by bisection per trial so that KL(pi || pi0) equals "
-                    "--kl; reports true return and regret against the oracle pi0·exp(r*/beta*) at the same KL.",
+                    "--kl; reports true return and regret against the oracle pi0·exp(r*/beta*) at the same KL, "
+                    "and, at the same beta, the exact Thm 3.6 maximiser pi0·exp((R^-mu)/(beta sigma^2)-1) "
+                    "against the paper's form (objective, true return, KL).",
     )
     _add_problem_args(s, "--actions", "number of actions K (default 100)")
-    s.add_argument("--kl", type=float, default=None,
+    s.add_argument("--kl", type=_finite_float, default=None,
                    help="KL(pi || pi0) in nats both policies are matched to, per trial (default 1.0; "
                         "must be < -log max pi0)")
-    s.add_argument("--trials", type=int, default=None, help="number of estimates R^ drawn (default 5000)")
+    s.add_argument("--trials", type=_count, default=None, help="number of estimates R^ drawn (default 5000)")
     s.add_argument("--out", default=None, help="output folder (default runs/simulate/softmax)")
     s.set_defaults(func=_softmax)
 
@@ -201,17 +264,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "return vs the policy fitted to r* itself, paired over trials, plus sweeps over beta "
                     "and over the fraction.",
     )
-    c.add_argument("--actions", type=int, default=None, help="number of actions K (default 100)")
-    c.add_argument("--fraction", type=float, default=None,
+    c.add_argument("--actions", type=_count, default=None, help="number of actions K (default 100)")
+    c.add_argument("--fraction", type=_finite_float, default=None,
                    help="fraction of actions perturbed, a fresh random subset per trial (default 0.1)")
-    c.add_argument("--delta", type=float, default=None,
+    c.add_argument("--delta", type=_finite_float, default=None,
                    help="perturbation size, in units of the true reward's std (r* ~ N(0, 1); default 1.0)")
-    c.add_argument("--beta", type=float, default=None,
+    c.add_argument("--beta", type=_finite_float, default=None,
                    help="KL coefficient beta of pi ∝ pi0·exp(r/beta) for the headline numbers (default 0.1)")
-    c.add_argument("--beta-min", type=float, default=None, help="smallest beta of the sweep (default 0.01)")
-    c.add_argument("--beta-max", type=float, default=None, help="largest beta of the sweep (default 10)")
-    c.add_argument("--sweep-points", type=int, default=None, help="points per sweep (default 25)")
-    c.add_argument("--trials", type=int, default=None, help="trials, each with a fresh r* and subset (default 2000)")
-    c.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    c.add_argument("--beta-min", type=_finite_float, default=None, help="smallest beta of the sweep (default 0.01)")
+    c.add_argument("--beta-max", type=_finite_float, default=None, help="largest beta of the sweep (default 10)")
+    c.add_argument("--sweep-points", type=_count, default=None, help="points per sweep (default 25)")
+    c.add_argument("--trials", type=_count, default=None, help="trials, each with a fresh r* and subset (default 2000)")
+    c.add_argument("--seed", type=_seed, default=None, help="random seed (default 0)")
     c.add_argument("--out", default=None, help="output folder (default runs/simulate/scoring)")
     c.set_defaults(func=_scoring)

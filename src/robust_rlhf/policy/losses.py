@@ -44,6 +44,7 @@ __all__ = [
     "ppo_value_loss",
     "rloo_advantages",
     "token_level_rewards",
+    "VARIANCE_FORMS",
     "variance_aware_kl_weight",
 ]
 
@@ -182,36 +183,64 @@ def kl_estimate(
     raise UserError(f"unknown KL estimator {estimator!r}; valid: {', '.join(KL_ESTIMATORS)}")
 
 
-def variance_aware_kl_weight(
-    var: torch.Tensor, beta: float, normalize: bool = True, eps: float = 1e-8
-) -> torch.Tensor:
-    """Per-sample KL coefficient ``beta * sigma^2(x, y)`` of variance-aware PPO (seed 002).
+VARIANCE_FORMS = ("sigma2", "sigma")
+"""Which ensemble uncertainty weights the KL of variance-aware PPO: sigma^2 (seed 002's theory,
+Thm 3.6) or sigma (seed 002's experiment section writes beta * sigma)."""
 
-    Seed 002 maximises ``r̄(x,y) - beta * sigma^2(x,y) * ln(pi(y|x) / pi0(y|x))``: samples the
-    ensemble disagrees on are held closer to the reference. With ``normalize=True`` the
-    variances are divided by their batch mean, so the batch-mean weight is ``beta`` and beta
-    keeps the scale of an ordinary KL coefficient.
+
+def variance_aware_kl_weight(
+    var: torch.Tensor,
+    beta: float,
+    form: str = "sigma2",
+    scale: float | str = "none",
+    eps: float = 1e-8,
+) -> torch.Tensor:
+    """Per-sample KL coefficient ``beta * u(x, y) / c`` of variance-aware PPO (seed 002).
+
+    Seed 002 maximises ``r̄(x,y) - beta * sigma^2(x,y) * ln(pi(y|x) / pi0(y|x))`` (Thm 3.6):
+    samples the ensemble disagrees on are held closer to the reference. ``u`` is ``sigma^2``
+    (``form="sigma2"``, the theory) or ``sigma`` (``form="sigma"``, the experiment section's
+    ``beta * sigma``). The divisor ``c``:
+
+    * ``"none"``: ``c = 1`` -- raw ``u``, as in seed 002. The penalty then carries the
+      ensemble's absolute risk: a batch that drifts into high-variance responses is held
+      back harder. ``beta * u`` is comparable to a vanilla coefficient ``beta * E[u]``.
+    * ``"batch_mean"``: ``c = mean_batch(u) + eps`` -- the batch-mean weight is always
+      ``beta`` (the pre-2026-11 behaviour; removes the absolute risk aversion).
+    * a positive number: a fixed ``c``, e.g. the mean of ``u`` on the reward model's
+      validation set (``kl.variance_scale: validation``) -- keeps beta readable as a vanilla
+      coefficient at typical uncertainty while keeping the absolute risk aversion.
 
     Args:
         var: (B,) ensemble reward variance sigma^2 of each sample, >= 0.
         beta: base KL coefficient, >= 0.
-        normalize: divide by the batch mean of ``var`` (+ eps).
-        eps: guards the division when all variances are 0.
+        form: ``"sigma2"`` or ``"sigma"``.
+        scale: ``"none"``, ``"batch_mean"`` or a fixed divisor > 0 (in the units of ``u``).
+        eps: guards the batch-mean division when all variances are 0.
 
     Returns:
         (B,) KL coefficient per sample (detached; pass as ``kl_coef`` to `token_level_rewards`).
 
     Raises:
-        ValueError: negative beta or negative variances.
+        ValueError: negative beta, negative variances, unknown form/scale, a fixed scale <= 0.
     """
     if beta < 0:
         raise ValueError(f"variance-aware KL beta must be >= 0, got {beta}")
+    if form not in VARIANCE_FORMS:
+        raise ValueError(f"variance form must be one of {', '.join(VARIANCE_FORMS)}, got {form!r}")
     var = var.detach()
     if bool((var < 0).any()):
         raise ValueError("reward variances must be >= 0")
-    if normalize:
-        var = var / (var.mean() + eps)
-    return beta * var
+    u = var if form == "sigma2" else var.sqrt()  # (B,)
+    if isinstance(scale, str):
+        if scale == "none":
+            return beta * u
+        if scale == "batch_mean":
+            return beta * u / (u.mean() + eps)
+        raise ValueError(f"variance scale must be 'none', 'batch_mean' or a number > 0, got {scale!r}")
+    if isinstance(scale, bool) or not (math.isfinite(scale) and scale > 0):
+        raise ValueError(f"a fixed variance scale must be finite and > 0, got {scale!r}")
+    return beta * u / scale
 
 
 def token_level_rewards(

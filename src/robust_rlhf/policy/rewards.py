@@ -2,15 +2,18 @@
 and its KL-penalty coefficient.
 
     source (K heads) --aggregate--> proxy (B,) --perturb--> --clip--> --whiten--> training reward (B,)
-                     \\--variance sigma^2 (B,)--> per-sample KL coefficient beta*sigma^2 (seed 002)
+                     \\--variance sigma^2 (B,)--> per-sample KL coefficient beta*sigma^2/c (seed 002)
 
 * `RewardSource`: anything ``(prompts, responses) -> RewardOutput``. A saved reward model
   (`robust_rlhf.reward.model.RewardModel`, which scores decoded text with its *own* tokenizer,
   USER_NEEDS #5), a gold reward used as a one-head proxy (``gold:vader``, for demos and tests),
   or any Python callable.
-* Aggregation is by name + parameters (`robust_rlhf.aggregate`): ``mean``, ``min``, ``uwo``,
-  ``lcb``, ``median``, ``brme_nominal``, ``brme_tradeoff`` (seed 000's
+* Aggregation is by name + parameters (`robust_rlhf.aggregate`): ``mean``, ``min``, ``max``,
+  ``uwo``, ``lcb``, ``median``, ``brme_nominal``, ``brme_tradeoff`` (seed 000's
   ``lam*r_nominal + (1-lam)*r_robust``).
+* Variance-aware KL (seed 002, `KLConfig`): coefficient ``beta * u / c`` per sample with
+  ``u = sigma^2`` (or ``sigma``) and ``c`` = 1 (raw, the paper), the batch mean of ``u``, or a
+  fixed validation-set mean of ``u`` saved with the reward model.
 * Perturbation (seed 000's over-/under-scoring experiment) applies to the *training* reward
   only; the logged proxy reward is the unperturbed aggregate.
 """
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol, Sequence
@@ -75,7 +79,8 @@ class RewardModelSource:
     """A saved reward model (folder) as a reward source; scores text with its own tokenizer.
 
     ``head_stats`` (per-head (mean, std) on the reward model's validation set, saved with it)
-    feed ``reward.aggregator.normalize=true``."""
+    feed ``reward.aggregator.normalize=true``; `validation_uncertainty` feeds
+    ``kl.variance_scale=validation``."""
 
     def __init__(self, path: str, batch_size: int = 64, device: str | torch.device | None = None) -> None:
         from robust_rlhf.reward.model import RewardModel
@@ -89,6 +94,35 @@ class RewardModelSource:
 
     def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardOutput:
         return self.model.score(list(prompts), list(responses), batch_size=self.batch_size)
+
+    def validation_uncertainty(self, form: str) -> float:
+        """Mean ensemble uncertainty on the reward model's validation set: E[sigma^2] for
+        ``form="sigma2"``, E[sigma] for ``"sigma"`` (over chosen and rejected texts, unbiased
+        variance across heads), the fixed divisor of ``kl.variance_scale=validation``.
+
+        Read from ``head_stats`` (``ensemble_var_mean`` / ``ensemble_std_mean``, saved by
+        ``rm train``); for reward models saved before those keys existed, computed once here from
+        the validation split named in ``head_stats["source"]``.
+        """
+        stats = getattr(self.model.config, "head_stats", None) or {}
+        key = "ensemble_var_mean" if form == "sigma2" else "ensemble_std_mean"
+        if stats.get(key) is None:
+            source = stats.get("source")
+            if not source:
+                raise UserError(
+                    "kl.variance_scale=validation needs the reward model's validation uncertainty "
+                    f"(head_stats.{key} in reward_config.json) or its validation split; this reward model "
+                    "has neither -- retrain it with data.validation set, give kl.variance_reference, or use "
+                    "kl.variance_scale=none|batch_mean")
+            from robust_rlhf.data.preferences import load_preferences
+
+            pairs = load_preferences(source, self.model.tokenizer)
+            out = self.model.score([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs],
+                                   batch_size=self.batch_size)
+            stats = dict(stats, ensemble_var_mean=out.var.mean().item(), ensemble_std_mean=out.std.mean().item())
+            log.info("kl.variance_scale=validation: computed %s = %.6g from %d validation pairs (%s)",
+                     key, stats[key], len(pairs), source)
+        return float(stats[key])
 
 
 def load_reward_source(spec: str, batch_size: int = 64, device: str | torch.device | None = None) -> RewardSource:
@@ -124,7 +158,7 @@ class RewardConfig:
     model: str | None = None
     """saved reward model folder; `gold:vader` uses a gold reward as a 1-head proxy (demos/tests); null = train the default ensemble into OUTPUT/reward_model first"""
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
-    """how K head rewards become one (name: mean|min|uwo|lcb|median|brme_nominal|brme_tradeoff; lam; beta; normalize)"""
+    """how K head rewards become one (name: mean|min|max|uwo|lcb|median|brme_nominal|brme_tradeoff; lam; beta; normalize)"""
     batch_size: int = 64
     """reward-model scoring batch size"""
     perturb: Literal["none", "over", "under", "noise"] = "none"
@@ -168,11 +202,38 @@ class KLConfig:
     estimator: Literal["k1", "k2", "k3"] = "k1"
     """per-token KL estimator in the penalty: k1 = log p/q, k2 = (log p/q)^2/2, k3 = (q/p - 1) - log q/p"""
     variance_aware: bool = False
-    """seed 002: each sample's coefficient is beta*sigma^2(x, y) from the ensemble variance"""
-    variance_normalize: bool = True
-    """variance-aware: divide sigma^2 by its batch mean, so beta keeps the scale of a plain KL coefficient"""
+    """seed 002 (Thm 3.6): each sample's coefficient is beta*sigma^2(x, y)/c from the ensemble variance"""
+    variance_form: Literal["sigma2", "sigma"] = "sigma2"
+    """variance-aware: sigma2 = beta*sigma^2 (seed 002's theory); sigma = beta*sigma (its experiment section)"""
+    variance_scale: Literal["none", "batch_mean", "validation"] = "none"
+    """variance-aware divisor c: none = raw (seed 002); batch_mean = mean over the batch (mean weight is always beta); validation = a FIXED mean over the reward model's validation set"""
+    variance_reference: float | None = None
+    """variance_scale=validation: the fixed c (in units of sigma^2 or sigma); null = read it from the reward model (head_stats)"""
+    variance_normalize: bool | None = None
+    """DEPRECATED alias: true = variance_scale: batch_mean, false = variance_scale: none"""
 
     def __post_init__(self) -> None:
+        if self.variance_normalize is not None:
+            alias = "batch_mean" if self.variance_normalize else "none"
+            if self.variance_scale not in ("none", alias):
+                raise ValueError(
+                    f"kl.variance_normalize={str(self.variance_normalize).lower()} (deprecated) contradicts "
+                    f"kl.variance_scale={self.variance_scale}; give only kl.variance_scale")
+            warnings.warn(
+                f"kl.variance_normalize is deprecated; use kl.variance_scale={alias} "
+                "(none = raw sigma^2 as in seed 002, batch_mean = the old normalisation, validation = a fixed scale)",
+                FutureWarning, stacklevel=3)
+            self.variance_scale = alias
+            self.variance_normalize = None
+        if self.variance_form not in ("sigma2", "sigma"):
+            raise ValueError(f"kl.variance_form must be sigma2 or sigma, got {self.variance_form!r}")
+        if self.variance_scale not in ("none", "batch_mean", "validation"):
+            raise ValueError(f"kl.variance_scale must be none, batch_mean or validation, got {self.variance_scale!r}")
+        if self.variance_reference is not None:
+            if not (math.isfinite(self.variance_reference) and self.variance_reference > 0):
+                raise ValueError(f"kl.variance_reference must be finite and > 0, got {self.variance_reference}")
+            if self.variance_scale != "validation":
+                raise ValueError("kl.variance_reference is only used with kl.variance_scale=validation; remove it")
         if not (math.isfinite(self.coef) and self.coef >= 0):
             raise ValueError(f"kl.coef must be finite and >= 0, got {self.coef}")
         if self.adaptive and self.target <= 0:
@@ -220,6 +281,28 @@ class TrainingReward:
         self.cfg = cfg
         self.kl_cfg = kl_cfg or KLConfig()
         self.head_stats = getattr(source, "head_stats", None) if cfg.aggregator.normalize else None
+        self.variance_scale = self._variance_scale()
+
+    def _variance_scale(self) -> float | str:
+        """The divisor passed to `variance_aware_kl_weight`: "none", "batch_mean", or the fixed
+        validation mean of sigma^2 (or sigma), resolved once here at policy start."""
+        kl = self.kl_cfg
+        if not kl.variance_aware or kl.variance_scale != "validation":
+            return kl.variance_scale
+        if kl.variance_reference is not None:
+            return float(kl.variance_reference)
+        getter = getattr(self.source, "validation_uncertainty", None)
+        if getter is None:
+            raise UserError(
+                "kl.variance_scale=validation needs a saved reward model (reward.model=FOLDER) or an explicit "
+                "kl.variance_reference; this reward source has no validation set")
+        value = float(getter(kl.variance_form))
+        if not (math.isfinite(value) and value > 0):
+            raise UserError(
+                f"kl.variance_scale=validation: the reward model's validation mean {kl.variance_form} is {value:g}; "
+                "it must be > 0 (an ensemble whose heads never disagree) -- use kl.variance_scale=none")
+        log.info("variance-aware KL: c = %.6g (validation mean %s, fixed for the whole run)", value, kl.variance_form)
+        return value
 
     def score(self, prompts: Sequence[str], responses: Sequence[str]) -> tuple[RewardOutput, torch.Tensor]:
         """Head rewards and the aggregated (unperturbed) proxy reward (B,)."""
@@ -245,10 +328,11 @@ class TrainingReward:
         return RewardBatch(training=training, proxy=proxy, mean=out.mean.float(), var=out.var.float(), per_head=out.per_head.float())
 
     def kl_coef(self, batch: RewardBatch, beta: float) -> float | torch.Tensor:
-        """The KL coefficient: ``beta`` or, variance-aware, ``beta * sigma^2`` per sample (B,)."""
+        """The KL coefficient: ``beta`` or, variance-aware, ``beta * u / c`` per sample (B,)
+        (``u`` = sigma^2 or sigma, ``c`` per ``kl.variance_scale``; see `variance_aware_kl_weight`)."""
         if not self.kl_cfg.variance_aware:
             return beta
-        return variance_aware_kl_weight(batch.var, beta, normalize=self.kl_cfg.variance_normalize)
+        return variance_aware_kl_weight(batch.var, beta, form=self.kl_cfg.variance_form, scale=self.variance_scale)
 
 
 def reward_metrics(batch: RewardBatch, prefix: str = "reward/") -> dict[str, float]:
@@ -286,8 +370,7 @@ def evaluate_policy(policy, prompts: Sequence[str], sampling_cfg, reward: Traini
                                   reference=True)
     kl = (kl_estimate(out.logprobs, ref.logprobs, kl_estimator) * ro.response_mask).sum(1)  # (B,)
     return {
-        "gold_reward": gold_scores.mean().item(),
-        "gold/reward": gold_scores.mean().item(),
+        "gold_reward": gold_scores.mean().item(),  # one name (the pre-0.2 "gold/reward" duplicate is gone)
         "gold/reward_std": gold_scores.std().item() if len(gold_scores) > 1 else 0.0,
         "gold/proxy_reward": proxy.mean().item(),
         "gold/kl": kl.mean().item(),
