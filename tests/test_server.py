@@ -130,7 +130,8 @@ def test_health_reports_model_heads_aggregator_and_queue(server):
 def test_openrlhf_client_request_exactly_as_sent():
     """OpenRLHF <= 0.9's `openrlhf/utils/remote_rm_utils.py::request_api_wrapper` posted
     {"query", "prompts", "labels"} with requests and read response.json()["rewards"]. The current
-    client (0.11, aiohttp, one query per request) is held in tests/test_integrations_protocol.py."""
+    client (released 0.11.2 wheel, openrlhf/utils/agent.py: aiohttp, one query per request, round
+    robin over the URLs) is held in tests/test_integrations_protocol.py."""
     requests = pytest.importorskip("requests")
     with BackgroundServer(create_app(make_service())) as srv:
         queries = ["abxyz", "<s>ab 0123456789"]   # the 2nd was re-decoded with a BOS: no prompt prefix
@@ -382,7 +383,7 @@ def test_client_splits_long_inputs(server):
 
 
 def test_client_rejects_bad_arguments():
-    with pytest.raises(UserError):
+    with pytest.raises(UserError, match="must look like http://host:port"):
         RewardClient("localhost:8000")
     with pytest.raises(UserError, match="2 prompts but 1"):
         RewardClient("http://127.0.0.1:1").score(["a", "b"], ["c"])
@@ -405,7 +406,7 @@ def test_verl_compute_score(server, monkeypatch):
                                            [{"prompt": "ab"}, None]) == pytest.approx([2.6, 0.2])
     monkeypatch.setenv("ROBUST_RLHF_URL", "http://127.0.0.1:1")
     monkeypatch.setenv("ROBUST_RLHF_RETRIES", "0")
-    with pytest.raises(RewardServerError):
+    with pytest.raises(RewardServerError, match="failed after 1 attempt"):
         verl_reward.compute_score("ds", "xyz", "gt", {"prompt": "ab"})
     monkeypatch.delenv("ROBUST_RLHF_URL")
     with pytest.raises(UserError, match="ROBUST_RLHF_URL"):

@@ -676,7 +676,7 @@ async def handle_openrlhf(request: web.Request) -> web.Response:
     request.app[BATCHER].stats.templated += templated
     result = await _score(request, plain_prompts, plain_responses)
     out = result.to_json()
-    # extra_logs: OpenRLHF (>= 0.9, samples_generator.py) turns each key into a per-sample metric,
+    # extra_logs: OpenRLHF (0.11.2 trainer/ppo_utils/samples_generator.py) turns each key into a per-sample metric,
     # so the ensemble's uncertainty on the policy's own samples is logged beside the reward.
     return _json_response({"rewards": out["rewards"], "scores": out["rewards"],
                            "extra_logs": {"reward_std": out["reward_std"],

@@ -1,23 +1,29 @@
 """verl custom reward functions that score responses with a running robust-rlhf reward server.
 
-Read: volcengine/verl at b178a3c (0.8.0.dev, Jan 2026) ``verl/trainer/ppo/reward.py``
-(``get_custom_reward_fn``) and ``verl/experimental/reward_loop/reward_manager/naive.py``; the 0.9
-key names are from issue 11 (measured with verl 0.9.1). verl loads the file named in
-``reward.custom_reward_function.path`` (verl <= 0.8: top-level ``custom_reward_function.path``)
-and calls the function named in ``reward.custom_reward_function.name`` as::
+Read: the released verl 0.9.1 wheel (PyPI): ``verl/trainer/config/reward/reward.yaml``,
+``verl/trainer/ppo/reward.py`` (``get_custom_reward_fn``, ``load_reward_manager``),
+``verl/experimental/reward_loop/reward_manager/naive.py`` and ``reward_loop.py``. verl loads the
+module named in ``reward.custom_reward_function.path`` (``pkg://robust_rlhf.integrations.verl_reward``
+or this file's path; verl <= 0.8: top-level ``custom_reward_function.path``, which 0.9.1's
+``main_ppo`` silently ignores) and calls the function named in ``reward.custom_reward_function.name``
+(default ``compute_score``) as::
 
-    compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=..., **reward_kwargs)
+    compute_score(data_source=..., solution_str=..., ground_truth=..., extra_info=..., **kwargs)
 
-once per response: the reward loop's managers (``naive``, ``dapo``, ``rate_limited``, ``remote``,
+once per response (``kwargs``: ``reward.custom_reward_function.reward_kwargs``, and
+``reward_router_address`` / ``reward_model_tokenizer`` when a verl reward model is enabled; all
+ignored here). The reward loop's managers (``naive``, ``dapo``, ``rate_limited``, ``remote``,
 ``gdpo``) run many such calls at once in threads, and the reward server's dynamic batching
-gathers them into one backbone batch -- that is what "one request per batch" became (the
-``batch`` manager is gone). The result is a float, or a dict whose ``"score"`` is the reward and
-whose other keys verl logs (`compute_score_with_std`). `compute_score_batch` is kept for
-verl <= 0.8's ``reward_model.reward_manager=batch``.
+gathers them into one backbone batch -- that is what "one request per batch" became (0.9.1's
+reward loop has no ``batch`` manager). The result is a float, or a dict whose ``"score"`` is the
+reward and whose other keys verl logs (`compute_score_with_std`). `compute_score_batch` is kept
+for verl <= 0.8's ``reward_model.reward_manager=batch``.
 
-verl passes only the decoded response (``skip_special_tokens=True``), so the prompt is read from
-``extra_info["prompt"]`` -- a string, or chat messages ``[{"role", "content"}, ...]`` as verl's
-own preprocessors write the top-level ``prompt`` column -- or ``extra_info["question"]``. Chat
+verl passes only the decoded response (``skip_special_tokens=True``) and the row's ``extra_info``
+(plus ``num_turns`` / ``rollout_reward_scores``); the ``prompt`` column is not passed, so the
+prompt is read from ``extra_info["prompt"]`` (copied there when preprocessing) -- a string, or
+chat messages ``[{"role", "content"}, ...]`` as verl's own preprocessors write the top-level
+``prompt`` column -- or ``extra_info["question"]``. Chat
 messages become plain text as in `robust_rlhf.integrations.chat.render_conversation`. Without a
 prompt the response is scored alone (a warning is logged once).
 
@@ -124,8 +130,8 @@ def compute_score_with_std(data_source: str, solution_str: str, ground_truth: An
 
 def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
                         extra_infos: Sequence[dict | None] | None = None, **kwargs: Any) -> list[float]:
-    """verl <= 0.8 ``BatchRewardManager`` form (``reward_model.reward_manager=batch``; the ``batch``
-    manager no longer exists in verl 0.9): all responses of a batch in one request.
+    """verl <= 0.8 ``BatchRewardManager`` form (``reward_model.reward_manager=batch``; verl 0.9.1's
+    reward loop has no ``batch`` manager): all responses of a batch in one request.
 
     Returns:
         One aggregated reward per response, in order.
