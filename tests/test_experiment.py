@@ -58,9 +58,9 @@ def test_gao_fit_matches_numpy_least_squares(form):
 
 def test_gao_fit_needs_two_positive_points():
     assert fit_gao([0.0, 1.0], [0.0, 0.3], "rl") is None
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same length, got 1 and 2"):
         fit_gao([1.0], [1.0, 2.0], "bon")
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="form must be 'bon' or 'rl'"):
         fit_gao([1.0, 2.0], [1.0, 2.0], "linear")
 
 
@@ -183,7 +183,7 @@ def test_pipeline_crash_resume_and_rerender(tmp_path, one_thread, monkeypatch, c
     unit alone."""
     import logging
 
-    from robust_rlhf.policy.logging import Run
+    from robust_rlhf.policy.tracking import Run
 
     out = tmp_path / "exp"
     cfg = load_experiment_config("experiment_tiny", one_thread)

@@ -25,7 +25,8 @@ def register(sub) -> None:
             "Run an experiment into --output-dir. Every finished unit (data, each reward model, each policy run) is "
             "cached there; re-running the same command resumes a killed experiment, and re-running a finished one "
             "only re-renders the report.\n\n"
-            "Presets: experiment_demo (about 10 minutes on 2 CPU cores), experiment_tiny (tests), experiment_paper "
+            "Presets: experiment_demo (about 10 minutes on 2 CPU cores), experiment_study (each seed paper's claim "
+            "with 95% intervals and a verdict; ~50 minutes on 2 CPU cores), experiment_tiny (tests), experiment_paper "
             "(a GPU; seed 002's scale).\n\n"
             "Override any key with key=value, e.g.\n"
             "  robust-rlhf experiment run --output-dir runs/demo seeds=[0,1,2] data.label_noise=0.25"),
@@ -47,6 +48,9 @@ def register(sub) -> None:
 def cmd_run(args) -> int:
     from robust_rlhf.experiments.overopt import load_experiment_config, run_experiment
 
+    from robust_rlhf.utils import check_output_dir
+
+    check_output_dir(args.output_dir)
     cfg = load_experiment_config(args.config, args.overrides)
     outcome = run_experiment(cfg, args.output_dir, progress=not args.no_progress)
     print(f"results: {outcome.output_dir / 'results.json'}")
@@ -60,6 +64,8 @@ def cmd_run(args) -> int:
 def cmd_report(args) -> int:
     from robust_rlhf.report.html import write_report
 
-    path = write_report(args.output_dir)
+    from robust_rlhf.utils import check_output_dir
+
+    path = write_report(check_output_dir(args.output_dir))
     print(f"report: {path}")
     return 0

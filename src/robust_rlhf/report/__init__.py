@@ -1,0 +1,11 @@
+"""Plots and the HTML report of an experiment."""
+
+from robust_rlhf._lazy import lazy_exports
+
+_EXPORTS = {
+    "build_html": ".html",
+    "write_report": ".html",
+    "render_all": ".plots",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

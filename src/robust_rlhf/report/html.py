@@ -93,6 +93,8 @@ def build_html(results: dict, plots: dict[str, list[Path]]) -> str:
         f"units (last call: {_num(timing.get('wall_time_s'), '.0f')} s, {len(timing.get('units_run', []))} units run, "
         f"{len(timing.get('units_cached', []))} cached) · intervals: {level:.0%} Student-t over policies</p>")
 
+    parts += _claims_section(results.get("claims") or [])
+
     parts.append("<h2>Summary</h2><ul class='summary'>")
     parts += [f"<li>{_e(line)}</li>" for line in results.get("summary", [])]
     parts.append("</ul>")
@@ -163,6 +165,40 @@ def build_html(results: dict, plots: dict[str, list[Path]]) -> str:
                               _num(r["final_kl"]["mean"], ".2f"), _diff(r["vs_unperturbed"])] for r in pt["rows"]]))
         parts += [_img(p, p.stem) for p in plots.get("perturbation", [])]
 
+    ew = results.get("early_warning") or {}
+    if ew:
+        cfg_ew = cfg.get("early_warning", {})
+        parts.append("<h2>Early warning of reward hacking</h2>")
+        parts.append(f"<p class='meta'>Per policy: the warning is the first training step where the ensemble's std on the "
+                     f"policy's own samples (trailing mean over {_e(cfg_ew.get('window', '–'))} steps) exceeds "
+                     f"(1 + {_e(cfg_ew.get('rise', '–'))}) × its level in the first steps; the gold turns down when an "
+                     f"evaluation falls more than {_e(cfg_ew.get('gold_drop', '–'))} below the best so far (the downturn "
+                     f"starts at that best). Lead = (gold peak − warning) in evaluation steps; positive = warned "
+                     f"earlier.</p>")
+        outcomes = ["warned before downturn", "warned after downturn", "downturn without warning",
+                    "no gold downturn (false alarm)", "no gold downturn, no warning"]
+        parts.append(_table(["method", "policies"] + outcomes + ["mean lead (eval steps)"],
+                            [[_e(n), str(v["num_policies"])] + [str(v["outcomes"].get(o, 0)) for o in outcomes]
+                             + [_num(v["mean_lead_eval_steps"], "+.1f")] for n, v in ew.items()]))
+        parts += [_img(p, p.stem) for p in plots.get("early_warning", [])]
+
+    shift = results.get("shift")
+    if shift:
+        sets = shift["sets"]
+        parts.append("<h2>Shifted sets (seed 001): Kendall τ against the gold, hidden-state norms</h2>")
+        parts.append("<p class='meta'>" + " · ".join(
+            f"{_e(k)}: {v['num_prompts']} prompts × {v['responses_per_prompt']} responses at temperature "
+            f"{v['temperature']:g}" for k, v in sets.items())
+            + ". τ: Kendall τ-b of the proxy (mean over heads) vs the gold over each prompt's responses, mean and "
+              f"{level:.0%} t-interval over prompts; dispersion: std(‖h‖)/mean(‖h‖) of the pooled last hidden state.</p>")
+        rows = []
+        for rm, per in shift["reward_models"].items():
+            row = [_e(rm)]
+            for k in sets:
+                row += [_num(per[k]["kendall_tau"]["mean"]), _ci(per[k]["kendall_tau"]), _num(per[k]["norm_dispersion"], ".4f")]
+            rows.append(row)
+        parts.append(_table(["reward model"] + [f"{h} ({k})" for k in sets for h in ("τ", "CI", "norm disp.")], rows))
+
     parts.append("<h2>Proxy reward models (test pairs)</h2>")
     rows = []
     for name, rm in results["reward_models"].items():
@@ -183,6 +219,28 @@ def build_html(results: dict, plots: dict[str, list[Path]]) -> str:
         parts.append("</details>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _claims_section(claims: list[dict]) -> list[str]:
+    """The claims table (first in the report): one row per seed claim with its interval and verdict."""
+    if not claims:
+        return []
+    cls = {"reproduced": "pos", "not reproduced": "neg", "inconclusive": ""}
+    rows = []
+    for c in claims:
+        st, (lo, hi) = c["statistic"], c["ci95"]
+        arms = c.get("n_policies") or c.get("n") or {}
+        kl = c.get("kl")
+        kl_txt = "–" if not kl else (", ".join(f"{_e(k)} {v:.2f}" for k, v in kl.items() if k != "matched_at")
+                                     + f"; compared at {kl['matched_at']:.2f}")
+        rows.append([_e(c["seed"]), _e(c["claim"]), _e(st["name"]), _num(st["value"], "+.3f"),
+                     "–" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]",
+                     f"{'<' if st['direction'] == 'less' else '>'} {st['null']:g}",
+                     _e(", ".join(f"{k}: {v}" for k, v in arms.items())), kl_txt,
+                     f"<b class='{cls.get(c['verdict'], '')}'>{_e(c['verdict'])}</b>"])
+    return ["<h2>Claims of the seed papers</h2>",
+            _table(["seed", "claim", "statistic", "value", "95% CI", "claimed", "n per arm", "KL", "verdict"], rows),
+            f"<p class='meta'>Verdict rule: {_e(claims[0].get('rule', ''))}.</p>"]
 
 
 def write_report(output_dir: str | Path) -> Path:

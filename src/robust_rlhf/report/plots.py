@@ -192,9 +192,42 @@ def plot_rm_variance(results: dict, out: Path) -> list[Path]:
     return paths
 
 
+def plot_early_warning(results: dict, out: Path) -> list[Path]:
+    """Per method with an ensemble: the ensemble std on the policy's own samples against the
+    training step (left axis), the held-out gold beside it (right axis), one colour per policy;
+    ▲ = warning, ▼ = gold peak before the downturn."""
+    ew = results.get("early_warning") or {}
+    if not ew:
+        return []
+    plt = _plt()
+    names = list(ew)
+    fig, axes = plt.subplots(1, len(names), figsize=(5.2 * len(names), 3.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        gx = ax.twinx()
+        for i, r in enumerate(results["methods"][name]["runs"]):
+            e = r.get("early_warning")
+            if not e:
+                continue
+            col = COLORS[i % len(COLORS)]
+            tc = r["train_curve"]
+            pts = [(s, v) for s, v in zip(tc["step"], tc["ensemble_std"]) if v is not None]
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], color=col, lw=1)
+            gx.plot(r["curve"]["step"], r["curve"]["gold"], color=col, lw=1, ls="--", marker=".")
+            if e["warning_step"] is not None:
+                ax.plot([e["warning_step"]], [dict(pts).get(e["warning_step"], np.nan)], "^", color=col, ms=8)
+            if e["peak_step"] is not None:
+                gx.plot([e["peak_step"]], [dict(zip(r["curve"]["step"], r["curve"]["gold"]))[e["peak_step"]]], "v",
+                        color=col, ms=8)
+        ax.set_title(name)
+        ax.set_xlabel("training step")
+        ax.set_ylabel("ensemble std on own samples (solid)")
+        gx.set_ylabel("held-out gold (dashed)")
+    return [_save(fig, out / "early_warning.png")]
+
+
 def render_all(results: dict, out: str | Path) -> dict[str, list[Path]]:
     """Every plot of the report, by section."""
     out = Path(out)
     return {"curves": plot_curves(results, out), "final_gold": plot_final_gold(results, out),
             "lambda_sweep": plot_lambda_sweep(results, out), "perturbation": plot_perturbation(results, out),
-            "rm_variance": plot_rm_variance(results, out)}
+            "rm_variance": plot_rm_variance(results, out), "early_warning": plot_early_warning(results, out)}
