@@ -105,3 +105,52 @@ def test_scoring_inputs_validation(tmp_path):
     f = _jsonl(tmp_path / "s.jsonl", [{"prompt": "p", "response": "r", "id": 1}, {"prompt": "p"}])
     with pytest.raises(UserError, match="line 2: missing field 'response'"):
         load_scoring_inputs(f)
+
+
+# ---------------------------------------------------------------- real files read right (issue 12)
+def test_byte_order_marks_are_dropped(tmp_path):
+    (tmp_path / "bom.csv").write_bytes(b"\xef\xbb\xbfprompt,chosen,rejected\r\nP,good,bad\r\n")
+    (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "P", "chosen": "good", "rejected": "bad"}\n')
+    for name in ("bom.csv", "bom.jsonl"):
+        (pair,) = load_preferences(tmp_path / name)
+        assert (pair.prompt, pair.chosen, pair.rejected) == ("P", "good", "bad"), name
+
+
+def test_csv_quoting_and_line_numbers(tmp_path):
+    (tmp_path / "q.csv").write_text('prompt,chosen,rejected\n"P, with comma","a\nsecond line",b\nQ,c,d\nR,e\n')
+    with pytest.raises(UserError, match=r"q.csv: line 5: 2 fields but the header has 3"):
+        load_preferences(tmp_path / "q.csv")
+    (tmp_path / "q.csv").write_text('prompt,chosen,rejected\n"P, with comma","a\nsecond line",b\nQ,c,d\n')
+    pairs = load_preferences(tmp_path / "q.csv")
+    assert [(p.prompt, p.chosen, p.source.rsplit(": ", 1)[1]) for p in pairs] == [
+        ("P, with comma", "a\nsecond line", "line 2"), ("Q", "c", "line 4")]
+
+
+@pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085", "\r"])
+def test_unicode_line_separators_inside_json_strings(tmp_path, sep):
+    f = tmp_path / "u.jsonl"
+    rows = [{"prompt": f"a{sep}b", "chosen": " c", "rejected": " d"}, {"prompt": "e", "chosen": " f", "rejected": " g"}]
+    f.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8", newline="")
+    pairs = load_preferences(f)
+    assert [p.prompt for p in pairs] == [f"a{sep}b", "e"]
+    assert pairs[1].source.endswith("line 2")
+
+
+def test_mixed_formats_are_errors(tmp_path):
+    conv = [{"role": "assistant", "content": "x"}]
+    for rows, match in [
+        ([{"chosen": conv, "rejected": "y"}], r"line 1: fields 'chosen' and 'rejected' must have the same format"),
+        ([{"prompt": conv, "chosen": "x", "rejected": "y"}], r"line 1: field 'prompt' is a list of messages"),
+        ([{"chosen": "x", "rejected": "y"}, {"chosen": conv, "rejected": conv}], r"line 2: this row is conversational"),
+    ]:
+        with pytest.raises(UserError, match=match):
+            load_preferences(_jsonl(tmp_path / "m.jsonl", rows))
+
+
+def test_identical_pairs_all_error_some_warn(tmp_path, caplog):
+    with pytest.raises(UserError, match="every pair has chosen == rejected"):
+        load_preferences(_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "chosen": " x", "rejected": " x "}] * 2))
+    rows = [{"prompt": "p", "chosen": " x", "rejected": " y"}, {"prompt": "p", "chosen": " z", "rejected": " z"}]
+    with caplog.at_level("WARNING"):
+        assert len(load_preferences(_jsonl(tmp_path / "b.jsonl", rows))) == 2
+    assert "1 of 2 pairs have chosen == rejected (first: " in caplog.text and "line 2" in caplog.text

@@ -14,8 +14,10 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -25,6 +27,8 @@ from robust_rlhf.errors import UserError
 
 PRESET_DIR = Path(__file__).parent / "configs"
 T = TypeVar("T")
+MAX_CONFIG_INT = 2**32 - 1
+"""No integer setting (steps, sizes, seeds) is meaningfully larger; bigger ones are typos or bombs."""
 
 
 def list_presets() -> list[str]:
@@ -41,15 +45,69 @@ def read_config_source(source: str | Path) -> dict:
             f"config {str(source)!r}: no such file and no built-in preset of that name "
             f"(presets: {', '.join(list_presets())})"
         )
+    if path.is_dir():
+        raise UserError(f"config {str(source)!r} is a folder, not a YAML file")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise UserError(f"{path}: not valid YAML: {str(e).splitlines()[0]}") from None
+        if path.stat().st_size > MAX_YAML_BYTES:
+            raise UserError(f"{path}: {path.stat().st_size} bytes is too large for a config (limit {MAX_YAML_BYTES})")
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    data = safe_yaml_load(text, str(path))
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{path}: the top level must be a mapping of keys to values, got {type(data).__name__}")
     return data
+
+
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000
+"""A config expands to at most this many values: refuses alias bombs ("billion laughs") quickly."""
+MAX_YAML_DEPTH = 100
+
+
+def safe_yaml_load(text: str, where: str) -> Any:
+    """`yaml.safe_load` that refuses resource bombs before building anything: alias expansion past
+    `MAX_YAML_NODES` values and nesting deeper than `MAX_YAML_DEPTH`. Errors name `where` and the line."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        ctx = getattr(e, "context_mark", None)
+        if ctx is not None and mark is not None and ctx.line != mark.line:
+            problem += f" ({getattr(e, 'context', None) or 'opened'} at line {ctx.line + 1})"
+        raise UserError(f"{where}: not valid YAML{at}: {problem}") from None
+    except RecursionError:
+        raise UserError(f"{where}: not valid YAML: nested too deeply") from None
+    if node is None:
+        return None
+    sizes: dict[int, int] = {}
+    stack = [(node, 0, False)]
+    while stack:  # iterative post-order: expanded size of each node, counted once per node
+        n, depth, done = stack.pop()
+        if depth > MAX_YAML_DEPTH:
+            raise UserError(f"{where}: line {n.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels")
+        if id(n) in sizes:
+            continue
+        children = ([c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode)
+                    else list(n.value) if isinstance(n, yaml.SequenceNode) else [])
+        if done or not children:
+            sizes[id(n)] = 1 + sum(sizes.get(id(c), 1) for c in children)
+            if sizes[id(n)] > MAX_YAML_NODES:
+                raise UserError(f"{where}: line {n.start_mark.line + 1}: expands to more than {MAX_YAML_NODES} values "
+                                "(YAML aliases nested too much?)")
+            continue
+        stack.append((n, depth, True))
+        stack.extend((c, depth + 1, False) for c in children if id(c) not in sizes)
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UserError(f"{where}: not valid YAML: {str(e).splitlines()[0]}") from None
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:
@@ -63,9 +121,12 @@ def parse_overrides(overrides: Sequence[str]) -> dict:
         if not key:
             raise UserError(f"override {item!r}: empty key")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
-            value = raw
+            value = safe_yaml_load(raw, f"override {key!r}") if raw.strip() else ""
+        except UserError as e:
+            if "not valid YAML" in str(e):
+                value = raw  # not YAML: the text itself (e.g. a path with a colon)
+            else:
+                raise
         node = out
         parts = key.split(".")
         for p in parts[:-1]:
@@ -86,10 +147,37 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
+def migrate_deprecated_keys(data: dict, aliases: dict[str, str], warn: bool = True) -> dict:
+    """Move values from deprecated dotted keys to their new keys (``aliases``: old -> new), with
+    a `FutureWarning` per key used when ``warn``. Setting both an old key and its new key is an error."""
+    if not aliases:
+        return data
+    data = _merge({}, data)  # a copy of the nested dicts
+    for old, new in aliases.items():
+        *parents, leaf = old.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if not isinstance(node, dict) or leaf not in node:
+            continue
+        value = node.pop(leaf)
+        *new_parents, new_leaf = new.split(".")
+        target = data
+        for p in new_parents:
+            target = target.setdefault(p, {})
+        if new_leaf in target:
+            raise UserError(f"config: {old!r} is a deprecated name of {new!r}; set only {new!r}")
+        target[new_leaf] = value
+        if warn:
+            warnings.warn(f"config key {old!r} is deprecated; use {new!r}", FutureWarning, stacklevel=3)
+    return data
+
+
 def build_dataclass(cls: type[T], data: dict, where: str = "") -> T:
     """Construct dataclass `cls` from a (nested) dict, rejecting unknown keys and bad types."""
     if not isinstance(data, dict):
         raise UserError(f"config {where or 'root'}: expected a mapping, got {type(data).__name__}")
+    data = migrate_deprecated_keys(data, getattr(cls, "deprecated_keys", {}), warn=True)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
@@ -150,19 +238,26 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
                 except ValueError:
                     pass
             raise UserError(f"config {key}: expected a number, got {value!r}")
-        return float(value)
+        value = float(value)
+        if not math.isfinite(value):
+            raise UserError(f"config {key} must be a finite number, got {value!r}")
+        return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
             if isinstance(value, float) and value.is_integer():
                 return int(value)
             raise UserError(f"config {key}: expected an integer, got {value!r}")
+        if abs(value) > MAX_CONFIG_INT:
+            raise UserError(f"config {key}: {value} is absurdly large (limit {MAX_CONFIG_INT})")
+        if key.rsplit(".", 1)[-1] == "seed" and value < 0:
+            raise UserError(f"config {key}: a seed must be >= 0, got {value}")
         return value
     if tp is bool:
         if not isinstance(value, bool):
             raise UserError(f"config {key}: expected true/false, got {value!r}")
         return value
     if tp is str:
-        if isinstance(value, (dict, list)) or value is None:
+        if isinstance(value, (dict, list)) or value is None or (isinstance(value, float) and not math.isfinite(value)):
             raise UserError(f"config {key}: expected a string, got {value!r}")
         return str(value)
     return value

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import random
 import shutil
@@ -12,6 +13,8 @@ from typing import Any, Callable, Iterable
 
 import numpy as np
 import torch
+
+from robust_rlhf.errors import UserError
 
 
 def _umask() -> int:
@@ -42,12 +45,32 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def strict_json(obj: Any) -> Any:
+    """`obj` with every non-finite float (NaN, +-inf; also numpy/torch scalars and arrays) replaced
+    by None, so that it serialises as strict JSON (RFC 8259 has no NaN/Infinity)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [strict_json(v) for v in obj]
+    if isinstance(obj, (np.floating, np.integer, np.ndarray, torch.Tensor)):
+        return strict_json(_json_default(obj))
+    return obj
+
+
+def dumps_json(obj: Any, **kwargs: Any) -> str:
+    """The one JSON writer of the project: strict JSON (non-finite floats -> null, `allow_nan=False`),
+    numpy/torch values and paths converted."""
+    return json.dumps(strict_json(obj), allow_nan=False, default=_json_default, **kwargs)
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+    atomic_write_text(path, dumps_json(obj, indent=2, sort_keys=False) + "\n")
 
 
 def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r, default=_json_default) + "\n" for r in rows))
+    atomic_write_text(path, "".join(dumps_json(r) + "\n" for r in rows))
 
 
 def _json_default(obj: Any) -> Any:
@@ -73,8 +96,8 @@ def atomic_save_dir(final_dir: str | os.PathLike, write: Callable[[Path], None])
     recover_dir(final_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final_dir.name}.", suffix=".tmp", dir=final_dir.parent))
     try:
-        os.chmod(tmp, 0o777 & ~_umask())
         write(tmp)
+        normalise_modes(tmp)
         old = None
         if final_dir.exists():
             old = final_dir.with_name(f".{final_dir.name}.old")
@@ -88,6 +111,21 @@ def atomic_save_dir(final_dir: str | os.PathLike, write: Callable[[Path], None])
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final_dir
+
+
+def normalise_modes(folder: str | os.PathLike) -> None:
+    """Give `folder` and everything in it the modes of a plain `open`/`mkdir` under the current
+    umask (files 0666 & ~umask, folders 0777 & ~umask): libraries that write through temp files
+    leave 0600, so a model saved by one account could not be read by another."""
+    mask = _umask()
+    os.chmod(folder, 0o777 & ~mask)
+    for root, dirs, files in os.walk(folder):
+        for d in dirs:
+            os.chmod(os.path.join(root, d), 0o777 & ~mask)
+        for f in files:
+            fp = os.path.join(root, f)
+            if not os.path.islink(fp):
+                os.chmod(fp, 0o666 & ~mask)
 
 
 def recover_dir(final_dir: str | os.PathLike) -> Path:
@@ -112,6 +150,7 @@ def recover_dir(final_dir: str | os.PathLike) -> Path:
 
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) for reproducible runs."""
+    check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
@@ -127,3 +166,98 @@ def autocast_dtype(device: torch.device) -> torch.dtype | None:
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return None
+
+
+# ---------------------------------------------------------------------------------------------
+# Checks done before a command writes anything (each raises UserError with one clear line).
+def _nearest_existing(path: Path) -> Path:
+    p = path
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    return p
+
+
+def _check_writable_location(path: Path, what: str) -> None:
+    """Every existing ancestor of `path` must be a folder, and the nearest one writable."""
+    for anc in list(path.parents)[::-1]:
+        if anc.exists() and not anc.is_dir():
+            raise UserError(f"{what} {str(path)!r}: {str(anc)!r} is a file, not a folder")
+    # Files are written by a rename inside their folder: the (nearest existing) folder must be writable.
+    base = path if path.is_dir() else _nearest_existing(path.parent)
+    if not os.access(base, os.W_OK | os.X_OK):
+        raise UserError(f"{what} {str(path)!r}: {str(base)!r} is not writable (permission denied)")
+
+
+def check_output_dir(path: str | os.PathLike | None, what: str = "--output-dir") -> Path:
+    """Refuse an output folder that cannot be one: empty (an unset shell variable), an existing
+    file, under a file, or in a read-only place. Creates nothing."""
+    if path is None or not str(path).strip():
+        raise UserError(f"{what} is empty (an unset shell variable?); name a folder")
+    p = Path(path).expanduser()
+    if p.exists() and not p.is_dir():
+        raise UserError(f"{what} {str(path)!r} is a file, not a folder")
+    _check_writable_location(p, what)
+    return p
+
+
+def check_output_file(path: str | os.PathLike | None, what: str = "--output",
+                      inputs: Iterable[str | os.PathLike] = ()) -> Path:
+    """Refuse an output file that cannot be written, is a folder, or is one of the command's
+    `inputs` (a command never rewrites what it reads). Creates nothing."""
+    if path is None or not str(path).strip():
+        raise UserError(f"{what} is empty (an unset shell variable?); name a file")
+    p = Path(path).expanduser()
+    if p.is_dir() or str(path).endswith(os.sep):
+        raise UserError(f"{what} {str(path)!r} is a folder, not a file")
+    for src in inputs:
+        if src is not None and same_path(p, src):
+            raise UserError(f"{what} {str(path)!r} is also an input of this command; write to another file")
+    _check_writable_location(p, what)
+    return p
+
+
+def same_path(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    try:
+        return Path(a).expanduser().resolve() == Path(b).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+
+
+def is_inside(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
+    """True when `child` is `parent` or lies below it (symlinks resolved)."""
+    try:
+        c, p = Path(child).expanduser().resolve(), Path(parent).expanduser().resolve()
+    except (OSError, RuntimeError):
+        return False
+    return c == p or p in c.parents
+
+
+def resolve_device(spec: str | None) -> torch.device:
+    """A device string from a config (cpu, cuda, cuda:1, mps; None = cuda if available), checked
+    against this machine."""
+    if spec is None:
+        return default_device()
+    try:
+        dev = torch.device(spec)
+    except (RuntimeError, TypeError, ValueError):
+        raise UserError(f"device {spec!r}: not a device name (use cpu, cuda, cuda:N or null)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {spec!r}: no CUDA GPU is available on this machine (use device=cpu or null)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UserError(f"device {spec!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps":
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise UserError(f"device {spec!r}: MPS is not available on this machine")
+    elif dev.type != "cpu":
+        raise UserError(f"device {spec!r}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N or null)")
+    return dev
+
+
+MAX_SEED = 2**32 - 1
+
+
+def check_seed(seed: Any, what: str = "seed") -> int:
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= MAX_SEED:
+        raise UserError(f"{what} must be an integer in [0, 2**32 - 1], got {seed!r}")
+    return seed

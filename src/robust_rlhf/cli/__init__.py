@@ -26,8 +26,15 @@ COMMAND_MODULES = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with usage errors on one line (exit status 2), like every other user error."""
+
+    def error(self, message: str):  # type: ignore[override]
+        self.exit(2, f"robust-rlhf: error: {self.prog}: {message} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="robust-rlhf",
         description=(
             "Reward-robust RLHF: train reward models that know their uncertainty "
@@ -46,7 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help/--version (0) or a usage error (2, already printed on one line)
+        return int(e.code or 0)
     if not args.verbose:
         # Keep stderr for our progress bars and one-line errors: no weight-loading bars or
         # library warnings from transformers unless --verbose.
@@ -62,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         return int(args.func(args) or 0)
+    except RecursionError:
+        print("robust-rlhf: error: input nested too deeply", file=sys.stderr)
+        return 2
     except UserError as e:
         print(f"robust-rlhf: error: {e}", file=sys.stderr)
         return 2

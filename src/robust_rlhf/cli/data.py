@@ -24,6 +24,9 @@ def cmd_build_task(args) -> int:
     from robust_rlhf.config import build_dataclass, parse_overrides
     from robust_rlhf.data.builtin_task import TaskConfig, build_task
 
+    from robust_rlhf.utils import check_output_dir
+
+    check_output_dir(args.output_dir)
     cfg = build_dataclass(TaskConfig, parse_overrides(args.overrides))
     summary = build_task(cfg, args.output_dir)
     for split in ("train", "validation", "test"):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import logging
 from pathlib import Path
@@ -81,6 +82,9 @@ def _method(config: str | None, overrides: list[str]) -> str:
 def cmd_train(args) -> int:
     from robust_rlhf.config import load_config
 
+    from robust_rlhf.utils import check_output_dir
+
+    check_output_dir(args.output_dir)
     method = _method(args.config, args.overrides)
     if method == "ppo":
         from robust_rlhf.policy.ppo import PPOConfig as Cfg, train_ppo as fn
@@ -130,8 +134,16 @@ def cmd_sample(args) -> int:
     from robust_rlhf.policy.sampling import SamplingConfig, generate, load_prompts_file
     from robust_rlhf.utils import atomic_write_text
 
+    from robust_rlhf.utils import check_output_file, check_seed
+
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError("--num-samples and --batch-size must be >= 1")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise UserError(f"--temperature must be a finite number > 0, got {args.temperature}")
+    if args.max_new_tokens is not None and args.max_new_tokens < 1:
+        raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    check_seed(args.seed, "--seed")
+    check_output_file(args.output, inputs=[args.prompts])
     prompts = load_prompts_file(args.prompts)
     pdir = Path(args.policy)
     run_cfg = _run_config(pdir) if pdir.exists() else {}

@@ -44,6 +44,9 @@ def register(sub) -> None:
     e.add_argument("--data", required=True, help="preference pairs: .jsonl/.csv/.parquet, datasets folder, hf:org/name[:split] or builtin:<split>")
     e.add_argument("--output-dir", required=True, help="where metrics.json and the plots go")
     e.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: %(default)s)")
+    e.add_argument("--gold", default=None,
+                   help="gold reward (vader, hf:<model>, module:function) for uncertainty/auroc_gold_abs_error: "
+                        "does the per-text std predict a large error of the affinely matched reward? (default: none)")
     e.set_defaults(func=cmd_eval)
 
     s = rm_sub.add_parser("score", help="score (prompt, response) rows of a JSONL file",
@@ -59,6 +62,9 @@ def register(sub) -> None:
 
 def cmd_train(args) -> int:
     from robust_rlhf.config import load_config
+    from robust_rlhf.utils import check_output_dir
+
+    check_output_dir(args.output_dir)  # before the heavy imports: an unset variable fails at once
     from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
 
     cfg = load_config(RewardTrainConfig, args.config, args.overrides)
@@ -72,9 +78,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+MAX_BATCH = 1_000_000
+
+
 def _check_batch_size(n: int) -> None:
-    if n < 1:
-        raise UserError(f"--batch-size must be >= 1, got {n}")
+    if not 1 <= n <= MAX_BATCH:
+        raise UserError(f"--batch-size must be >= 1 and <= {MAX_BATCH}, got {n}")
 
 
 def cmd_eval(args) -> int:
@@ -82,11 +91,19 @@ def cmd_eval(args) -> int:
     from robust_rlhf.reward.evaluate import evaluate_reward_model, write_eval_report
     from robust_rlhf.reward.model import RewardModel
 
+    from robust_rlhf.utils import check_output_dir
+
     _check_batch_size(args.batch_size)
+    check_output_dir(args.output_dir)
     model = RewardModel.from_pretrained(args.model)
     pairs = load_preferences(args.data, model.tokenizer)
     check_prompt_lengths(pairs, model.tokenizer, model.config.max_length)
-    metrics, arrays = evaluate_reward_model(model, pairs, batch_size=args.batch_size)
+    gold = None
+    if args.gold is not None:
+        from robust_rlhf.gold import load_gold
+
+        gold = load_gold(args.gold)
+    metrics, arrays = evaluate_reward_model(model, pairs, batch_size=args.batch_size, gold=gold)
     metrics["model"], metrics["data"] = str(args.model), str(args.data)
     written = write_eval_report(metrics, arrays, args.output_dir)
     print(f"pairs: {metrics['num_pairs']}   accuracy (mean reward): {metrics['accuracy']:.3f} "
@@ -94,8 +111,12 @@ def cmd_eval(args) -> int:
           f"length-only baseline: {metrics['length_baseline_accuracy']:.3f}")
     if metrics["num_heads"] > 1:
         heads = metrics["accuracy_per_head"]
-        print(f"per head: min {min(heads):.3f} max {max(heads):.3f}   "
-              f"uncertainty AUROC (misranked): {metrics['uncertainty_auroc_misranked']:.3f}")
+        print(f"per head: min {min(heads):.3f} max {max(heads):.3f}")
+    u = metrics["uncertainty/auroc_misranked"]
+    print(f"AUROC for misranked pairs: uncertainty {'n/a (one point head)' if u is None else f'{u:.3f}'}   "
+          f"-|margin| baseline {metrics['uncertainty/auroc_misranked_small_margin']:.3f}"
+          + (f"   gold |error| (per-text std) {metrics['uncertainty/auroc_gold_abs_error']:.3f}"
+             if metrics.get("uncertainty/auroc_gold_abs_error") is not None else ""))
     if metrics.get("truncated_texts"):
         print(f"note: {metrics['truncated_texts']} texts were truncated to max_length")
     print("wrote " + ", ".join(str(p) for p in written))
@@ -107,7 +128,11 @@ def cmd_score(args) -> int:
     from robust_rlhf.reward.model import RewardModel
     from robust_rlhf.utils import atomic_write_jsonl
 
+    from robust_rlhf.utils import check_output_file
+
     _check_batch_size(args.batch_size)
+    model_files = [Path(args.model) / n for n in ("reward_config.json", "heads.safetensors")]
+    check_output_file(args.output, inputs=[args.input, *model_files])
     rows = load_scoring_inputs(args.input)
     model = RewardModel.from_pretrained(args.model)
     out = model.score([r["prompt"] for r in rows], [r["response"] for r in rows], batch_size=args.batch_size)

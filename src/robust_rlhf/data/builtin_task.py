@@ -69,6 +69,31 @@ class TaskConfig:
     seed: int = 0
     """Seed for sampling, pairing, noise and the split."""
 
+    def __post_init__(self) -> None:
+        """Refuse settings that cannot produce a task before any model is loaded."""
+        if not self.completions_per_prompt >= 2:
+            raise ValueError(f"completions_per_prompt must be >= 2 (a pair needs two completions), got {self.completions_per_prompt}")
+        max_pairs = self.completions_per_prompt * (self.completions_per_prompt - 1) // 2
+        if not 1 <= self.pairs_per_prompt <= max_pairs:
+            raise ValueError(f"pairs_per_prompt must be in [1, {max_pairs}] (C(completions_per_prompt, 2)), "
+                      f"got {self.pairs_per_prompt}")
+        if not 1 <= self.max_new_tokens <= 4096:
+            raise ValueError(f"max_new_tokens must be in [1, 4096], got {self.max_new_tokens}")
+        if not (math.isfinite(self.temperature) and self.temperature > 0):
+            raise ValueError(f"temperature must be a finite number > 0, got {self.temperature}")
+        if not 0.0 <= self.label_noise <= 1.0:
+            raise ValueError(f"label_noise must be a probability in [0, 1], got {self.label_noise}")
+        if not (math.isfinite(self.bt_temperature) and self.bt_temperature > 0):
+            raise ValueError(f"bt_temperature must be a finite number > 0, got {self.bt_temperature}")
+        fr = tuple(self.split_fractions)
+        if len(fr) != 3 or any(not (math.isfinite(f) and 0 < f < 1) for f in fr) or abs(sum(fr) - 1) > 1e-6:
+            raise ValueError(f"split_fractions must be three numbers in (0, 1) summing to 1 (train, validation, test), got {list(fr)}")
+        self.split_fractions = fr
+        if not 1 <= self.batch_size <= 100_000:
+            raise ValueError(f"batch_size must be in [1, 100000], got {self.batch_size}")
+        if self.seed < 0:
+            raise ValueError(f"seed must be >= 0, got {self.seed}")
+
 
 def sample_completions(policy_name: str, prompts: Sequence[str], n: int, max_new_tokens: int,
                        temperature: float, batch_size: int, seed: int) -> list[list[str]]:
@@ -129,13 +154,22 @@ def build_task(cfg: TaskConfig, output_dir: str | Path, prompts: Sequence[str] |
     from robust_rlhf.gold import load_gold
     from robust_rlhf.utils import atomic_write_json
 
+    from robust_rlhf.errors import UserError
+    from robust_rlhf.utils import check_output_dir
+
+    output_dir = check_output_dir(output_dir)
     prompts = list(prompts) if prompts is not None else builtin_prompts()
+    parts = split_prompts(prompts, cfg.split_fractions, cfg.seed)
+    for split, part in zip(SPLITS, parts):
+        if not part:
+            raise UserError(f"split_fractions={list(cfg.split_fractions)} leave the {split} split without prompts "
+                            f"({len(prompts)} prompts in all)")
+    _check_task_folder(cfg, output_dir)
     gold = load_gold(cfg.gold)
     completions = sample_completions(cfg.policy, prompts, cfg.completions_per_prompt, cfg.max_new_tokens,
                                      cfg.temperature, cfg.batch_size, cfg.seed)
     scores = [gold([p] * len(c), list(c)) for p, c in zip(prompts, completions)]
     rng = random.Random(cfg.seed)
-    parts = split_prompts(prompts, cfg.split_fractions, cfg.seed)
     index = {p: i for i, p in enumerate(prompts)}
     summary: dict = {"policy": cfg.policy, "gold": cfg.gold, "num_prompts": len(prompts)}
     output_dir = Path(output_dir)
@@ -146,5 +180,31 @@ def build_task(cfg: TaskConfig, output_dir: str | Path, prompts: Sequence[str] |
         save_preferences_jsonl(output_dir / f"builtin_{split}.jsonl", pairs)
         summary[split] = {"prompts": len(idx), "pairs": len(pairs), "skipped_ties": ties}
         log.info("%s: %d prompts, %d pairs (%d tied candidates skipped)", split, len(idx), len(pairs), ties)
-    atomic_write_json(output_dir / "builtin_task.json", {"config": cfg.__dict__, "summary": summary})
+    atomic_write_json(output_dir / "builtin_task.json", {"config": _task_config_dict(cfg), "summary": summary})
     return summary
+
+
+def _task_config_dict(cfg: TaskConfig) -> dict:
+    from dataclasses import asdict
+
+    d = asdict(cfg)
+    d["split_fractions"] = list(d["split_fractions"])
+    return d
+
+
+def _check_task_folder(cfg: TaskConfig, output_dir: Path) -> None:
+    """A folder that already holds a task built with other settings is refused, not overwritten."""
+    import json
+
+    from robust_rlhf.errors import UserError
+
+    meta = output_dir / "builtin_task.json"
+    if not meta.exists():
+        return
+    try:
+        old = json.loads(meta.read_text(encoding="utf-8")).get("config")
+    except (OSError, ValueError, AttributeError, RecursionError):
+        old = None
+    if old != json.loads(json.dumps(_task_config_dict(cfg))):
+        raise UserError(f"--output-dir {str(output_dir)!r} holds a task built with other settings "
+                        f"({meta.name}); choose another --output-dir, or delete it first")

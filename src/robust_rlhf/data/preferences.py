@@ -17,7 +17,9 @@ nothing is silently dropped.
 from __future__ import annotations
 
 import csv
+import io
 import json
+import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +28,7 @@ from typing import Any, Callable, Iterator, Sequence
 from robust_rlhf.errors import UserError
 
 Renderer = Callable[[list[dict]], str]
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -51,38 +54,68 @@ def tokenizer_chat_renderer(tokenizer) -> Renderer:
     return plain_chat_renderer
 
 
+def _read_text(path: Path) -> str:
+    """UTF-8 text of `path`, a byte-order mark (spreadsheet exports) dropped."""
+    try:
+        return path.read_bytes().decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+
+
+def _json_loads(text: str, path: Path, where: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}: {where}: invalid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:
+        raise UserError(f"{path}: {where}: invalid JSON (nested too deeply)") from None
+
+
 def _iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
     """Yield (location, row) with a human location like 'line 7' or 'row 3'."""
     suffix = path.suffix.lower()
     if suffix in (".jsonl", ".json"):
-        try:
-            text = path.read_text(encoding="utf-8")
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+        text = _read_text(path)
         if suffix == ".json" and text.lstrip().startswith("["):
             try:
                 rows = json.loads(text)
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {e.lineno}: invalid JSON ({e.msg})") from None
+                raise UserError(f"{path}: line {e.lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+            except RecursionError:
+                raise UserError(f"{path}: invalid JSON (nested too deeply)") from None
             for i, row in enumerate(rows):
                 yield f"item {i}", row
             return
-        for lineno, line in enumerate(text.splitlines(), start=1):
+        # JSON Lines are separated by "\n" only: U+2028/U+2029/U+0085 (which str.splitlines
+        # also splits on) are ordinary characters inside JSON strings.
+        for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
-            try:
-                yield f"line {lineno}", json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}: line {lineno}: invalid JSON ({e.msg})") from None
+            yield f"line {lineno}", _json_loads(line, path, f"line {lineno}")
     elif suffix == ".csv":
+        text = _read_text(path)
+        reader = csv.reader(io.StringIO(text, newline=""), strict=True)
         try:
-            with path.open(newline="", encoding="utf-8") as f:
-                for i, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
-                    yield f"line {i}", row
-        except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not valid UTF-8 (byte {e.start})") from None
+            header = next(reader, None)
+            if header is None:
+                return
+            if len(set(header)) != len(header) or any(not h.strip() for h in header):
+                raise UserError(f"{path}: line 1: the header must name each column once, got {header}")
+            start = reader.line_num + 1
+            for row in reader:
+                line = start
+                start = reader.line_num + 1
+                if not any(c.strip() for c in row):
+                    continue
+                if len(row) != len(header):
+                    raise UserError(
+                        f"{path}: line {line}: {len(row)} fields but the header has {len(header)} "
+                        "(an unquoted comma? quote fields that contain commas)")
+                yield f"line {line}", dict(zip(header, row))
         except csv.Error as e:
-            raise UserError(f"{path}: malformed CSV ({e})") from None
+            raise UserError(f"{path}: line {reader.line_num}: malformed CSV ({e})") from None
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
@@ -135,13 +168,17 @@ def iter_source(source: str | Path) -> tuple[str, Iterator[tuple[str, dict]]]:
     return str(path), _iter_rows(path)
 
 
+def _check_messages(value: list, where: str, name: str) -> None:
+    for j, m in enumerate(value):
+        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+            raise UserError(f"{where}: field {name!r}[{j}]: a message must be an object with 'role' and 'content'")
+        if not isinstance(m["content"], str):
+            raise UserError(f"{where}: field {name!r}[{j}].content: expected text, got {type(m['content']).__name__}")
+
+
 def _text_field(value: Any, where: str, name: str, render: Renderer, allow_empty: bool = False) -> str:
     if isinstance(value, list):
-        for j, m in enumerate(value):
-            if not isinstance(m, dict) or "role" not in m or "content" not in m:
-                raise UserError(f"{where}: field {name!r}[{j}]: a message must be an object with 'role' and 'content'")
-            if not isinstance(m["content"], str):
-                raise UserError(f"{where}: field {name!r}[{j}].content: expected text, got {type(m['content']).__name__}")
+        _check_messages(value, where, name)
         text = render(value) if value else ""
     elif isinstance(value, str):
         text = value
@@ -163,6 +200,16 @@ def parse_pair(row: Any, where: str, render: Renderer = plain_chat_renderer) -> 
             raise UserError(f"{where}: missing field {name!r} (have: {', '.join(sorted(map(str, row))) or 'nothing'})")
     prompt_raw = row.get("prompt")
     conversational = isinstance(row["chosen"], list)
+    for name in ("prompt", "chosen", "rejected"):
+        if isinstance(row.get(name), list):
+            _check_messages(row[name], where, name)
+    if isinstance(row["rejected"], list) != conversational:
+        # One side as messages, the other as plain text: the rendering alone would tell them apart.
+        raise UserError(f"{where}: fields 'chosen' and 'rejected' must have the same format (both text or both "
+                        f"lists of messages), got {type(row['chosen']).__name__} and {type(row['rejected']).__name__}")
+    if isinstance(prompt_raw, list) and not conversational:
+        raise UserError(f"{where}: field 'prompt' is a list of messages but 'chosen'/'rejected' are text; "
+                        "use one format for all three")
     if conversational and isinstance(prompt_raw, list):
         # Render prompt+response as one conversation so the template places roles correctly;
         # the response text is what follows the rendered prompt.
@@ -195,13 +242,36 @@ def load_preferences(source: str | Path, tokenizer=None, limit: int | None = Non
     render = tokenizer_chat_renderer(tokenizer) if tokenizer is not None else plain_chat_renderer
     name, rows = iter_source(source)
     pairs = []
+    first_format: tuple[str, str] | None = None
     for where, row in rows:
-        pairs.append(parse_pair(row, f"{name}: {where}", render))
+        pair = parse_pair(row, f"{name}: {where}", render)
+        fmt = "conversational (lists of messages)" if isinstance(row["chosen"], list) else "plain text"
+        if first_format is None:
+            first_format = (fmt, where)
+        elif fmt != first_format[0]:
+            raise UserError(f"{name}: {where}: this row is {fmt} but {first_format[1]} is {first_format[0]}; "
+                            "use one format for the whole dataset")
+        pairs.append(pair)
         if limit is not None and len(pairs) >= limit:
             break
     if not pairs:
         raise UserError(f"{name}: no preference pairs found (empty file?)")
+    check_degenerate_pairs(pairs, name)
     return pairs
+
+
+def check_degenerate_pairs(pairs: Sequence[PreferencePair], name: str) -> int:
+    """Pairs whose chosen and rejected texts are identical carry no preference. All of them: an
+    error (accuracy on such data is meaningless); some: a warning with the first location.
+    Returns the number of identical pairs."""
+    same = [p for p in pairs if p.chosen.strip() == p.rejected.strip()]
+    if same and len(same) == len(pairs):
+        raise UserError(f"{name}: every pair has chosen == rejected ({len(pairs)} pairs); the data carries no "
+                        "preference (wrong columns?)")
+    if same:
+        log.warning("%s: %d of %d pairs have chosen == rejected (first: %s); they carry no preference",
+                    name, len(same), len(pairs), same[0].source or "?")
+    return len(same)
 
 
 def check_prompt_lengths(pairs: Sequence[PreferencePair], tokenizer, max_length: int) -> None:

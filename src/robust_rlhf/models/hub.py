@@ -71,12 +71,38 @@ def resolve_model_path(name_or_path: str) -> str:
         if not (path / "config.json").exists():
             raise UserError(f"model folder {name_or_path!r} has no config.json (not a Hugging Face model folder)")
         return str(path)
-    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/")):
+    if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
+        _check_hub_id(name_or_path)
         return name_or_path  # a hub id; from_pretrained reports if it cannot be reached
     raise UserError(
         f"model {name_or_path!r}: not an embedded name ({', '.join(EMBEDDED_MODELS)}), "
         "not an existing folder, and not a hub id of the form org/name"
     )
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").strip().lower() in ("1", "true", "yes", "on")
+               for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def _check_hub_id(name: str) -> None:
+    """Fail fast, before any network retries, on a name that looks like `org/name` but is a
+    local path typo (its first part is an existing local folder) or that cannot be fetched
+    offline (not in the local hub cache)."""
+    org = name.split("/")[0]
+    if Path(org).is_dir():
+        raise UserError(f"model {name!r}: no such folder ({str(Path(name))!r} does not exist in {org!r}); "
+                        "a path typo? (hub ids are only tried when no local folder of that name exists)")
+    if _offline():
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(name, "config.json")
+        except Exception:  # an id the hub library itself rejects
+            cached = None
+        if not isinstance(cached, str):
+            raise UserError(f"model {name!r}: not an embedded name or existing folder, and offline mode "
+                            "(HF_HUB_OFFLINE) forbids fetching it from the hub")
 
 
 def _converted_gguf(name: str, gguf_file: Path) -> Path:
@@ -110,7 +136,12 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
     path = resolve_model_path(name_or_path)
-    tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tok = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except UserError:
+        raise
+    except Exception as e:  # missing/corrupt tokenizer files raise OSError, ValueError, JSON or tokenizers errors
+        raise UserError(f"model {path!r}: cannot load its tokenizer ({_first_line(e)})") from None
     if tok.pad_token is None:
         # Many causal LMs ship without a pad token; pooling and loss use the attention mask,
         # never the pad id, so reusing EOS is safe (USER_NEEDS #6).
@@ -152,4 +183,13 @@ def _from_pretrained(auto_cls, path: str, trust_remote_code: bool, allow_pickle:
             ) from None
         raise UserError(f"model {path!r}: cannot load ({msg})") from None
     except ValueError as e:
-        raise UserError(f"model {path!r}: {str(e).splitlines()[0]}") from None
+        raise UserError(f"model {path!r}: {_first_line(e)}") from None
+    except (KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as e:  # truncated/corrupt weights: safetensors, JSON and torch raise their own types
+        raise UserError(f"model {path!r}: cannot load ({type(e).__name__}: {_first_line(e)})") from None
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
