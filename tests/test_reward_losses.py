@@ -9,9 +9,11 @@ import torch
 from robust_rlhf.reward.losses import (
     bradley_terry_loss,
     brme_bt_loss,
+    brme_marginal_loss,
     bsr_penalty,
     centering_penalty,
     gaussian_regression_loss,
+    global_bsr_penalty,
 )
 
 
@@ -99,3 +101,77 @@ def test_gaussian_regression_is_gaussian_nll():
     # head 1: [0/8 + log 2, 1/2 + 0] -> mean(log 2, 0.5)
     expected = (0.5 + math.log(0.5)) / 2 + (math.log(2) + 0.5) / 2
     assert loss.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_gaussian_regression_accepts_one_target_per_head():
+    mean = torch.tensor([[1.0, 0.0]])
+    std = torch.tensor([[1.0, 2.0]])
+    t = torch.tensor([[0.0, 2.0]])  # head 0 target 0, head 1 target 2
+    loss, _ = gaussian_regression_loss(mean, std, t)
+    # head 0: 1/2 + log 1; head 1: 4/8 + log 2
+    assert loss.item() == pytest.approx(0.5 + 0.5 + math.log(2), rel=1e-6)
+
+
+def _quad_expect(f, m, v, n=80):
+    """E_{d ~ N(m, v)}[f(d)] by Gauss-Hermite (probabilists') quadrature -- independent of the code."""
+    x, w = np.polynomial.hermite_e.hermegauss(n)
+    return float((w * f(m + math.sqrt(v) * x)).sum() / w.sum())
+
+
+def _sigmoid(x):
+    return 1 / (1 + np.exp(-x))
+
+
+def test_marginal_loss_hand_worked_values():
+    # s = 0: plain BT; margin log 3 -> log(4/3)
+    z = torch.zeros(1, 1)
+    assert brme_marginal_loss(torch.tensor([[math.log(3.0)]]), z, z, z)[0].item() == pytest.approx(math.log(4 / 3), rel=1e-6)
+    # m = 1, s_c^2 + s_r^2 = 8/pi -> z = 1/sqrt(2): loss = log(1 + e^{-1/sqrt 2})
+    s = torch.full((1, 1), math.sqrt(4 / math.pi))
+    loss, stats = brme_marginal_loss(torch.ones(1, 1), s, z, s)
+    assert loss.item() == pytest.approx(math.log1p(math.exp(-1 / math.sqrt(2))), rel=1e-6)
+    assert stats["mean_std"] == pytest.approx(math.sqrt(4 / math.pi))
+
+
+@pytest.mark.parametrize("m,v", [(0.0, 0.0), (1.0, 0.5), (-1.0, 2.0), (2.5, 4.0), (-3.0, 9.0)])
+def test_marginal_loss_matches_the_integral_of_the_bt_likelihood(m, v):
+    # -log E[sigmoid(d)], d ~ N(m, v), by quadrature; the probit approximation is within ~0.02 in log-prob
+    exact = -math.log(_quad_expect(_sigmoid, m, v))
+    s = torch.full((1, 1), math.sqrt(v / 2))
+    loss, _ = brme_marginal_loss(torch.full((1, 1), m), s, torch.zeros(1, 1), s)
+    assert loss.item() == pytest.approx(exact, abs=0.02)
+
+
+def test_marginal_rewards_std_on_misranked_pairs_where_bt_reparam_never_does():
+    # bt_reparam's expected loss, by quadrature, grows with s for every margin (the collapse) ...
+    for m in (-2.0, -0.5, 0.0, 0.5, 2.0):
+        vals = [_quad_expect(lambda d: np.log1p(np.exp(-d)), m, s**2) for s in (0.0, 0.5, 1.0, 2.0)]
+        assert all(b > a for a, b in zip(vals, vals[1:])), (m, vals)
+    assert _quad_expect(lambda d: np.log1p(np.exp(-d)), 0.0, 4.0) == pytest.approx(1.068, abs=2e-3)  # issue's number
+    # ... while the marginal loss falls with s when the head's margin is wrong and rises when right.
+    for m, sign in ((-1.0, -1), (1.0, 1)):
+        s = torch.tensor([[0.5]], requires_grad=True)
+        loss, _ = brme_marginal_loss(torch.tensor([[m]]), s, torch.zeros(1, 1), torch.zeros(1, 1))
+        loss.backward()
+        assert sign * s.grad.item() > 0
+
+
+def test_global_bsr_equals_bsr_of_the_global_batch_in_value_and_ddp_gradient():
+    g = torch.Generator().manual_seed(3)
+    B, K, lam, world = 4, 2, 0.1, 2
+    ca, ra = torch.randn(B, K, generator=g, requires_grad=True), torch.randn(B, K, generator=g, requires_grad=True)
+    cb, rb = torch.randn(B, K, generator=g), torch.randn(B, K, generator=g)
+    other = torch.cat([cb, rb]).sum(0)
+
+    def fake_all_reduce(t):  # process A's view: adds process B's per-head sums
+        t += other
+
+    pen, stats = global_bsr_penalty(ca, ra, lam, world, all_reduce=fake_all_reduce)
+    allr = np.concatenate([ca.detach().numpy(), ra.detach().numpy(), cb.numpy(), rb.numpy()])  # (2 W B, K)
+    expected = lam * (world * B) * (allr.mean(0) ** 2).sum()  # BSR of the global batch of W B pairs
+    assert stats["bsr_penalty"] == pytest.approx(expected, rel=1e-5)
+    pen.backward()
+    # DDP averages gradients over the W processes: A's contribution / W must be lam * global mean
+    gmean = torch.tensor(allr.mean(0), dtype=torch.float32)
+    assert torch.allclose(ca.grad / world, lam * gmean.expand(B, K), atol=1e-6)
+    assert torch.allclose(ra.grad / world, lam * gmean.expand(B, K), atol=1e-6)

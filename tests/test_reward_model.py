@@ -85,7 +85,11 @@ def test_score_output_shapes_and_stats(minilm_rm_factory):
     rm = minilm_rm_factory(head_type="ensemble", num_heads=5)
     out = rm.score(["a", "b"], [" c", " d"])
     assert out.per_head.shape == (2, 5)
-    assert torch.allclose(out.var, out.per_head.var(dim=1, unbiased=True))
+    # unbiased variance over the 5 heads, computed by hand in float64: sum (r_k - mean)^2 / (K - 1)
+    rows = out.per_head.double().tolist()
+    by_hand = [sum((r - sum(row) / 5) ** 2 for r in row) / 4 for row in rows]
+    assert out.var.double().tolist() == pytest.approx(by_hand, rel=1e-5)
+    assert out.std.double().tolist() == pytest.approx([v**0.5 for v in by_hand], rel=1e-5)
     assert out.per_head_std is None
 
 
@@ -104,3 +108,56 @@ def test_truncation_is_counted(minilm_rm_factory):
     rm = minilm_rm_factory(head_type="scalar", max_length=8)
     rm.score(["word " * 20, "short"], [" x", " y"])
     assert rm.truncated_count == 1
+
+
+# ---- truncation keeps the response (issue 11) -------------------------------------------------
+# Plain English words that MiniLM's WordPiece reads as one token each,
+# that are one token each, so "the last n words" is "the last n prompt tokens", counted by hand.
+_WORDS = ["apple", "river", "stone", "cloud", "green", "table", "light", "house", "music", "water"]
+
+
+def test_long_prompt_keeps_response_and_equals_hand_left_truncation(minilm_rm_factory):
+    rm = minilm_rm_factory(head_type="ensemble", num_heads=3, max_length=16)
+    assert all(len(rm.tokenizer(w, add_special_tokens=False)["input_ids"]) == 1 for w in _WORDS)
+    prompt = " ".join(_WORDS * 3)  # 30 one-token words: far over max_length alone
+    good, bad = " great fun", " awful mess"
+    assert [len(rm.tokenizer(r, add_special_tokens=False)["input_ids"]) for r in (good, bad)] == [2, 2]
+    out = rm.score([prompt, prompt], [good, bad]).per_head
+    assert rm.truncated_count == 2
+    assert not torch.allclose(out[0], out[1])  # the responses are seen
+    # By hand: 16 tokens = [CLS] + 12 prompt words + 2 response words + [SEP] -> the last 12 words.
+    tail = " ".join((_WORDS * 3)[-12:])
+    rm.truncated_count = 0
+    hand = rm.score([tail, tail], [good, bad]).per_head
+    assert rm.truncated_count == 0  # the hand-cut text fits exactly
+    torch.testing.assert_close(out, hand, atol=1e-5, rtol=1e-5)
+
+
+def test_response_longer_than_max_length(minilm_rm_factory):
+    long_response = " " + " ".join(_WORDS * 2)  # 20 tokens
+    rm = minilm_rm_factory(head_type="scalar", max_length=8)
+    got = rm.score(["some prompt"], [long_response]).per_head
+    # left_prompt: prompt dropped, response's first 8 - 2 = 6 tokens kept.
+    hand = rm.score([""], [" " + " ".join(_WORDS[:6])]).per_head
+    torch.testing.assert_close(got, hand, atol=1e-5, rtol=1e-5)
+    strict = minilm_rm_factory(head_type="scalar", max_length=8, truncation="error")
+    with pytest.raises(UserError, match="text 0: the response alone is 20 tokens"):
+        strict.score(["some prompt"], [long_response])
+    assert strict.score(["word " * 20], [" ok"]).per_head.shape == (1, 1)  # prompt cut, no error
+
+
+def test_truncation_setting_is_saved_and_old_configs_default_to_left_prompt(minilm_rm_factory, tmp_path):
+    import json
+
+    from robust_rlhf.reward.model import RewardModel, RewardModelConfig
+
+    rm = minilm_rm_factory(head_type="scalar", truncation="error")
+    rm.save_pretrained(tmp_path / "a", save_backbone=False)
+    assert json.loads((tmp_path / "a" / "reward_config.json").read_text())["truncation"] == "error"
+    assert RewardModel.from_pretrained(tmp_path / "a").config.truncation == "error"
+    raw = json.loads((tmp_path / "a" / "reward_config.json").read_text())
+    del raw["truncation"]  # a model saved before the setting existed
+    (tmp_path / "a" / "reward_config.json").write_text(json.dumps(raw))
+    assert RewardModel.from_pretrained(tmp_path / "a").config.truncation == "left_prompt"
+    with pytest.raises(ValueError, match="truncation must be"):
+        RewardModelConfig(truncation="right")

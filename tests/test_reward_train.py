@@ -21,6 +21,11 @@ def test_tiny_ensemble_trains_saves_and_reloads(tiny_trained_rm):
     assert (out / "config.yaml").exists() and (out / "train_log.jsonl").exists()
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert any(r["stage"] == 1 and "eval/val_accuracy" in r for r in log)
+    # seed 001's hidden-state statistics are tracked at every stage-1 evaluation
+    evals = [r for r in log if r["stage"] == 1 and "eval/val_accuracy" in r]
+    for key in ("hidden_norm_dispersion", "hidden_diff_norm_mean", "hidden_diff_norm_std", "hidden_effective_rank",
+                "head_weight_norm"):
+        assert all(r[f"eval/{key}"] > 0 for r in evals), key
     assert any(r["stage"] == 2 for r in log)
     # heads differ (own init + bootstrap), so the ensemble has non-zero variance
     out_ = rm.score(["This movie was"], [" great fun"])
@@ -71,7 +76,18 @@ def test_cli_eval_and_score(tiny_trained_rm, tmp_path, capsys):
     assert main(["rm", "eval", "--model", str(tiny_trained_rm), "--data", "builtin:test",
                  "--output-dir", str(tmp_path / "ev")]) == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
-    assert m["num_pairs"] > 100 and 0 <= m["accuracy"] <= 1 and len(m["accuracy_per_head"]) == 3
+    assert m["num_pairs"] > 100 and len(m["accuracy_per_head"]) == 3
+    # accuracy recomputed independently: score the same pairs through the public API and count
+    # chosen > rejected under the ensemble mean (one pair of slack for batch-padding round-off)
+    from robust_rlhf.data.preferences import load_preferences
+
+    pairs = load_preferences("builtin:test")
+    rm_direct = RewardModel.from_pretrained(tiny_trained_rm)
+    ch = rm_direct.score([p.prompt for p in pairs], [p.chosen for p in pairs]).mean
+    rj = rm_direct.score([p.prompt for p in pairs], [p.rejected for p in pairs]).mean
+    assert m["num_pairs"] == len(pairs)
+    assert m["accuracy"] == pytest.approx(sum(int(c > r) for c, r in zip(ch.tolist(), rj.tolist())) / len(pairs),
+                                          abs=1.01 / len(pairs))
     assert (tmp_path / "ev" / "variance_histograms.png").stat().st_size > 1000
     inp = tmp_path / "in.jsonl"
     inp.write_text('{"prompt": "The film was", "response": " wonderful", "id": 7}\n'
@@ -111,12 +127,13 @@ def test_bt_minilm_held_out_accuracy_well_above_chance(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [
+    ["model.head_type=gaussian", "stage2.gaussian_loss=marginal"],
     ["model.head_type=gaussian", "stage2.gaussian_loss=bt_reparam"],
     ["model.head_type=gaussian", "stage2.gaussian_loss=regression"],
     ["stage1.lora=true", "model.head_type=scalar"],
     ["loss.bsr_coef=1e-3", "loss.center_coef=1e-2", "model.head_type=scalar"],
     ["stage1.enabled=false"],
-], ids=["brme-bt-reparam", "brme-regression", "lora-stage1", "bsr-and-centering", "frozen-pretrained-heads-only"])
+], ids=["brme-marginal", "brme-bt-reparam", "brme-regression", "lora-stage1", "bsr-and-centering", "frozen-pretrained-heads-only"])
 def test_recipe_variants_train_save_and_reload(tmp_path, overrides):
     cfg = load_config(RewardTrainConfig, "rm_tiny", ["stage1.max_steps=2", "stage2.epochs=2", "data.limit=32",
                                                      "model.max_length=32", *overrides])
@@ -135,3 +152,56 @@ def test_recipe_variants_train_save_and_reload(tmp_path, overrides):
     log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
     if cfg.loss.bsr_coef > 0:
         assert all("losses/bsr_penalty" in r and "losses/center_penalty" in r for r in log if r["stage"] == 1)
+
+
+def _synthetic_pairs(N=256, seed=0):
+    """(N, 2, 3) features [f0, flag, 1] of (chosen, rejected): even pairs are clear (chosen has
+    the larger f0), odd pairs are ambiguous (flag 1 on both texts, order random)."""
+    g = torch.Generator().manual_seed(seed)
+    f0c, f0r = torch.randn(N, generator=g), torch.randn(N, generator=g)
+    amb = torch.arange(N) % 2 == 1
+    swap = (f0c < f0r) & ~amb
+    f0c, f0r = torch.where(swap, f0r, f0c), torch.where(swap, f0c, f0r)
+    flag, one = amb.float(), torch.ones(N)
+    return torch.stack([torch.stack([f0c, flag, one], 1), torch.stack([f0r, flag, one], 1)], 1), amb
+
+
+def _train_synthetic_brme(loss: str, **stage2):
+    import types
+
+    from robust_rlhf.reward.heads import RewardHeads
+    from robust_rlhf.reward.train import Stage2Config, train_stage2
+
+    feats, amb = _synthetic_pairs()
+    cfg = load_config(RewardTrainConfig, "rm_brme_minilm", ["model.num_heads=3"])
+    cfg.stage2 = Stage2Config(gaussian_loss=loss, **{"epochs": 30, "stop": "epochs", **stage2})
+    model = types.SimpleNamespace(heads=RewardHeads(3, 3, "gaussian"))
+    rows: list = []
+    summary = train_stage2(model, feats, None, None, cfg, rows)
+    with torch.no_grad():
+        _, std = model.heads(feats.reshape(-1, 3))
+    return std.reshape(-1, 2, 3), amb, summary, rows
+
+
+def test_marginal_brme_learns_larger_std_on_ambiguous_pairs_and_bt_reparam_collapses():
+    std, amb, _, _ = _train_synthetic_brme("marginal")
+    assert std[amb].mean() > 1.2 * std[~amb].mean()  # s flags the pairs whose labels are coin flips
+    std_reparam, _, _, _ = _train_synthetic_brme("bt_reparam")
+    assert std_reparam.mean() < std.mean() / 3  # noise only raises BT's expected loss: s shrinks
+
+
+def test_stage2_stops_at_the_training_loss_level():
+    _, _, summary, rows = _train_synthetic_brme("marginal", stop="loss_threshold", loss_threshold=0.66, epochs=30)
+    assert summary["stopped"] is not None and summary["epochs"] == len(rows) < 30
+    assert rows[-1]["losses/epoch_loss_mean_head"] <= 0.66 < rows[-2]["losses/epoch_loss_mean_head"]
+
+
+def test_cli_eval_with_gold_writes_uncertainty_metrics(tiny_trained_rm, tmp_path, capsys):
+    assert main(["rm", "eval", "--model", str(tiny_trained_rm), "--data", "builtin:test", "--gold", "vader",
+                 "--output-dir", str(tmp_path / "ev")]) == 0
+    m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
+    for key in ("uncertainty/auroc_misranked", "uncertainty/auroc_misranked_small_margin",
+                "uncertainty/auroc_gold_abs_error"):
+        assert 0 <= m[key] <= 1, key
+    assert m["gold"] == "vader" and "AUROC for misranked pairs" in capsys.readouterr().out
+    assert (tmp_path / "ev" / "uncertainty.png").stat().st_size > 1000

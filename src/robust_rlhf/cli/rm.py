@@ -95,14 +95,14 @@ def cmd_eval(args) -> int:
 
     _check_batch_size(args.batch_size)
     check_output_dir(args.output_dir)
-    model = RewardModel.from_pretrained(args.model)
-    pairs = load_preferences(args.data, model.tokenizer)
-    check_prompt_lengths(pairs, model.tokenizer, model.config.max_length)
     gold = None
     if args.gold is not None:
         from robust_rlhf.gold import load_gold
 
-        gold = load_gold(args.gold)
+        gold = load_gold(args.gold)  # a bad spec fails before the model is loaded
+    model = RewardModel.from_pretrained(args.model)
+    pairs = load_preferences(args.data, model.tokenizer)
+    check_prompt_lengths(pairs, model.tokenizer, model.config.max_length)
     metrics, arrays = evaluate_reward_model(model, pairs, batch_size=args.batch_size, gold=gold)
     metrics["model"], metrics["data"] = str(args.model), str(args.data)
     written = write_eval_report(metrics, arrays, args.output_dir)

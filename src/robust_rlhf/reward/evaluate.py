@@ -1,8 +1,10 @@
 """Reward-model evaluation: accuracy (per head, of the mean, of each aggregator, per subset,
 with Wilson 95 % intervals, beside a length-only baseline), ensemble variance (seed 002
 Figure 6: per-sample variance across heads of chosen rewards and of chosen - rejected
-differences), whether uncertainty is informative (AUROC of the ensemble std for predicting a
-misranked pair; accuracy on the most- vs least-certain quartile; calibration error),
+differences), whether uncertainty is informative (`uncertainty_quality`: AUROC of the pair
+uncertainty for misranked pairs beside the AUROC of -|margin|, error rate per uncertainty bin,
+with a gold reward the AUROC of the per-text std for large gold errors; accuracy on the most-
+vs least-certain quartile; calibration error),
 hidden-state-norm dispersion (seed 001) and reward-scale statistics.
 
 `evaluate_reward_model(model, pairs)` -> metrics dict; `write_eval_report(metrics, arrays, dir)`
@@ -36,14 +38,8 @@ def wilson_interval(successes: int, n: int, z: float = 1.959964) -> tuple[float,
     return (centre - half, centre + half)
 
 
-def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
-    """Area under the ROC curve of `scores` for binary `labels` (1 = positive), ties counted
-    half (the Mann-Whitney U statistic / (n_pos n_neg)). NaN when a class is empty."""
-    scores = np.asarray(scores, dtype=float)
-    labels = np.asarray(labels).astype(bool)
-    n_pos, n_neg = labels.sum(), (~labels).sum()
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
+def _average_ranks(scores: np.ndarray) -> np.ndarray:
+    """1-based ranks of `scores`, ties given the average of their ranks."""
     order = np.argsort(scores, kind="mergesort")
     ranks = np.empty(len(scores), dtype=float)
     sorted_scores = scores[order]
@@ -54,8 +50,146 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
             j += 1
         ranks[order[i : j + 1]] = (i + j) / 2 + 1
         i = j + 1
+    return ranks
+
+
+def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
+    """Area under the ROC curve of `scores` for binary `labels` (1 = positive), ties counted
+    half (the Mann-Whitney U statistic / (n_pos n_neg)). NaN when a class is empty."""
+    scores = np.asarray(scores, dtype=float)
+    labels = np.asarray(labels).astype(bool)
+    n_pos, n_neg = labels.sum(), (~labels).sum()
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    ranks = _average_ranks(scores)
     u = ranks[labels].sum() - n_pos * (n_pos + 1) / 2
     return float(u / (n_pos * n_neg))
+
+
+def spearman(x: np.ndarray, y: np.ndarray) -> float:
+    """Spearman rank correlation (Pearson correlation of average ranks); NaN if either is constant."""
+    rx, ry = _average_ranks(np.asarray(x, float)), _average_ranks(np.asarray(y, float))
+    if rx.std() == 0 or ry.std() == 0:
+        return float("nan")
+    return float(np.corrcoef(rx, ry)[0, 1])
+
+
+def pair_uncertainty(chosen: RewardOutput, rejected: RewardOutput) -> np.ndarray | None:
+    """(B,) uncertainty of each pair's margin: the std of the margin d = r_c - r_r under the
+    equal-weight mixture of the K heads, by the law of total variance
+
+        u = sqrt( var_k(d_k) + mean_k(s_c,k^2 + s_r,k^2) ),   d_k = mu_c,k - mu_r,k,
+
+    var_k over heads with divisor K (the mixture's variance); the second term is present only
+    for Gaussian (BRME) heads, whose learned s enters this way. None for a single point head."""
+    d = (chosen.per_head - rejected.per_head).double()
+    var = d.var(dim=1, unbiased=False)
+    if chosen.per_head_std is not None and rejected.per_head_std is not None:
+        var = var + (chosen.per_head_std.double() ** 2 + rejected.per_head_std.double() ** 2).mean(dim=1)
+    elif chosen.num_heads == 1:
+        return None
+    return var.sqrt().numpy()
+
+
+def text_uncertainty(output: RewardOutput) -> np.ndarray | None:
+    """(B,) std of one text's reward under the mixture of the K heads:
+    sqrt(var_k(mu_k) + mean_k(s_k^2)) (divisor K; s only for Gaussian heads). None for K = 1 point heads."""
+    var = output.per_head.double().var(dim=1, unbiased=False)
+    if output.per_head_std is not None:
+        var = var + (output.per_head_std.double() ** 2).mean(dim=1)
+    elif output.num_heads == 1:
+        return None
+    return var.sqrt().numpy()
+
+
+def error_rate_by_bin(scores: np.ndarray, errors: np.ndarray, bins: int = 5) -> tuple[list[float], list[float], list[int]]:
+    """Reliability table: sort by `scores`, cut into `bins` groups of (nearly) equal size
+    (np.array_split of the sorted order; ties broken by position), and return per group the mean
+    score, the error rate (mean of 0/1 `errors`; of any values, their mean) and the count.
+    Empty groups are dropped."""
+    scores, errors = np.asarray(scores, float), np.asarray(errors, float)
+    order = np.argsort(scores, kind="mergesort")
+    centres, rates, counts = [], [], []
+    for g in np.array_split(order, bins):
+        if len(g):
+            centres.append(float(scores[g].mean()))
+            rates.append(float(errors[g].mean()))
+            counts.append(int(len(g)))
+    return centres, rates, counts
+
+
+def affine_match(reward: np.ndarray, gold: np.ndarray) -> tuple[float, float, np.ndarray]:
+    """Least-squares a, b of gold ~= a * reward + b (reward scales are arbitrary), and the
+    (N,) absolute errors |gold - (a reward + b)|. A constant reward gets a = 0, b = mean(gold)."""
+    reward, gold = np.asarray(reward, float), np.asarray(gold, float)
+    rc = reward - reward.mean()
+    denom = (rc**2).sum()
+    a = float((rc * (gold - gold.mean())).sum() / denom) if denom > 0 else 0.0
+    b = float(gold.mean() - a * reward.mean())
+    return a, b, np.abs(gold - (a * reward + b))
+
+
+def uncertainty_quality(chosen: RewardOutput, rejected: RewardOutput, gold_chosen: np.ndarray | None = None,
+                        gold_rejected: np.ndarray | None = None, bins: int = 5,
+                        large_error_quantile: float = 0.75) -> tuple[dict, dict]:
+    """Does the model's uncertainty predict its mistakes? Returns (metrics under `uncertainty/`,
+    arrays for plots). With the pair uncertainty u (`pair_uncertainty`) and the mean margin m:
+
+    * auroc_misranked: AUROC of u for misranked pairs (m <= 0); 0.5 = chance, null without u;
+    * auroc_misranked_small_margin: AUROC of -|m| -- the honest baseline: small margins also
+      predict mistakes, so u is informative *beyond the margin* only if it beats this or
+      auroc_misranked_margin_over_uncertainty (AUROC of -|m|/u) does;
+    * auroc_misranked_head_disagreement: AUROC of the heads' std of the margin alone (K > 1);
+    * Gaussian heads: per_head_mean_std (mean learned s per head, over chosen and rejected
+      texts), auroc_misranked_learned_std (AUROC of sqrt(mean_k(s_c^2 + s_r^2))) and
+      auroc_misranked_per_head_std (head k's sqrt(s_c^2 + s_r^2) for head k's misranked pairs);
+    * misranked_rate_by_uncertainty_bin / _by_small_margin_bin: error rate per equal-count bin;
+    * with gold rewards of the chosen and rejected texts: the mean reward of all 2B texts is
+      matched to gold affinely (least squares), and auroc_gold_abs_error is the AUROC of the
+      per-text std (`text_uncertainty`) for a large absolute error (above its
+      `large_error_quantile`), with spearman_std_gold_abs_error beside it."""
+    m = (chosen.mean - rejected.mean).double().numpy()
+    mis = m <= 0
+    u = pair_uncertainty(chosen, rejected)
+    q = "uncertainty/"
+    metrics: dict = {
+        q + "pair_definition": "sqrt(var_k(mu_c,k - mu_r,k) + mean_k(s_c,k^2 + s_r,k^2)), divisor K; s only for Gaussian heads",
+        q + "misranked_rate": float(mis.mean()),
+        q + "auroc_misranked": auroc(u, mis) if u is not None else None,
+        q + "auroc_misranked_small_margin": auroc(-np.abs(m), mis),
+        q + "auroc_misranked_margin_over_uncertainty": auroc(-np.abs(m) / np.maximum(u, 1e-12), mis) if u is not None else None,
+    }
+    arrays: dict = {"pair_uncertainty": u, "margin": m, "misranked": mis}
+    _, rates, _ = error_rate_by_bin(-np.abs(m), mis, bins)
+    metrics[q + "misranked_rate_by_small_margin_bin"] = rates
+    if u is not None:
+        _, rates, counts = error_rate_by_bin(u, mis, bins)
+        metrics[q + "misranked_rate_by_uncertainty_bin"] = rates
+        metrics[q + "bin_counts"] = counts
+    if chosen.num_heads > 1:
+        metrics[q + "auroc_misranked_head_disagreement"] = auroc(
+            (chosen.per_head - rejected.per_head).double().std(dim=1).numpy(), mis)
+    if chosen.per_head_std is not None and rejected.per_head_std is not None:
+        sc, sr = chosen.per_head_std.double(), rejected.per_head_std.double()
+        metrics[q + "per_head_mean_std"] = torch.cat([sc, sr]).mean(dim=0).tolist()
+        metrics[q + "auroc_misranked_learned_std"] = auroc((sc**2 + sr**2).mean(dim=1).sqrt().numpy(), mis)
+        dk = (chosen.per_head - rejected.per_head).numpy()
+        metrics[q + "auroc_misranked_per_head_std"] = [
+            auroc((sc[:, k] ** 2 + sr[:, k] ** 2).sqrt().numpy(), dk[:, k] <= 0) for k in range(chosen.num_heads)]
+    if gold_chosen is not None and gold_rejected is not None:
+        reward = torch.cat([chosen.mean, rejected.mean]).double().numpy()
+        gold = np.concatenate([np.asarray(gold_chosen, float), np.asarray(gold_rejected, float)])
+        a, b, err = affine_match(reward, gold)
+        large = err > np.quantile(err, large_error_quantile)
+        metrics[q + "gold_affine_fit"] = {"a": a, "b": b, "mean_abs_error": float(err.mean())}
+        metrics[q + "gold_large_error_quantile"] = large_error_quantile
+        ts = None
+        if u is not None:
+            ts = np.concatenate([text_uncertainty(chosen), text_uncertainty(rejected)])
+        metrics[q + "auroc_gold_abs_error"] = auroc(ts, large) if ts is not None else None
+        metrics[q + "spearman_std_gold_abs_error"] = spearman(ts, err) if ts is not None else None
+        arrays.update(gold_abs_error=err, text_uncertainty=ts)
+    return metrics, arrays
 
 
 def expected_calibration_error(prob: np.ndarray, correct: np.ndarray, bins: int = 10) -> float:
@@ -79,6 +213,18 @@ def effective_rank(matrix: torch.Tensor) -> float:
     return float(torch.exp(-(p * p.log()).sum()))
 
 
+def hidden_state_stats(feats_chosen: torch.Tensor, feats_rejected: torch.Tensor) -> dict:
+    """Seed 001's hidden-state statistics of pooled features (N, H) of chosen and rejected texts:
+    mean/std of ||h|| over all 2N texts, norm_dispersion = std/mean, mean/std of ||h_c - h_r||,
+    and the effective rank of the (2N, H) feature matrix. Stds use divisor n - 1."""
+    h = torch.cat([feats_chosen, feats_rejected]).double()
+    norms = h.norm(dim=1)
+    d = (feats_chosen - feats_rejected).double().norm(dim=1)
+    return {"norm_mean": float(norms.mean()), "norm_std": float(norms.std()),
+            "norm_dispersion": float(norms.std() / norms.mean()),
+            "diff_norm_mean": float(d.mean()), "diff_norm_std": float(d.std()), "effective_rank": effective_rank(h)}
+
+
 def _aggregators_for(output: RewardOutput) -> list[str]:
     """Aggregators that mean something for this output (all collapse to the reward when K = 1)."""
     if output.num_heads == 1:
@@ -96,8 +242,10 @@ def _accuracy(chosen: torch.Tensor, rejected: torch.Tensor) -> float:
 # ---- evaluation -------------------------------------------------------------------------
 def evaluate_rewards(chosen: RewardOutput, rejected: RewardOutput, pairs: Sequence[PreferencePair],
                      feats_chosen: torch.Tensor | None = None, feats_rejected: torch.Tensor | None = None,
-                     head_weight: torch.Tensor | None = None, head_stats: dict | None = None) -> tuple[dict, dict]:
-    """Metrics from scored pairs. Returns (metrics, arrays-for-plots)."""
+                     head_weight: torch.Tensor | None = None, head_stats: dict | None = None,
+                     gold_chosen: np.ndarray | None = None, gold_rejected: np.ndarray | None = None) -> tuple[dict, dict]:
+    """Metrics from scored pairs (optionally with gold rewards of the chosen and rejected texts,
+    for `uncertainty/auroc_gold_abs_error`). Returns (metrics, arrays-for-plots)."""
     from robust_rlhf.aggregate import AggregatorConfig, aggregate
 
     n, K = chosen.per_head.shape
@@ -142,19 +290,17 @@ def evaluate_rewards(chosen: RewardOutput, rejected: RewardOutput, pairs: Sequen
             v = v.numpy()
             metrics[key] = {"mean": float(v.mean()), "median": float(np.median(v)), "min": float(v.min()),
                             "max": float(v.max())}
-        # Is uncertainty informative? Uncertainty of a pair = std across heads of the margin.
-        u = diff.std.numpy()
-        if chosen.per_head_std is not None:  # BRME: add the heads' own predicted std
-            u = u + np.sqrt((chosen.per_head_std**2 + rejected.per_head_std**2).mean(1).numpy())
-        misranked = ~correct_mean.numpy()
-        metrics["uncertainty_auroc_misranked"] = auroc(u, misranked)
+    # Is uncertainty informative? (`uncertainty_quality`; the old top-level key kept as an alias.)
+    uq, uarrays = uncertainty_quality(chosen, rejected, gold_chosen, gold_rejected)
+    metrics.update(uq)
+    arrays.update(uarrays)
+    metrics["uncertainty_auroc_misranked"] = uq["uncertainty/auroc_misranked"]
+    u = uarrays["pair_uncertainty"]
+    if u is not None:
         q = max(1, n // 4)
         order = np.argsort(u, kind="mergesort")
         metrics["accuracy_most_certain_quartile"] = float(correct_mean.numpy()[order[:q]].mean())
         metrics["accuracy_least_certain_quartile"] = float(correct_mean.numpy()[order[-q:]].mean())
-        arrays["uncertainty"] = u
-    else:
-        metrics["uncertainty_auroc_misranked"] = None
     margin = arrays["margin"]
     prob = 1 / (1 + np.exp(-np.abs(margin)))  # BT probability of the predicted winner
     metrics["expected_calibration_error"] = expected_calibration_error(prob, margin > 0)
@@ -171,27 +317,28 @@ def evaluate_rewards(chosen: RewardOutput, rejected: RewardOutput, pairs: Sequen
                 aggregate(chosen, cfg, head_stats=norm_mean), aggregate(rejected, cfg, head_stats=norm_mean))
     # Hidden-state norms (seed 001).
     if feats_chosen is not None and feats_rejected is not None:
-        h = torch.cat([feats_chosen, feats_rejected]).double()
-        norms = h.norm(dim=1)
-        d = (feats_chosen - feats_rejected).double().norm(dim=1)
-        metrics["hidden_state"] = {
-            "norm_mean": float(norms.mean()), "norm_std": float(norms.std()),
-            "norm_dispersion": float(norms.std() / norms.mean()),
-            "diff_norm_mean": float(d.mean()), "diff_norm_std": float(d.std()),
-            "effective_rank": effective_rank(h),
-        }
-        arrays["hidden_norms"] = norms.numpy()
+        metrics["hidden_state"] = hidden_state_stats(feats_chosen, feats_rejected)
+        arrays["hidden_norms"] = torch.cat([feats_chosen, feats_rejected]).double().norm(dim=1).numpy()
     if head_weight is not None:
         metrics["head_weight_norms"] = head_weight[:K].norm(dim=1).tolist()
     return metrics, arrays
 
 
-def evaluate_reward_model(model, pairs: Sequence[PreferencePair], batch_size: int = 64) -> tuple[dict, dict]:
+def evaluate_reward_model(model, pairs: Sequence[PreferencePair], batch_size: int = 64,
+                          gold=None) -> tuple[dict, dict]:
+    """Score `pairs` with `model` and evaluate; `gold` is an optional gold reward
+    `(prompts, responses) -> list[float]` (robust_rlhf.gold.load_gold) for the gold-error metrics."""
     prompts = [p.prompt for p in pairs]
     chosen, fc = model.score(prompts, [p.chosen for p in pairs], batch_size=batch_size, return_features=True)
     rejected, fr = model.score(prompts, [p.rejected for p in pairs], batch_size=batch_size, return_features=True)
+    gc = gr = None
+    if gold is not None:
+        gc = np.asarray(gold(prompts, [p.chosen for p in pairs]), float)
+        gr = np.asarray(gold(prompts, [p.rejected for p in pairs]), float)
     metrics, arrays = evaluate_rewards(chosen, rejected, pairs, fc, fr, model.heads.linear.weight.detach().cpu(),
-                                       model.config.head_stats)
+                                       model.config.head_stats, gc, gr)
+    if gold is not None:
+        metrics["gold"] = getattr(gold, "name", str(gold))
     metrics["truncated_texts"] = model.truncated_count
     return metrics, arrays
 
@@ -239,21 +386,33 @@ def write_eval_report(metrics: dict, arrays: dict, output_dir: str | Path) -> li
             a.set_xlabel("per-sample variance")
             a.set_ylabel("pairs")
         save(fig, "variance_histograms.png")
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
-        u, correct = arrays["uncertainty"], arrays["correct"]
-        qs = np.quantile(u, np.linspace(0, 1, 6))
-        accs = [correct[(u >= lo) & (u <= hi)].mean() if ((u >= lo) & (u <= hi)).any() else np.nan
-                for lo, hi in zip(qs[:-1], qs[1:])]
-        axes[0].bar(range(5), accs, color="#55a868")
-        axes[0].set_xticks(range(5), ["most\ncertain", "2", "3", "4", "least\ncertain"])
-        axes[0].set_ylabel("accuracy")
-        axes[0].set_title(f"accuracy by uncertainty quintile (AUROC {metrics['uncertainty_auroc_misranked']:.2f})")
-        _reliability(axes[1], arrays["prob"], arrays["prob_correct"], metrics["expected_calibration_error"])
-        save(fig, "uncertainty.png")
-    else:
-        fig, ax = plt.subplots(figsize=(4.5, 3.5))
-        _reliability(ax, arrays["prob"], arrays["prob_correct"], metrics["expected_calibration_error"])
-        save(fig, "uncertainty.png")
+    # Reliability of the uncertainty: misranked rate per equal-count bin of u (and of -|margin|,
+    # the baseline), the gold error per bin of the per-text std when a gold was given, calibration.
+    gold_panel = arrays.get("text_uncertainty") is not None
+    fig, axes = plt.subplots(1, 3 if gold_panel else 2, figsize=(13.5 if gold_panel else 9, 3.5))
+    ax = axes[0]
+    u, mis = arrays["pair_uncertainty"], arrays["misranked"]
+    x = np.arange(1, 6)
+    if u is not None:
+        _, rates, _ = error_rate_by_bin(u, mis, 5)
+        ax.plot(x[: len(rates)], rates, marker="o", label=f"pair uncertainty (AUROC {metrics['uncertainty/auroc_misranked']:.2f})")
+    _, rates, _ = error_rate_by_bin(-np.abs(arrays["margin"]), mis, 5)
+    ax.plot(x[: len(rates)], rates, marker="s", ls="--", color="gray",
+            label=f"−|margin| baseline (AUROC {metrics['uncertainty/auroc_misranked_small_margin']:.2f})")
+    ax.axhline(float(np.mean(mis)), color="black", lw=0.8, ls=":", label="overall")
+    ax.set_xticks(x, ["most\ncertain", "2", "3", "4", "least\ncertain"])
+    ax.set_ylabel("misranked rate")
+    ax.set_title("error rate per uncertainty quintile")
+    ax.legend(fontsize=7)
+    if gold_panel:
+        ts, err = arrays["text_uncertainty"], arrays["gold_abs_error"]
+        centres, mean_err, _ = error_rate_by_bin(ts, err, 5)  # mean |error| per std quintile
+        axes[1].plot(centres, mean_err, marker="o")
+        axes[1].set_xlabel("per-text std (quintile means)")
+        axes[1].set_ylabel("|gold − matched reward|")
+        axes[1].set_title(f"gold error vs std (AUROC large err {metrics['uncertainty/auroc_gold_abs_error']:.2f})")
+    _reliability(axes[-1], arrays["prob"], arrays["prob_correct"], metrics["expected_calibration_error"])
+    save(fig, "uncertainty.png")
     if "hidden_norms" in arrays:
         fig, ax = plt.subplots(figsize=(5, 3.5))
         ax.hist(arrays["hidden_norms"], bins=40, color="#8172b2")

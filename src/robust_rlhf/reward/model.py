@@ -16,7 +16,7 @@ import json
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
@@ -26,10 +26,12 @@ from safetensors.torch import save as save_safetensors
 from robust_rlhf.errors import UserError
 from robust_rlhf.models.hub import load_backbone, load_tokenizer
 from robust_rlhf.reward.heads import HeadType, Pooling, RewardHeads, pool_hidden
+from robust_rlhf.reward.layer_ensemble import LayerEnsembleHeads, split_trunk
 from robust_rlhf.reward.output import RewardOutput
-from robust_rlhf.utils import atomic_save_dir, atomic_write_bytes, atomic_write_text
+from robust_rlhf.utils import atomic_save_dir, atomic_write_bytes, atomic_write_text, is_inside
 
 CONFIG_NAME = "reward_config.json"
+Truncation = Literal["left_prompt", "error"]
 HEADS_NAME = "heads.safetensors"
 
 
@@ -44,7 +46,11 @@ class RewardModelConfig:
     pooling: Pooling | None = None
     """last (decoders), cls or mean (encoders); None picks last for decoders, mean for encoders."""
     max_length: int = 128
-    """Tokens per (prompt, response) text; longer texts are truncated and counted."""
+    """Tokens per (prompt, response) text; longer texts are truncated (see `truncation`) and counted."""
+    truncation: Truncation = "left_prompt"
+    """Over max_length: left_prompt cuts the prompt from the LEFT and keeps the whole response (if the
+    response alone is too long the prompt is dropped and the response's end is cut); error does the
+    same for the prompt but refuses (UserError) when the response alone does not fit."""
     min_std: float = 1e-3
     """Floor of Gaussian heads' std."""
     trust_remote_code: bool = False
@@ -53,10 +59,16 @@ class RewardModelConfig:
     """Allow pickle (.bin) backbone weights; off: safetensors only, since pickle can run code on load."""
     head_stats: dict = field(default_factory=dict)
     """Per-head reward mean/std on the validation set (for normalised aggregation)."""
+    top_layers: int = 1
+    """layer_ensemble: how many top transformer layers each of the K members has its own copy of."""
+    trunk_layers: int | None = None
+    """layer_ensemble: layers in the shared frozen trunk (set when the top layers are split off; null before)."""
 
     def __post_init__(self) -> None:
-        if self.head_type not in ("scalar", "ensemble", "gaussian"):
-            raise ValueError(f"head_type must be scalar, ensemble or gaussian, got {self.head_type!r}")
+        if self.head_type not in ("scalar", "ensemble", "gaussian", "layer_ensemble"):
+            raise ValueError(f"head_type must be scalar, ensemble, gaussian or layer_ensemble, got {self.head_type!r}")
+        if not isinstance(self.top_layers, int) or self.top_layers < 1:
+            raise ValueError(f"top_layers must be an integer >= 1, got {self.top_layers!r}")
         if self.pooling not in (None, "last", "cls", "mean"):
             raise ValueError(f"pooling must be last, cls, mean or null, got {self.pooling!r}")
         if not isinstance(self.num_heads, int) or self.num_heads < 1:
@@ -65,6 +77,8 @@ class RewardModelConfig:
             raise ValueError(f"max_length must be an integer >= 2, got {self.max_length!r}")
         if not self.min_std > 0:
             raise ValueError(f"min_std must be > 0, got {self.min_std!r}")
+        if self.truncation not in ("left_prompt", "error"):
+            raise ValueError(f"truncation must be left_prompt or error, got {self.truncation!r}")
 
 
 def default_pooling(backbone_config) -> Pooling:
@@ -88,7 +102,12 @@ class RewardModel(nn.Module):
             self.config.pooling = default_pooling(self.backbone.config)
         if self.config.pooling == "last":
             self.tokenizer.padding_side = "left"  # pooled position is then always T-1; mask-based anyway
-        self.heads = RewardHeads(self.backbone.config.hidden_size, config.num_heads, config.head_type, config.min_std)
+        if config.head_type == "layer_ensemble":  # K top-layer copies + heads (reward/layer_ensemble.py)
+            self.heads = LayerEnsembleHeads(self.backbone.config, config.num_heads, config.top_layers, config.pooling)
+            if config.trunk_layers is not None:  # a trained one: the backbone is (or is cut to) the trunk
+                split_trunk(self)
+        else:
+            self.heads = RewardHeads(self.backbone.config.hidden_size, config.num_heads, config.head_type, config.min_std)
         self.backbone_source = backbone_source or config.backbone
         self.truncated_count = 0
 
@@ -97,31 +116,85 @@ class RewardModel(nn.Module):
         return next(self.parameters()).device
 
     # ---- text -> features -------------------------------------------------------------
-    def texts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[str]:
+    def texts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[str, str]]:
+        """The (prompt, response) pairs to score; the model reads ``prompt + response``."""
         if len(prompts) != len(responses):
             raise UserError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return [p + r for p, r in zip(prompts, responses)]
+        return list(zip(prompts, responses))
 
-    def tokenize(self, texts: Sequence[str]) -> dict:
-        """Tokenize (truncating to max_length) and count truncated texts. Only texts that fill
-        max_length can have been cut, so only those are re-tokenized untruncated to tell."""
+    def tokenize(self, texts: Sequence[str | tuple[str, str]]) -> dict:
+        """Tokenize ``prompt + response`` texts to at most max_length tokens, never losing the response.
+
+        Each item is a (prompt, response) pair, or a plain string (read as a response with an
+        empty prompt). One tokenizer pass over the joined texts; a text longer than max_length
+        keeps its special tokens, its whole response and the LAST prompt tokens that fit (the
+        prompt is cut on the left). If the response alone does not fit, ``truncation='error'``
+        raises `UserError`; ``'left_prompt'`` drops the prompt and keeps the response's first
+        tokens. Every truncated text is counted in ``truncated_count``.
+
+        Returns input_ids / attention_mask (B, T), T <= max_length, on the model's device."""
         L = self.config.max_length
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=L, return_tensors="pt")
-        full = [t for t, n in zip(texts, enc["attention_mask"].sum(dim=1).tolist()) if n >= L]
-        if full:
-            lengths = [len(ids) for ids in self.tokenizer(full, truncation=False)["input_ids"]]
-            self.truncated_count += sum(n > L for n in lengths)
-        return {k: v.to(self.device) for k, v in enc.items()}
+        pairs = [("", t) if isinstance(t, str) else (t[0], t[1]) for t in texts]
+        joined = [p + r for p, r in pairs]
+        tok = self.tokenizer
+        fast = getattr(tok, "is_fast", False)
+        enc = tok(joined, truncation=False, return_special_tokens_mask=True, return_offsets_mapping=fast,
+                  return_attention_mask=False, return_token_type_ids=False)
+        rows = enc["input_ids"]
+        for i, ids in enumerate(rows):
+            if len(ids) > L:
+                rows[i] = self._keep_response(i, pairs[i], ids, enc["special_tokens_mask"][i],
+                                              enc["offset_mapping"][i] if fast else None)
+                self.truncated_count += 1
+        out = tok.pad({"input_ids": rows}, padding=True, return_tensors="pt", return_attention_mask=True)
+        return {"input_ids": out["input_ids"].to(self.device), "attention_mask": out["attention_mask"].to(self.device)}
+
+    def _keep_response(self, i: int, pair: tuple[str, str], ids: list[int], special: list[int],
+                       offsets: list[tuple[int, int]] | None) -> list[int]:
+        """Token ids of one over-long text cut to max_length: specials + prompt tail + response."""
+        L = self.config.max_length
+        prompt, response = pair
+        if offsets is not None:
+            # Tokens the tokenizer adds around the text (CLS/SEP, BOS) are marked special; a text
+            # token belongs to the prompt when it ends inside it (a token straddling the boundary
+            # counts as response, so no response character is lost).
+            body = [k for k, s in enumerate(special) if not s]
+            lead = ids[: body[0]] if body else ids
+            trail = ids[body[-1] + 1:] if body else []
+            p_ids = [ids[k] for k in body if offsets[k][1] <= len(prompt)]
+            r_ids = [ids[k] for k in body if offsets[k][1] > len(prompt)]
+        else:  # slow tokenizer: prompt and response tokenized on their own
+            tok = self.tokenizer
+            p_ids = tok(prompt, add_special_tokens=False)["input_ids"] if prompt else []
+            r_ids = tok(response, add_special_tokens=False)["input_ids"]
+            wrapped = tok.build_inputs_with_special_tokens([-1])
+            lead, trail = wrapped[: wrapped.index(-1)], wrapped[wrapped.index(-1) + 1:]
+        budget = L - len(lead) - len(trail) - len(r_ids)
+        if budget < 0:
+            if self.config.truncation == "error":
+                raise UserError(f"text {i}: the response alone is {len(r_ids)} tokens, more than max_length="
+                                f"{L} leaves for it ({L - len(lead) - len(trail)}); shorten it, raise max_length, "
+                                f"or use truncation=left_prompt")
+            return lead + r_ids[: L - len(lead) - len(trail)] + trail
+        return lead + (p_ids[max(0, len(p_ids) - budget):] if budget else []) + r_ids + trail
 
     def features(self, enc: dict) -> torch.Tensor:
         """(B, H) pooled last hidden state."""
+        return pool_hidden(self.trunk_states(enc), enc["attention_mask"], self.config.pooling)  # (B, H)
+
+    def trunk_states(self, enc: dict) -> torch.Tensor:
+        """(B, T, H) last hidden states of the backbone (for a layer ensemble: of its trunk)."""
         out = self.backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
                             **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {}))
-        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
-        return pool_hidden(hidden, enc["attention_mask"], self.config.pooling)  # (B, H)
+        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
 
-    def forward_texts(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """(mean (B, K), std (B, K) | None, features (B, H)) with grad."""
+    def forward_texts(self, texts: Sequence[str | tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """(mean (B, K), std (B, K) | None, features (B, H)) with grad; ``texts`` as in `tokenize`."""
+        if self.config.head_type == "layer_ensemble":
+            split_trunk(self)  # no-op once split (training splits after stage 1)
+            enc = self.tokenize(texts)
+            member = self.heads.member_features(self.trunk_states(enc), enc["attention_mask"])  # (K, B, H)
+            return self.heads.head_rewards(member), None, member.mean(0)  # features: the members' mean pooled output
         feats = self.features(self.tokenize(texts))
         mean, std = self.heads(feats)
         return mean, std, feats
@@ -138,7 +211,7 @@ class RewardModel(nn.Module):
         self.eval()
         outs, feats = [], []
         # Sort by length so batches pad little; restore order after.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i][0]) + len(texts[i][1]))
         for i in range(0, len(order), batch_size):
             idx = order[i : i + batch_size]
             mean, std, f = self.forward_texts([texts[j] for j in idx])
@@ -178,9 +251,14 @@ class RewardModel(nn.Module):
             atomic_save_dir(path / "backbone", write_backbone)
             cfg["backbone_location"] = "backbone"
         else:
-            if (path / "backbone").exists():
-                shutil.rmtree(path / "backbone")
-            cfg["backbone_location"] = self.backbone_source
+            own = path / "backbone"
+            if own.exists() and is_inside(Path(self.backbone_source).expanduser(), own):
+                # The frozen backbone was loaded from this very folder: keep it (never delete an input).
+                cfg["backbone_location"] = "backbone"
+            else:
+                if own.exists():
+                    shutil.rmtree(own)
+                cfg["backbone_location"] = self.backbone_source
         atomic_write_bytes(path / HEADS_NAME, save_safetensors(
             {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}))
         atomic_write_text(path / CONFIG_NAME, json.dumps(cfg, indent=2) + "\n")
@@ -196,13 +274,21 @@ class RewardModel(nn.Module):
             raw = json.loads(cfg_file.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise UserError(f"{cfg_file}: invalid JSON ({e})") from None
-        location = raw.pop("backbone_location", None)
+        except RecursionError:
+            raise UserError(f"{cfg_file}: invalid JSON (nested too deeply)") from None
+        except OSError as e:
+            raise UserError(f"{cfg_file}: cannot read ({e.strerror})") from None
         if not isinstance(raw, dict):
-            raise UserError(f"{cfg_file}: expected a JSON object")
-        try:
-            config = RewardModelConfig(**raw)
-        except (TypeError, ValueError) as e:
-            raise UserError(f"{cfg_file}: {e}") from None
+            raise UserError(f"{cfg_file}: expected a JSON object, got {type(raw).__name__}")
+        location = raw.pop("backbone_location", None)
+        if location is not None and not isinstance(location, str):
+            raise UserError(f"{cfg_file}: field 'backbone_location': expected text, got {type(location).__name__}")
+        from robust_rlhf.config import build_dataclass
+
+        try:  # typed like a config file: a wrong type or unknown key names the field
+            config = build_dataclass(RewardModelConfig, raw)
+        except UserError as e:
+            raise UserError(f"{cfg_file}: {str(e).removeprefix('config ')}") from None
         source = str(path / location) if location == "backbone" else (location or config.backbone)
         backbone = load_backbone(source, config.trust_remote_code, config.allow_pickle)
         tokenizer = load_tokenizer(source, config.trust_remote_code)

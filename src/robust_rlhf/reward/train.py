@@ -15,6 +15,7 @@ seed 002) or BRME Gaussian heads (seed 000).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -25,20 +26,25 @@ from pathlib import Path
 from typing import Literal
 
 import torch
-from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
+from robust_rlhf.checkpoint import BackboneHeadCheckpoint
 from robust_rlhf.config import config_to_dict
 from robust_rlhf.data.preferences import PreferencePair, check_prompt_lengths, load_preferences
 from robust_rlhf.errors import UserError
+from robust_rlhf.reward.evaluate import hidden_state_stats
 from robust_rlhf.reward.losses import (
     bradley_terry_loss,
     brme_bt_loss,
+    brme_marginal_loss,
     bsr_penalty,
     centering_penalty,
     gaussian_regression_loss,
+    global_bsr_penalty,
 )
+from robust_rlhf.reward.layer_ensemble import LayerEnsembleConfig, train_layer_ensemble
+from robust_rlhf.models.hub import load_tokenizer
 from robust_rlhf.reward.model import RewardModel, RewardModelConfig
 from robust_rlhf.utils import (
     atomic_save_dir,
@@ -46,7 +52,9 @@ from robust_rlhf.utils import (
     atomic_write_json,
     atomic_write_text,
     autocast_dtype,
-    recover_dir,
+    check_output_dir,
+    is_inside,
+    resolve_device,
     set_seed,
 )
 
@@ -116,14 +124,22 @@ class Stage2Config:
     lr: float = 1e-2
     """Adam learning rate of the heads."""
     epochs: int = 30
-    """Passes over the cached features."""
+    """Passes over the cached features (an upper bound when `stop` ends training earlier)."""
     batch_size: int = 64
     """Pairs per head per step."""
-    bootstrap: bool = True
-    """Each head (except head 0) trains on its own bootstrap resample of the pairs."""
-    gaussian_loss: Literal["bt_reparam", "regression"] = "bt_reparam"
-    """BRME heads: BT on reparameterised samples (default: a preference loss, like every other
-    head), or Gaussian regression to the stage-1 reward."""
+    bootstrap: bool = False
+    """Each head (except head 0) trains on its own bootstrap resample of the pairs. Off (seed 002):
+    heads differ by initialisation and data order only."""
+    stop: Literal["validation", "loss_threshold", "epochs"] = "validation"
+    """validation: keep the epoch with the lowest validation loss; loss_threshold: stop after the
+    first epoch whose mean per-head training loss is <= `loss_threshold` (seed 002's stage-1
+    rule applied to the heads); epochs: train all epochs, keep the last."""
+    loss_threshold: float = 0.3
+    """Per-head training-loss level for stop=loss_threshold (0.3 as in seed 002)."""
+    gaussian_loss: Literal["marginal", "bt_reparam", "regression"] = "marginal"
+    """BRME heads: marginal = BT likelihood with each head's Gaussian integrated out (learns s);
+    bt_reparam = BT on reparameterised samples; regression = Gaussian NLL to the stage-1 reward.
+    The last two drive s to its floor (docs/reward_models.md)."""
 
 
 @dataclass
@@ -138,6 +154,8 @@ class RewardTrainConfig:
     """Backbone fine-tuning stage."""
     stage2: Stage2Config = field(default_factory=Stage2Config)
     """Frozen-backbone multi-head stage (ensemble / gaussian only)."""
+    layer_ensemble: LayerEnsembleConfig = field(default_factory=LayerEnsembleConfig)
+    """Stage 2 of model.head_type=layer_ensemble: K top-layer copies over the frozen trunk."""
     seed: int = 0
     """Seed for init, data order, bootstrap and dropout."""
     device: str | None = None
@@ -158,6 +176,10 @@ class RewardTrainConfig:
             raise ValueError("stage1.lora has no effect when stage1.enabled is false")
         if self.stage1.batch_size < 1 or self.stage2.batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
+        if self.stage2.epochs < 1:
+            raise ValueError(f"stage2.epochs must be >= 1, got {self.stage2.epochs}")
+        if not (self.stage2.loss_threshold > 0 and math.isfinite(self.stage2.loss_threshold)):
+            raise ValueError(f"stage2.loss_threshold must be a finite number > 0, got {self.stage2.loss_threshold}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -167,24 +189,10 @@ def _pair_batches(n: int, batch_size: int, seed: int, epoch: int) -> list[list[i
     return [order[i : i + batch_size] for i in range(0, n, batch_size)]
 
 
-def _texts(pairs: list[PreferencePair], idx: list[int]) -> list[str]:
-    """2B texts: chosen of each pair, then rejected of each pair."""
-    return [pairs[i].prompt + pairs[i].chosen for i in idx] + [pairs[i].prompt + pairs[i].rejected for i in idx]
-
-
-def _global_bsr_penalty(chosen: torch.Tensor, rejected: torch.Tensor, coef: float, world: int) -> tuple[torch.Tensor, dict]:
-    """BSR over the global batch of `world` processes, written so that DDP's gradient averaging
-    gives exactly the single-process gradient coef * mean_global for every reward: the other
-    processes' sums enter as constants, and the local term is scaled by `world`."""
-    import torch.distributed as dist
-
-    B = chosen.shape[0]
-    local_sum = torch.cat([chosen, rejected]).sum(dim=0)  # (K,)
-    total = local_sum.detach().clone()
-    dist.all_reduce(total)
-    global_mean = (local_sum + (total - local_sum.detach())) / (2 * B * world)
-    penalty = world * coef * (B * world) * (global_mean**2).sum()
-    return penalty, {"bsr_penalty": penalty.item() / world, "batch_reward_mean": global_mean.detach().mean().item()}
+def _texts(pairs: list[PreferencePair], idx: list[int]) -> list[tuple[str, str]]:
+    """2B (prompt, response) texts: chosen of each pair, then rejected of each pair (kept as
+    pairs so that truncation cuts the prompt, never the response: `RewardModel.tokenize`)."""
+    return [(pairs[i].prompt, pairs[i].chosen) for i in idx] + [(pairs[i].prompt, pairs[i].rejected) for i in idx]
 
 
 def _stage1_loss(rewards: torch.Tensor, cfg: RewardTrainConfig, world: int = 1) -> tuple[torch.Tensor, dict]:
@@ -195,7 +203,7 @@ def _stage1_loss(rewards: torch.Tensor, cfg: RewardTrainConfig, world: int = 1) 
     stats["bt_loss"] = loss.item()
     if cfg.loss.bsr_coef > 0:
         if cfg.loss.bsr_scope == "global" and world > 1:
-            pen, s = _global_bsr_penalty(chosen, rejected, cfg.loss.bsr_coef, world)
+            pen, s = global_bsr_penalty(chosen, rejected, cfg.loss.bsr_coef, world)
         else:
             pen, s = bsr_penalty(chosen, rejected, cfg.loss.bsr_coef)
         loss, stats = loss + pen, {**stats, **s}
@@ -209,19 +217,26 @@ def _stage1_loss(rewards: torch.Tensor, cfg: RewardTrainConfig, world: int = 1) 
 
 @torch.no_grad()
 def _validate(model: RewardModel, head: torch.nn.Module, pairs: list[PreferencePair], batch_size: int) -> dict:
+    """Validation BT loss and accuracy of the stage-1 head, and seed 001's hidden-state
+    statistics of the validation texts (norm dispersion, chosen-rejected distance, head
+    weight norm, effective rank), so their evolution during training is in the log."""
     was = model.training
     model.eval()
-    losses, correct = [], 0
+    losses, correct, fc, fr = [], 0, [], []
     for i in range(0, len(pairs), batch_size):
         idx = list(range(i, min(i + batch_size, len(pairs))))
-        feats = model.features(model.tokenize(_texts(pairs, idx)))
+        feats = model.features(model.tokenize(_texts(pairs, idx))).float()
         r = head(feats)
         B = len(idx)
         loss, _ = bradley_terry_loss(r[:B], r[B:])
         losses.append(loss.item() * B)
         correct += (r[:B, 0] > r[B:, 0]).sum().item()
+        fc.append(feats[:B].cpu())
+        fr.append(feats[B:].cpu())
     model.train(was)
-    return {"val_loss": sum(losses) / len(pairs), "val_accuracy": correct / len(pairs)}
+    hs = hidden_state_stats(torch.cat(fc), torch.cat(fr))
+    return {"val_loss": sum(losses) / len(pairs), "val_accuracy": correct / len(pairs),
+            **{f"hidden_{k}": v for k, v in hs.items()}, "head_weight_norm": getattr(head, "module", head).weight.detach().norm().item()}
 
 
 def _config_fingerprint(cfg: RewardTrainConfig) -> dict:
@@ -230,51 +245,9 @@ def _config_fingerprint(cfg: RewardTrainConfig) -> dict:
     return d
 
 
-class _Checkpoint:
-    """Stage-1 checkpoint: trainable weights + optimizer + RNG + progress, in one atomic folder."""
-
-    def __init__(self, root: Path):
-        self.dir = root / "checkpoints" / "stage1"
-
-    def exists(self) -> bool:
-        recover_dir(self.dir)
-        return (self.dir / "state.json").exists()
-
-    def save(self, backbone: torch.nn.Module, head: torch.nn.Module, opt, sched, progress: dict, cfg_dict: dict) -> None:
-        """`backbone` and `head` are the plain modules (not DDP-wrapped), so names carry no `module.` prefix."""
-        trainable = {k: v.detach().cpu().contiguous() for k, v in backbone.named_parameters() if v.requires_grad}
-
-        def write(tmp: Path) -> None:
-            (tmp / "weights.safetensors").write_bytes(save_safetensors(
-                {**{f"backbone.{k}": v for k, v in trainable.items()},
-                 **{f"head.{k}": v.detach().cpu().contiguous() for k, v in head.state_dict().items()}}))
-            torch.save({"optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "torch_rng": torch.get_rng_state(),
-                        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-                       tmp / "optimizer.pt")
-            (tmp / "state.json").write_text(json.dumps({"progress": progress, "config": cfg_dict}, indent=2))
-
-        atomic_save_dir(self.dir, write)
-
-    def load(self, backbone: torch.nn.Module, head: torch.nn.Module, opt, sched, cfg_dict: dict) -> dict:
-        state = json.loads((self.dir / "state.json").read_text())
-        if state["config"] != cfg_dict:
-            raise UserError(
-                f"{self.dir}: a checkpoint of a different config is here; use another --output-dir "
-                "or resume=false to start over")
-        weights = load_file(str(self.dir / "weights.safetensors"))
-        params = dict(backbone.named_parameters())
-        for k, v in weights.items():
-            if k.startswith("backbone."):
-                params[k[len("backbone."):]].data.copy_(v)
-        head.load_state_dict({k[len("head."):]: v for k, v in weights.items() if k.startswith("head.")})
-        extra = torch.load(self.dir / "optimizer.pt", weights_only=False, map_location="cpu")
-        opt.load_state_dict(extra["optimizer"])
-        sched.load_state_dict(extra["scheduler"])
-        torch.set_rng_state(extra["torch_rng"])
-        if extra["cuda_rng"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(extra["cuda_rng"])
-        return state["progress"]
+# Stage-1 checkpoint: trainable weights + optimizer + RNG + progress, in one atomic folder
+# (robust_rlhf.checkpoint, shared with the policy recipes).
+_Checkpoint = BackboneHeadCheckpoint
 
 
 # ----------------------------------------------------------------------------------------
@@ -384,19 +357,45 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
             "final_running_loss": sum(progress["recent_losses"]) / max(1, len(progress["recent_losses"]))}
 
 
+def _features_key(model: RewardModel, chosen: list[str], rejected: list[str]) -> str:
+    """What cached features were computed from: every text, the backbone's weights, and the
+    settings that change pooled features (max_length, pooling)."""
+    h = hashlib.sha256()
+    h.update(json.dumps({"max_length": model.config.max_length, "pooling": model.config.pooling,
+                         "n": len(chosen)}, sort_keys=True).encode())
+    for t in chosen + rejected:
+        b = t.encode("utf-8", "surrogatepass")
+        h.update(len(b).to_bytes(8, "little"))
+        h.update(b)
+    for name, v in sorted(model.backbone.state_dict().items()):
+        h.update(name.encode())
+        h.update(str(v.dtype).encode() + str(tuple(v.shape)).encode())
+        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
+    return h.hexdigest()
+
+
 @torch.no_grad()
 def cached_features(model: RewardModel, pairs: list[PreferencePair], cache: Path, batch_size: int = 64) -> torch.Tensor:
-    """(N, 2, H) pooled features of (chosen, rejected) texts, computed once and cached on disk."""
-    if cache.exists():
-        t = load_file(str(cache))["features"]
-        if t.shape[0] == len(pairs):
-            return t
+    """(N, 2, H) pooled features of (chosen, rejected) texts, computed once and cached on disk.
+    The cache is reused only when its key (texts + backbone weights + max_length + pooling)
+    matches, never merely because the number of rows does."""
+    from safetensors import safe_open
+
     chosen = [p.prompt + p.chosen for p in pairs]
     rejected = [p.prompt + p.rejected for p in pairs]
+    key = _features_key(model, chosen, rejected)
+    if cache.exists():
+        try:
+            with safe_open(str(cache), framework="pt") as f:
+                if (f.metadata() or {}).get("key") == key:
+                    return f.get_tensor("features")
+        except Exception:  # a corrupt or foreign cache file: recompute it
+            pass
+        log.info("%s: cached features are of other texts or another backbone; recomputing", cache)
     _, fc = model.score([""] * len(pairs), chosen, batch_size=batch_size, return_features=True)
     _, fr = model.score([""] * len(pairs), rejected, batch_size=batch_size, return_features=True)
     feats = torch.stack([fc, fr], dim=1)
-    atomic_write_bytes(cache, save_safetensors({"features": feats.contiguous()}))
+    atomic_write_bytes(cache, save_safetensors({"features": feats.contiguous()}, metadata={"key": key}))
     return feats
 
 
@@ -430,9 +429,11 @@ def train_stage2(model: RewardModel, train_feats: torch.Tensor, val_feats: torch
     opt = torch.optim.Adam(heads.parameters(), lr=s2.lr)
     W = heads.linear
     best = (math.inf, None, -1)
+    stopped = None
     bar = tqdm(range(s2.epochs), desc=f"stage 2 ({K} heads, frozen backbone)", unit="epoch")
     for epoch in bar:
         perm = torch.stack([torch.randperm(N, generator=gen) for _ in range(K)]).to(device)  # own data order per head
+        epoch_loss, seen = 0.0, 0
         for i in range(0, N, s2.batch_size):
             idx = torch.gather(samples, 1, perm[:, i : i + s2.batch_size])  # (K, b)
             f = feats[idx]  # (K, b, 2, H)
@@ -440,19 +441,21 @@ def train_stage2(model: RewardModel, train_feats: torch.Tensor, val_feats: torch
             if heads.head_type == "gaussian":
                 raw = torch.einsum("kbch,kh->bck", f, W.weight[K:]) + W.bias[K:]
                 std = torch.nn.functional.softplus(raw) + heads.min_std
-                if s2.gaussian_loss == "bt_reparam":
+                if s2.gaussian_loss == "marginal":
+                    loss, stats = brme_marginal_loss(out[:, 0], std[:, 0], out[:, 1], std[:, 1])
+                elif s2.gaussian_loss == "bt_reparam":
                     loss, stats = brme_bt_loss(out[:, 0], std[:, 0], out[:, 1], std[:, 1], generator=gen)
                 else:
-                    t = target[idx]  # (K, b, 2)
-                    t = t.permute(1, 2, 0)  # (b, 2, K)
-                    nll = ((t - out) ** 2 / (2 * std**2) + torch.log(std)).mean(dim=(0, 1))
-                    loss, stats = nll.sum(), {"nll_mean_head": nll.mean().item()}
+                    t = target[idx].permute(1, 2, 0)  # (K, b, 2) -> (b, 2, K): each head's own rows
+                    loss, stats = gaussian_regression_loss(out.reshape(-1, K), std.reshape(-1, K), t.reshape(-1, K))
             else:
                 loss, stats = bradley_terry_loss(out[:, 0], out[:, 1])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-        row = {"stage": 2, "epoch": epoch + 1, **{f"losses/{k}": v for k, v in stats.items()}}
+            epoch_loss, seen = epoch_loss + loss.item() / K * idx.shape[1], seen + idx.shape[1]
+        row = {"stage": 2, "epoch": epoch + 1, **{f"losses/{k}": v for k, v in stats.items()},
+               "losses/epoch_loss_mean_head": epoch_loss / seen}
         if val_feats is not None:
             with torch.no_grad():
                 mean, _ = heads(val_feats.float().to(device).reshape(-1, val_feats.shape[-1]))
@@ -460,13 +463,121 @@ def train_stage2(model: RewardModel, train_feats: torch.Tensor, val_feats: torch
                 vloss, _ = bradley_terry_loss(mean[:, 0], mean[:, 1])
                 acc = (mean[:, 0].mean(1) > mean[:, 1].mean(1)).float().mean().item()
             row.update({"eval/val_loss_sum_heads": vloss.item(), "eval/val_accuracy_mean": acc})
-            if vloss.item() < best[0]:
+            if s2.stop == "validation" and vloss.item() < best[0]:
                 best = (vloss.item(), {k: v.clone() for k, v in heads.state_dict().items()}, epoch + 1)
             bar.set_postfix(val_acc=f"{acc:.3f}")
         log_rows.append(row)
-    if best[1] is not None:  # keep the epoch with the best validation loss (early stopping)
+        if s2.stop == "loss_threshold" and epoch_loss / seen <= s2.loss_threshold:
+            stopped = f"mean per-head training loss {epoch_loss / seen:.3f} <= {s2.loss_threshold} after epoch {epoch + 1}"
+            break
+    if best[1] is not None:  # stop=validation: keep the epoch with the best validation loss
         heads.load_state_dict(best[1])
-    return {"epochs": s2.epochs, "best_epoch": best[2] if best[1] is not None else s2.epochs}
+    last = epoch + 1
+    return {"epochs": last, "best_epoch": best[2] if best[1] is not None else last, "stopped": stopped}
+
+
+# Files and folders `train_reward_model` writes into its output folder.
+_RUN_OUTPUTS = ("config.yaml", "train_summary.json", "train_log.jsonl", "checkpoints", "backbone",
+                "reward_config.json", "heads.safetensors")
+MAX_HEADS = 4096
+
+
+def _first_difference(a: object, b: object, where: str = "") -> str | None:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b), key=str):
+            d = _first_difference(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{where}.{k}" if where else str(k))
+            if d:
+                return d
+        return None
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        a, b = list(a), list(b)
+    return None if a == b else f"{where}: {b!r} there, {a!r} now"
+
+
+def _check_run_config(cfg: RewardTrainConfig, out: Path) -> None:
+    """Before anything is written: no input lies where this run writes, and a folder that holds
+    another run (its config.yaml differs) is refused rather than overwritten."""
+    import yaml
+
+    own_backbone = out / "backbone"
+    inputs = [("data.train", cfg.data.train), ("data.validation", cfg.data.validation),
+              ("model.backbone", cfg.model.backbone)]
+    for key, value in inputs:
+        if not value or ":" in str(value).split("/")[0]:  # builtin:..., hf:...
+            continue
+        for name in _RUN_OUTPUTS:
+            target = out / name
+            if not is_inside(value, target):
+                continue
+            if key == "model.backbone" and name == "backbone" and not cfg.stage1.enabled:
+                continue  # a frozen backbone is kept in place and referenced (heads-only re-training)
+            raise UserError(f"{key}={value!r} lies inside the output folder at {str(target)!r}, which this run "
+                            "would overwrite; copy it elsewhere or choose another --output-dir")
+    cfg_file = out / "config.yaml"
+    if not cfg_file.exists():
+        return
+    try:
+        from robust_rlhf.config import safe_yaml_load
+
+        old = safe_yaml_load(cfg_file.read_text(encoding="utf-8"), str(cfg_file))
+    except (UserError, OSError, UnicodeDecodeError):
+        old = None
+    if not isinstance(old, dict):
+        raise UserError(f"--output-dir {str(out)!r} holds a config.yaml that is not a reward-model run's; "
+                        "choose another --output-dir")
+    old.pop("resume", None)
+    diff = _first_difference(_config_fingerprint(cfg), old)
+    if diff:
+        raise UserError(f"--output-dir {str(out)!r} holds a run/checkpoint of a different config ({diff}); "
+                        "choose another --output-dir, or delete that run first")
+
+
+def _check_ranges(cfg: RewardTrainConfig) -> None:
+    """Numbers that type-check but make no sense (negative counts, absurd sizes)."""
+    s1, s2 = cfg.stage1, cfg.stage2
+    checks = [
+        ("model.num_heads", cfg.model.num_heads, 1, MAX_HEADS), ("data.limit", cfg.data.limit, 1, None),
+        ("stage1.max_steps", s1.max_steps, 1, None), ("stage1.running_window", s1.running_window, 1, None),
+        ("stage1.eval_every", s1.eval_every, 0, None), ("stage1.checkpoint_every", s1.checkpoint_every, 0, None),
+        ("stage1.patience", s1.patience, 1, None), ("stage1.warmup_steps", s1.warmup_steps, 0, None),
+        ("stage1.weight_decay", s1.weight_decay, 0, None), ("stage2.epochs", s2.epochs, 0, None),
+        ("stage1.loss_threshold", s1.loss_threshold, 0, None),
+    ]
+    for key, value, low, high in checks:
+        if value is None:
+            continue
+        if value < low or (high is not None and value > high):
+            bound = f">= {low}" + (f" and <= {high}" if high is not None else "")
+            raise UserError(f"config {key} must be {bound}, got {value}")
+    if not s1.max_epochs > 0:
+        raise UserError(f"config stage1.max_epochs must be > 0, got {s1.max_epochs}")
+
+
+def _check_backbone_fits(cfg: RewardTrainConfig, model: RewardModel) -> None:
+    """Limits of the loaded backbone that would otherwise fail minutes into training."""
+    bcfg = model.backbone.config
+    limit = getattr(bcfg, "max_position_embeddings", None)
+    if isinstance(limit, int) and cfg.model.max_length > limit:
+        raise UserError(f"model.max_length={cfg.model.max_length} exceeds the backbone's position limit "
+                        f"(max_position_embeddings={limit}); use model.max_length <= {limit}")
+    s1 = cfg.stage1
+    if cfg.stage1.enabled and s1.lora:
+        if s1.lora_r < 1 or s1.lora_alpha < 1:
+            raise UserError(f"stage1.lora_r and stage1.lora_alpha must be >= 1, got {s1.lora_r} and {s1.lora_alpha}")
+        names = [n for n, _ in model.backbone.named_modules() if n]
+        if s1.lora_target_modules is None:
+            from peft.utils import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING as default_targets
+
+            if getattr(bcfg, "model_type", None) not in default_targets:
+                raise UserError(f"stage1.lora_target_modules: peft has no default for backbone type "
+                                f"{getattr(bcfg, 'model_type', None)!r}; name the modules to adapt")
+        else:
+            for t in s1.lora_target_modules:
+                if not any(n == t or n.endswith("." + t) for n in names):
+                    leaves = sorted({n.rsplit(".", 1)[-1] for n, m in model.backbone.named_modules()
+                                     if isinstance(m, torch.nn.Linear)})
+                    raise UserError(f"stage1.lora_target_modules: the backbone has no module {t!r} "
+                                    f"(its linear layers: {', '.join(leaves)})")
 
 
 def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
@@ -476,18 +587,25 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     import yaml
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    out = Path(output_dir)
+    # Validate everything -- config, output location, inputs, resources -- before the first
+    # write, so bad input leaves the output folder exactly as it was.
+    out = check_output_dir(output_dir)
     t0 = time.time()
+    _check_run_config(cfg, out)
+    requested = resolve_device(cfg.device) if cfg.device else None
     set_seed(cfg.seed)
     # Single process: a no-op. Under torchrun / accelerate launch: DDP over the processes.
     # Unused parameters (e.g. an encoder's pooler) must not stall DDP's gradient reduction.
     accelerator = Accelerator(cpu=cfg.device == "cpu" or not torch.cuda.is_available(),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-    device = torch.device(cfg.device) if cfg.device and accelerator.num_processes == 1 else accelerator.device
-    model = RewardModel(RewardModelConfig(**config_to_dict(cfg.model))).to(device)
-    # Validate all input before writing anything, so bad input leaves no partial output.
-    train = load_preferences(cfg.data.train, model.tokenizer, limit=cfg.data.limit)
-    val = load_preferences(cfg.data.validation, model.tokenizer) if cfg.data.validation else None
+    device = requested if requested is not None and accelerator.num_processes == 1 else accelerator.device
+    _check_ranges(cfg)
+    # Data first (it needs only the tokenizer, which loads in a moment), then the backbone.
+    tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.trust_remote_code)
+    train = load_preferences(cfg.data.train, tokenizer, limit=cfg.data.limit)
+    val = load_preferences(cfg.data.validation, tokenizer) if cfg.data.validation else None
+    model = RewardModel(RewardModelConfig(**config_to_dict(cfg.model)), tokenizer=tokenizer).to(device)
+    _check_backbone_fits(cfg, model)
     for pairs in (train, val or []):
         check_prompt_lengths(pairs, model.tokenizer, cfg.model.max_length)
     out.mkdir(parents=True, exist_ok=True)
@@ -515,7 +633,10 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     two_stage = cfg.model.head_type != "scalar" or not cfg.stage1.enabled
     for p in model.backbone.parameters():
         p.requires_grad_(False)
-    if two_stage:
+    if cfg.model.head_type == "layer_ensemble":  # K top-layer copies over the frozen trunk
+        summary["stage2"] = train_layer_ensemble(model, train, val, stage1_head, cfg, log_rows, device)
+        model.heads.to(device)
+    elif two_stage:
         cache = out / "checkpoints"
         t_feat = time.time()
         train_feats = cached_features(model, train, cache / "train_features.safetensors")
@@ -532,7 +653,9 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
         vout = model.score([p.prompt for p in val] * 2, [p.chosen for p in val] + [p.rejected for p in val])
         ph = vout.per_head
         model.config.head_stats = {"mean": ph.mean(0).tolist(), "std": ph.std(0).clamp_min(1e-6).tolist(),
-                                   "source": str(cfg.data.validation)}
+                                   "source": str(cfg.data.validation),
+                                   # policy/theory helper: fixed scale of kl.variance_scale=validation (seed 002)
+                                   "ensemble_var_mean": vout.var.mean().item(), "ensemble_std_mean": vout.std.mean().item()}
         n = len(val)
         summary["val_accuracy_mean"] = (vout.mean[:n] > vout.mean[n:]).float().mean().item()
     summary["truncated_texts"] = model.truncated_count
