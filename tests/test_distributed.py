@@ -25,10 +25,10 @@ def test_two_processes_match_one_process(tmp_path):
     # CPU processes over gloo even on a GPU machine (2 ranks cannot share one GPU under NCCL).
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     cmd = ["rm", "train", "--config", "rm_tiny", *OVERRIDES]
-    subprocess.run([sys.executable, "-m", "robust_rlhf.cli", *cmd, "--output-dir", str(tmp_path / "one")],
+    subprocess.run(timeout=900, args=[sys.executable, "-m", "robust_rlhf.cli", *cmd, "--output-dir", str(tmp_path / "one")],
                    check=True, env=env, capture_output=True)
     torchrun = os.path.join(os.path.dirname(sys.executable), "torchrun")
-    r = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "robust_rlhf.cli", *cmd,
+    r = subprocess.run(timeout=900, args=[torchrun, "--nproc_per_node", "2", "--master_port", "29533", "-m", "robust_rlhf.cli", *cmd,
                         "--output-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     one, two = _stage1_losses(tmp_path / "one"), _stage1_losses(tmp_path / "two")

@@ -22,7 +22,7 @@ RM_ARGS = ["rm", "train", "--config", "rm_tiny", "stage1.max_steps=12", "stage1.
 
 
 def _run(out, env):
-    return subprocess.run([sys.executable, "-m", "robust_rlhf.cli", *RM_ARGS, "--output-dir", str(out)],
+    return subprocess.run(timeout=900, args=[sys.executable, "-m", "robust_rlhf.cli", *RM_ARGS, "--output-dir", str(out)],
                           env=env, capture_output=True, text=True)
 
 
@@ -96,7 +96,7 @@ def test_kill9_policy_train_then_resume_matches_uninterrupted(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "robust_rlhf.cli", *POLICY_ARGS, "--output-dir"]
     ref = tmp_path / "reference"
-    assert subprocess.run([*cmd, str(ref)], env=env, capture_output=True).returncode == 0
+    assert subprocess.run(timeout=900, args=[*cmd, str(ref)], env=env, capture_output=True).returncode == 0
     out = tmp_path / "killed"
     rng = random.Random(99)
     targets = sorted(rng.sample(range(1, 10), 5)) + [10]  # the last one lands in the final save
@@ -107,7 +107,7 @@ def test_kill9_policy_train_then_resume_matches_uninterrupted(tmp_path):
             assert (ck / "state.json").exists(), sorted(p.name for p in ck.iterdir())
             json.loads((ck / "state.json").read_text())
     assert kills >= 5
-    r = subprocess.run([*cmd, str(out)], env=env, capture_output=True, text=True)
+    r = subprocess.run(timeout=900, args=[*cmd, str(out)], env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-2000:]
     strip = lambda rows: [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]  # noqa: E731
     a = strip([json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()])

@@ -26,10 +26,10 @@ def _rows(folder):
 def test_ppo_two_processes_match_one_process(tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}  # gloo CPU ranks even on a GPU machine
     cmd = ["policy", "train", "--config", "policy_tiny", *OVERRIDES]
-    r1 = subprocess.run([sys.executable, "-m", "robust_rlhf.cli", *cmd, "--output-dir", str(tmp_path / "one")],
+    r1 = subprocess.run(timeout=900, args=[sys.executable, "-m", "robust_rlhf.cli", *cmd, "--output-dir", str(tmp_path / "one")],
                         env=env, capture_output=True, text=True)
     assert r1.returncode == 0, r1.stderr[-3000:]
-    r2 = subprocess.run([TORCHRUN, "--nproc_per_node", "2", "--master_port", "29541", "-m", "robust_rlhf.cli", *cmd,
+    r2 = subprocess.run(timeout=900, args=[TORCHRUN, "--nproc_per_node", "2", "--master_port", "29541", "-m", "robust_rlhf.cli", *cmd,
                          "--output-dir", str(tmp_path / "two")], env=env, capture_output=True, text=True)
     assert r2.returncode == 0, r2.stderr[-3000:]
     one, two = _rows(tmp_path / "one"), _rows(tmp_path / "two")

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.logging import LogConfig, Run, capture_rng, restore_rng
+from robust_rlhf.policy.tracking import LogConfig, Run, capture_rng, restore_rng
 from robust_rlhf.policy.ppo import PPOConfig
 
 

@@ -135,12 +135,12 @@ def test_kl_estimator_unknown() -> None:
 
 def test_variance_aware_kl_weight() -> None:
     var = torch.tensor([1.0, 2.0, 3.0], dtype=F64)
-    # normalised: var / mean(var) = [0.5, 1, 1.5] -> * 0.1
-    torch.testing.assert_close(variance_aware_kl_weight(var, 0.1), torch.tensor([0.05, 0.1, 0.15], dtype=F64))
+    # batch_mean: var / mean(var) = [0.5, 1, 1.5] -> * 0.1  (more forms/scales: tests/test_policy_rewards.py)
     torch.testing.assert_close(
-        variance_aware_kl_weight(var, 0.1, normalize=False), torch.tensor([0.1, 0.2, 0.3], dtype=F64)
+        variance_aware_kl_weight(var, 0.1, scale="batch_mean"), torch.tensor([0.05, 0.1, 0.15], dtype=F64)
     )
-    assert torch.isfinite(variance_aware_kl_weight(torch.zeros(3), 0.1)).all()
+    torch.testing.assert_close(variance_aware_kl_weight(var, 0.1), torch.tensor([0.1, 0.2, 0.3], dtype=F64))
+    assert torch.isfinite(variance_aware_kl_weight(torch.zeros(3), 0.1, scale="batch_mean")).all()
     with pytest.raises(ValueError, match="beta"):
         variance_aware_kl_weight(var, -0.1)
     with pytest.raises(ValueError, match=">= 0"):
@@ -341,7 +341,11 @@ def test_ppo_value_loss_against_python() -> None:
     assert loss.item() == pytest.approx(sum(terms) / len(terms))
     assert stats["vf_clipfrac"].item() == pytest.approx(sum(clipped) / len(clipped))
     assert 0 < stats["vf_clipfrac"].item() < 1
-    assert stats["explained_variance"].item() == pytest.approx(explained_variance(values, returns, mask).item())
+    # 1 - Var[R - V] / Var[R] over the masked-in tokens, population variances, by hand
+    rs = [returns[i, j].item() for i in range(4) for j in range(6) if mask[i, j] == 1]
+    res = [returns[i, j].item() - values[i, j].item() for i in range(4) for j in range(6) if mask[i, j] == 1]
+    pvar = lambda xs: sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / len(xs)  # noqa: E731
+    assert stats["explained_variance"].item() == pytest.approx(1 - pvar(res) / pvar(rs))
     loss_plain, stats_plain = ppo_value_loss(values, old, returns, mask, None)
     assert loss_plain.item() == pytest.approx(sum(plain) / len(plain))
     assert stats_plain["vf_clipfrac"].item() == 0
@@ -377,7 +381,7 @@ def test_best_of_n_kl() -> None:
     assert best_of_n_kl(1) == 0.0
     assert best_of_n_kl(4) == pytest.approx(math.log(4) - 3 / 4)
     assert best_of_n_kl(1000) == pytest.approx(math.log(1000) - 0.999)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="n >= 1, got 0"):
         best_of_n_kl(0)
 
 
@@ -404,9 +408,9 @@ def test_best_of_n_estimator_large_pool() -> None:
     # gold correlated with proxy: more selection, more gold
     curve = [best_of_n_expected_reward(proxy, gold, n) for n in (1, 4, 16, 64)]
     assert curve == sorted(curve)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="1 <= n <= N=4000, got n=4001"):
         best_of_n_expected_reward(proxy, gold, 4001)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="same length, got 4000 and 10"):
         best_of_n_expected_reward(proxy, gold[:10], 2)
 
 
@@ -439,19 +443,19 @@ def test_fixed_kl_controller() -> None:
 
 
 @pytest.mark.parametrize(
-    "make",
+    "make,message",
     [
-        lambda: AdaptiveKLController(-0.1, 6.0, 10_000),
-        lambda: AdaptiveKLController(0.1, 0.0, 10_000),
-        lambda: AdaptiveKLController(0.1, -1.0, 10_000),
-        lambda: AdaptiveKLController(0.1, 6.0, 0),
-        lambda: FixedKLController(-0.01),
-        lambda: AdaptiveKLController(0.1, 6.0, 10).update(float("nan"), 1),
-        lambda: AdaptiveKLController(0.1, 6.0, 10).update(1.0, -1),
+        (lambda: AdaptiveKLController(-0.1, 6.0, 10_000), "coefficient must be >= 0"),
+        (lambda: AdaptiveKLController(0.1, 0.0, 10_000), "target must be > 0"),
+        (lambda: AdaptiveKLController(0.1, -1.0, 10_000), "target must be > 0"),
+        (lambda: AdaptiveKLController(0.1, 6.0, 0), "horizon must be > 0"),
+        (lambda: FixedKLController(-0.01), "coefficient must be >= 0"),
+        (lambda: AdaptiveKLController(0.1, 6.0, 10).update(float("nan"), 1), "KL must be finite"),
+        (lambda: AdaptiveKLController(0.1, 6.0, 10).update(1.0, -1), "n_steps must be >= 0"),
     ],
 )
-def test_kl_controller_errors(make) -> None:
-    with pytest.raises(ValueError):
+def test_kl_controller_errors(make, message) -> None:
+    with pytest.raises(ValueError, match=message):
         make()
 
 

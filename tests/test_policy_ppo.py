@@ -54,11 +54,11 @@ def test_ppo_smoke_variance_aware_penalty_applied(tmp_path, monkeypatch):
     monkeypatch.setattr(ppo_mod, "token_level_rewards", spy)
     out = train_ppo(cfg, tmp_path / "run", reward_source=recording_source)
 
-    # the per-sample coefficient beta * sigma^2 / mean(sigma^2) entered the token rewards
+    # the per-sample coefficient beta * sigma^2 (raw, seed 002's default) entered the token rewards
     seq_rewards, kl, coef, mask = seen[0]
     var = scored[0].var
     assert isinstance(coef, torch.Tensor) and coef.shape == (4,)
-    torch.testing.assert_close(coef, 0.1 * var / (var.mean() + 1e-8))
+    torch.testing.assert_close(coef, 0.1 * var.float())
     assert coef.std() > 0  # really per sample
     tok_rewards = real(seq_rewards, kl, coef, mask)
     row0 = (tok_rewards * mask)[0]
@@ -87,9 +87,9 @@ def test_ppo_resume_reproduces_uninterrupted_run(tmp_path):
 
     def crash_at_3(step, row):
         if step == 3:  # step 3 is logged but not checkpointed: resume must drop and redo it
-            raise Crash
+            raise Crash("simulated crash at step 3")
 
-    with pytest.raises(Crash):
+    with pytest.raises(Crash, match="simulated crash at step 3"):
         train_ppo(load_config(PPOConfig, None, over), tmp_path / "cut", callback=crash_at_3)
     assert len(_rows(tmp_path / "cut")) == 3
     resumed = train_ppo(load_config(PPOConfig, None, over + ["resume=true"]), tmp_path / "cut")
@@ -114,6 +114,7 @@ def test_ppo_config_errors():
         load_config(PPOConfig, None, ["reward.aggregator.name=mean", "reward.aggregator.lam=0.5"])
 
 
+@pytest.mark.slow  # ~47 s on an idle machine (560 s under load); run with -m slow
 def test_ppo_raises_proxy_reward(tmp_path):
     """VADER positivity as the proxy, LoRA lr 2e-3: the proxy reward of the training batches goes up.
 

@@ -1,0 +1,16 @@
+"""Preference data (TRL formats), prompts and the built-in task."""
+
+from robust_rlhf._lazy import lazy_exports
+
+_EXPORTS = {
+    "PreferencePair": ".preferences",
+    "load_preferences": ".preferences",
+    "parse_pair": ".preferences",
+    "save_preferences_jsonl": ".preferences",
+    "builtin_prompts": ".prompts",
+    "split_prompts": ".prompts",
+    "TaskConfig": ".builtin_task",
+    "build_task": ".builtin_task",
+}
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

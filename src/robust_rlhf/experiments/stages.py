@@ -199,7 +199,7 @@ class _ExperimentRewardSource:
         return RewardOutput(out.per_head[:, k : k + 1], std)  # (B, 1)
 
 
-_RESERVED = ("model.name", "data.prompts", "reward.model", "reward.aggregator", "gold", "train.seed", "resume")
+_RESERVED = ("model.name", "data.prompts", "reward.model", "reward.aggregator", "gold", "seed", "train.seed", "resume")
 
 
 def trainer(method_type: str):
@@ -234,10 +234,10 @@ def policy_config_dict(cfg: ExperimentConfig, method: MethodSpec, seed: int, rm_
             "data": {"prompts": str(prompts_file), "eval_fraction": ev.eval_fraction, "split_seed": ev.split_seed},
             "sampling": {"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature},
             "log": {"eval_prompts": ev.eval_prompts, "progress": False},
-            "train": {"device": cfg.device}}
+            "device": cfg.device}
     d = _merge(base, user)
     d = _merge(d, {"reward": {"model": str(rm_dir), "aggregator": config_to_dict(method.aggregator)},
-                   "gold": cfg.gold, "train": {"seed": seed}, "resume": True})
+                   "gold": cfg.gold, "seed": seed, "resume": True})
     if kl_coef is not None:
         d = _merge(d, {"kl": {"coef": kl_coef}})
     if steps is not None:

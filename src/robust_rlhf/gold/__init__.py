@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 from robust_rlhf.errors import UserError
 
+__all__ = ["GoldReward", "HFClassifierGold", "VaderGold", "load_gold"]
+
 GoldReward = Callable[[Sequence[str], Sequence[str]], list[float]]
 
 

@@ -8,12 +8,12 @@ without resampling.
 
 Output folder: ``config.yaml``, ``metrics.jsonl`` / ``metrics.csv`` (one row per n: ``step`` = n,
 ``kl``, ``proxy_reward``, ``gold_reward``, ``policy/sqrt_kl``), ``samples.jsonl`` (the pool).
+The curve itself is `best_of_n_curve` (the over-optimisation lab uses it too). Config layout as
+every recipe (`robust_rlhf.policy.recipe`): ``seed`` and ``device`` at the top level.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import logging
 from dataclasses import dataclass, field
@@ -23,13 +23,13 @@ from typing import Literal
 import torch
 
 from robust_rlhf.config import config_to_dict
-from robust_rlhf.errors import UserError
 from robust_rlhf.gold import load_gold
 from robust_rlhf.policy.losses import best_of_n_expected_reward, best_of_n_kl
-from robust_rlhf.policy.model import ModelConfig, load_policy
-from robust_rlhf.policy.ppo import resolve_device
-from robust_rlhf.policy.rewards import RewardConfig, RewardSource, TrainingReward, build_reward_source
-from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, generate, train_eval_prompts
+from robust_rlhf.policy.model import load_policy
+from robust_rlhf.policy.recipe import PolicySamplingConfig, require_one_process, resolve_device
+from robust_rlhf.policy.rewards import RewardSource, TrainingReward, build_reward_source
+from robust_rlhf.policy.sampling import SamplingConfig, generate, train_eval_prompts
+from robust_rlhf.policy.tracking import write_metrics
 from robust_rlhf.utils import atomic_write_text, set_seed
 
 log = logging.getLogger(__name__)
@@ -57,27 +57,14 @@ class BestOfNParams:
 
 
 @dataclass
-class BestOfNConfig:
-    """Best-of-n against the proxy, judged by the gold reward (method: best_of_n)."""
+class BestOfNConfig(PolicySamplingConfig):
+    """Best-of-n against the proxy, judged by the gold reward (method: best_of_n). Shared
+    sections: `PolicySamplingConfig` (the held-out split of ``data`` is used)."""
 
     method: Literal["best_of_n"] = "best_of_n"
     """the optimiser (this config is best-of-n's)"""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """the sampling policy (its LoRA settings are unused: nothing is trained)"""
-    data: DataConfig = field(default_factory=DataConfig)
-    """prompts; the held-out split is used"""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """response sampling"""
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    """proxy reward and aggregator (perturbation settings are not used for selection)"""
     best_of_n: BestOfNParams = field(default_factory=BestOfNParams)
     """pool size and reported n"""
-    gold: str = "vader"
-    """gold reward that judges the selected samples"""
-    seed: int = 0
-    """sampling seed"""
-    device: str = "auto"
-    """cpu, cuda, or auto"""
 
 
 @dataclass
@@ -109,14 +96,38 @@ def best_of_n(policy, prompts: list[str], n: int, reward: TrainingReward, sampli
     return BestOfNResult(responses, proxy, best, [responses[i][int(best[i])] for i in range(len(prompts))])
 
 
+def best_of_n_curve(proxy: torch.Tensor, gold: torch.Tensor, ns: list[int]) -> list[dict]:
+    """Expected proxy and gold reward of best-of-n selection by the proxy, for each n, from one pool.
+
+    Coste et al.'s unbiased estimator (`best_of_n_expected_reward`) per prompt, averaged over
+    prompts; ``KL = log n - (n - 1) / n``.
+
+    Args:
+        proxy: (P, N) proxy reward of each pooled sample (selection).
+        gold: (P, N) gold reward of the same samples.
+        ns: the n values (each 1 <= n <= N).
+
+    Returns:
+        one row per n: ``step`` (= n), ``n``, ``kl``, ``policy/sqrt_kl``, ``proxy_reward``, ``gold_reward``.
+    """
+    if proxy.shape != gold.shape or proxy.dim() != 2:
+        raise ValueError(f"proxy and gold must both be (P, N), got {tuple(proxy.shape)} and {tuple(gold.shape)}")
+    P = proxy.shape[0]
+    rows = []
+    for n in ns:
+        proxy_n = float(sum(best_of_n_expected_reward(proxy[i], proxy[i], n) for i in range(P)) / P)
+        gold_n = float(sum(best_of_n_expected_reward(proxy[i], gold[i], n) for i in range(P)) / P)
+        kl = best_of_n_kl(n)
+        rows.append({"step": n, "n": n, "kl": kl, "policy/sqrt_kl": kl**0.5, "proxy_reward": proxy_n,
+                     "gold_reward": gold_n})
+    return rows
+
+
 def run_best_of_n(cfg: BestOfNConfig, output_dir: str | Path, reward_source: RewardSource | None = None) -> Path:
     """Sample a pool of n_max per held-out prompt; report proxy and gold of best-of-n for each n.
 
     One process only (nothing to synchronise; several would race on the output folder)."""
-    from accelerate import PartialState
-
-    if PartialState().num_processes > 1:
-        raise UserError("method=best_of_n runs in one process only; launch it without torchrun / accelerate launch")
+    require_one_process("best_of_n")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     import yaml
@@ -137,20 +148,10 @@ def run_best_of_n(cfg: BestOfNConfig, output_dir: str | Path, reward_source: Rew
     flat_prompts = [p for p in prompts for _ in range(N)]
     gold_scores = torch.tensor(gold(flat_prompts, flat_responses), dtype=torch.float32).reshape(len(prompts), N)
 
-    rows = []
-    for n in cfg.best_of_n.n_values:
-        proxy_n = sum(best_of_n_expected_reward(res.proxy[i], res.proxy[i], n) for i in range(len(prompts))) / len(prompts)
-        gold_n = sum(best_of_n_expected_reward(res.proxy[i], gold_scores[i], n) for i in range(len(prompts))) / len(prompts)
-        kl = best_of_n_kl(n)
-        rows.append({"step": n, "n": n, "kl": kl, "policy/sqrt_kl": kl**0.5, "proxy_reward": proxy_n,
-                     "gold_reward": gold_n, "gold/reward": gold_n})
-        log.info("best-of-%d: KL %.3f proxy %.4f gold %.4f", n, kl, proxy_n, gold_n)
-    atomic_write_text(output_dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-    atomic_write_text(output_dir / "metrics.csv", buf.getvalue())
+    rows = best_of_n_curve(res.proxy, gold_scores, cfg.best_of_n.n_values)
+    for r in rows:
+        log.info("best-of-%d: KL %.3f proxy %.4f gold %.4f", r["n"], r["kl"], r["proxy_reward"], r["gold_reward"])
+    write_metrics(output_dir, rows)
     samples = [
         {"prompt": p, "response": r, "proxy": float(res.proxy[i, j]), "gold": float(gold_scores[i, j]),
          "selected": j == int(res.best_index[i])}

@@ -7,44 +7,22 @@ and the advantage ``A_i = R_i - mean_{j != i} R_j`` is shared by all tokens of t
 The update is the clipped surrogate (`ppo_policy_loss`); with one epoch and one minibatch the
 ratio is 1 and it is exactly REINFORCE.
 
-Same config sections, metrics and run folder as `robust_rlhf.policy.ppo`.
+Same config sections, metrics and run folder as `robust_rlhf.policy.ppo`, and the same scaffold
+(`robust_rlhf.policy.recipe.PolicySession`).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal
 
 import torch
 
-from robust_rlhf.errors import UserError
-from robust_rlhf.gold import load_gold
-from robust_rlhf.policy.logging import LogConfig, Run
-from robust_rlhf.policy.losses import (
-    kl_estimate,
-    masked_mean,
-    ppo_policy_loss,
-    rloo_advantages,
-    token_level_rewards,
-)
-from robust_rlhf.policy.model import ModelConfig, load_policy
-from robust_rlhf.policy.ppo import TrainConfig, make_optimizer, resolve_device, step_seed
-from robust_rlhf.policy.rewards import (
-    KLConfig,
-    RewardConfig,
-    RewardSource,
-    TrainingReward,
-    build_reward_source,
-    evaluate_policy,
-    reward_metrics,
-)
-from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, generate, prompt_batch, train_eval_prompts
-from robust_rlhf.utils import atomic_save_dir, set_seed
-
-log = logging.getLogger(__name__)
+from robust_rlhf.policy.losses import kl_estimate, masked_whiten, ppo_policy_loss, rloo_advantages, token_level_rewards
+from robust_rlhf.policy.recipe import PolicyRecipeConfig, PolicySession, require_one_process
+from robust_rlhf.policy.rewards import RewardSource
+from robust_rlhf.policy.sampling import generate, prompt_batch
 
 
 @dataclass
@@ -74,31 +52,14 @@ class RLOOHyperparams:
 
 
 @dataclass
-class RLOOConfig:
-    """RLOO (method: rloo); batch_size counts prompts, each sampled k times."""
+class RLOOConfig(PolicyRecipeConfig):
+    """RLOO (method: rloo); batch_size counts prompts, each sampled k times. Shared sections:
+    `PolicyRecipeConfig` (the KL penalty enters the sequence reward)."""
 
     method: Literal["rloo"] = "rloo"
     """the optimiser (this config is RLOO's)"""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """the policy LM and LoRA / full fine-tuning"""
-    data: DataConfig = field(default_factory=DataConfig)
-    """prompts and the held-out split"""
-    sampling: SamplingConfig = field(default_factory=SamplingConfig)
-    """response sampling"""
-    reward: RewardConfig = field(default_factory=RewardConfig)
-    """reward source, aggregator, perturbation"""
-    kl: KLConfig = field(default_factory=KLConfig)
-    """KL penalty to the reference (in the sequence reward)"""
     rloo: RLOOHyperparams = field(default_factory=RLOOHyperparams)
     """RLOO update"""
-    train: TrainConfig = field(default_factory=TrainConfig)
-    """steps, batch (prompts), optimiser, seed"""
-    log: LogConfig = field(default_factory=LogConfig)
-    """evaluation, metrics, checkpoints"""
-    gold: str = "vader"
-    """gold reward for held-out evaluation only"""
-    resume: bool = False
-    """continue from the latest checkpoint in the output folder"""
 
     def __post_init__(self) -> None:
         if (self.train.batch_size * self.rloo.k) % self.rloo.num_minibatches:
@@ -117,44 +78,24 @@ def train_rloo(
     """Run RLOO; returns the output folder. Arguments as `robust_rlhf.policy.ppo.train_ppo`.
 
     One process only (multi-process training is PPO's, docs/scaling.md)."""
-    from accelerate import PartialState
-
-    if PartialState().num_processes > 1:
-        raise UserError("method=rloo runs in one process only; launch it without torchrun / accelerate launch "
-                        "(multi-process policy training is supported for method=ppo)")
-    output_dir = Path(output_dir)
-    device = resolve_device(cfg.train.device)
-    set_seed(cfg.train.seed)
-    run = Run(output_dir, cfg, cfg.resume, cfg.log, cfg.train.steps)
-
-    policy = load_policy(cfg.model, with_value_head=False).to(device)
-    optimizer = make_optimizer(policy, cfg.train)
-    reward = TrainingReward(reward_source or build_reward_source(cfg.reward, output_dir, device), cfg.reward, cfg.kl)
-    gold = load_gold(cfg.gold)
-    kl_ctl = cfg.kl.controller()
-    train_prompts, eval_prompts = train_eval_prompts(cfg.data)
-    eval_prompts = eval_prompts[: cfg.log.eval_prompts]
-    start, extra = run.restore(policy, optimizer)
-    if "kl_ctl" in extra:
-        kl_ctl.load_state_dict(extra["kl_ctl"])
+    require_one_process("rloo")
+    s = PolicySession.start(cfg, output_dir, reward_source, with_value_head=False)
+    policy, optimizer, device = s.policy, s.optimizer, s.device
     k = cfg.rloo.k
     N = cfg.train.batch_size * k  # samples per step
     mb_size = N // cfg.rloo.num_minibatches
-    run.progress(start)
 
-    for step in range(start, cfg.train.steps):
-        t0 = time.perf_counter()
-        torch.manual_seed(step_seed(cfg.train.seed, step))
-        gen = torch.Generator().manual_seed(step_seed(cfg.train.seed, step))
+    for step in range(s.start_step, cfg.train.steps):
+        gen = s.begin_step(step)
 
         # --- 1. rollout: k samples per prompt, in contiguous blocks -----------------------------
-        prompts = [p for p in prompt_batch(train_prompts, step, cfg.train.batch_size, cfg.train.seed) for _ in range(k)]
+        prompts = [p for p in prompt_batch(s.train_prompts, step, cfg.train.batch_size, cfg.seed) for _ in range(k)]
         ro = generate(policy.lm, policy.tokenizer, prompts, cfg.sampling, device)
         mask = ro.response_mask  # (N, T)
 
         # --- 2. rewards and KL-penalised sequence reward ---------------------------------------
-        rb = reward(ro.prompts, ro.responses, generator=gen)
-        kl_coef = reward.kl_coef(rb, kl_ctl.value)
+        rb = s.reward(ro.prompts, ro.responses, generator=gen)
+        kl_coef = s.reward.kl_coef(rb, s.kl_ctl.value)
         # One epoch of one minibatch: the rollout forward *is* the update forward (one pass saved;
         # the parameters have not changed in between, so the log-probs are identical).
         single_pass = cfg.rloo.epochs == 1 and cfg.rloo.num_minibatches == 1
@@ -174,7 +115,7 @@ def train_rloo(
             # --- 3. leave-one-out advantages, shared by every token of a response ------------------
             advantages = rloo_advantages(seq_rewards, k)  # (N,)
             if cfg.rloo.whiten_advantages:
-                advantages = (advantages - advantages.mean()) / (advantages.std() + 1e-8)
+                advantages = masked_whiten(advantages.unsqueeze(0), torch.ones_like(advantages).unsqueeze(0))[0]
             b_advantages = advantages.unsqueeze(1).expand_as(old_logprobs)  # (N, T)
 
         # --- 4. policy update ------------------------------------------------------------------
@@ -182,8 +123,8 @@ def train_rloo(
         stats: dict[str, list[float]] = {}
         for _epoch in range(cfg.rloo.epochs):
             b_perm = torch.randperm(N)
-            for s in range(0, N, mb_size):
-                mb = b_perm[s : s + mb_size].to(device)
+            for i in range(0, N, mb_size):
+                mb = b_perm[i : i + mb_size].to(device)
                 if single_pass:
                     new, mb = out, torch.arange(N, device=device)
                 else:
@@ -200,34 +141,12 @@ def train_rloo(
                                **{f"policy/{n}": v for n, v in pg_stats.items()}}.items():
                     stats.setdefault(key, []).append(float(v.detach()))
 
-        # --- 5. KL controller, metrics -----------------------------------------------------------
-        seq_kl = (kl * mask).sum(1)  # (N,)
-        kl_ctl.update(seq_kl.mean().item(), N)
-        row = {
-            "step": step + 1,
-            "kl": seq_kl.mean().item(),
-            "proxy_reward": rb.proxy.mean().item(),
-            **reward_metrics(rb),
-            "reward/kl_penalised": seq_rewards.mean().item(),
-            "policy/kl": seq_kl.mean().item(),
-            "policy/kl_penalty": (scores - seq_rewards).mean().item(),
-            "policy/kl_coef": float(kl_coef.mean()) if isinstance(kl_coef, torch.Tensor) else float(kl_coef),
-            "policy/entropy": masked_mean(out.entropy, mask).item(),
-            "policy/response_length": mask.sum(1).float().mean().item(),
-            "policy/advantage_std": advantages.std().item(),
-            **{key: sum(v) / len(v) for key, v in stats.items()},
-        }
-        if cfg.log.eval_every and ((step + 1) % cfg.log.eval_every == 0 or step + 1 == cfg.train.steps):
-            policy.eval()
-            row.update(evaluate_policy(policy, eval_prompts, cfg.sampling, reward, gold,
-                                       seed=step_seed(cfg.train.seed + 1, step), kl_estimator=cfg.kl.estimator))
-        row["time/step_s"] = time.perf_counter() - t0
-        run.log(row)
-        if cfg.log.checkpoint_every and (step + 1) % cfg.log.checkpoint_every == 0:
-            run.save_checkpoint(step + 1, policy, optimizer, {"kl_ctl": kl_ctl.state_dict()})
-        if callback is not None:
-            callback(step + 1, row)
+        # --- 5. KL controller, metrics, evaluation, checkpoint -------------------------------------
+        row = {**s.step_metrics(step, (kl * mask).sum(1), rb, kl_coef, out.entropy, mask),
+               "reward/kl_penalised": seq_rewards.mean().item(),
+               "policy/kl_penalty": (scores - seq_rewards).mean().item(),
+               "policy/advantage_std": advantages.std().item(),
+               **{key: sum(v) / len(v) for key, v in stats.items()}}
+        s.end_step(step, row, callback)
 
-    atomic_save_dir(output_dir / "policy", policy.save_pretrained)  # never a half-written policy
-    run.close()
-    return output_dir
+    return s.finish()

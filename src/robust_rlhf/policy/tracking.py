@@ -1,10 +1,14 @@
 """Run bookkeeping shared by the policy recipes: output folder, resolved config, metrics
 (JSONL + CSV + optional TensorBoard / W&B + a tqdm bar), atomic checkpoints, and resume.
 
+(Formerly ``robust_rlhf.policy.logging``, which shadowed the standard library's name; that
+module remains as a deprecated alias.)
+
 Output folder layout::
 
     config.yaml            the resolved config
     metrics.jsonl          one row per step: step, kl, proxy_reward, [gold_reward], losses/..., reward/..., policy/..., gold/...
+                           (each metric under one name; `METRIC_ALIASES` lists the removed duplicates)
     metrics.csv            the same rows as CSV (columns = union of keys)
     checkpoints/step_NNNNNN/   trainable.pt, optimizer.pt, rng.pt, state.json (+ policy/ for LoRA)
     policy/                the final policy (adapter or full model + tokenizer + value head)
@@ -19,10 +23,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import logging
-import random
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,15 +32,20 @@ import numpy as np
 import torch
 import yaml
 
-from robust_rlhf.config import config_to_dict
+from robust_rlhf.checkpoint import CHECKPOINT_DIR, StepCheckpoints, capture_rng, restore_rng
+from robust_rlhf.config import config_to_dict, migrate_deprecated_keys
 from robust_rlhf.errors import UserError
-from robust_rlhf.utils import atomic_save_dir, atomic_write_text
+from robust_rlhf.utils import atomic_write_text
+
+__all__ = ["CHECKPOINT_DIR", "METRIC_ALIASES", "LogConfig", "Run", "capture_rng", "restore_rng", "write_metrics",
+           "write_metrics_csv"]
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_DIR = "checkpoints"
 # Keys that may differ between the interrupted run and its resumption.
-_RESUME_FREE_KEYS = {"resume", "log.progress", "log.report_to", "log.keep_checkpoints"}
+_RESUME_FREE_KEYS = {"resume", "log.progress", "log.report_to", "log.keep_checkpoints", "log.legacy_metric_names"}
+# Names logged before 0.2 for metrics that have one name now: old name -> the name kept.
+METRIC_ALIASES = {"policy/kl": "kl", "gold/reward": "gold_reward"}
 
 
 @dataclass
@@ -60,6 +66,8 @@ class LogConfig:
     """W&B project name when report_to contains wandb"""
     progress: bool = True
     """show a tqdm progress bar"""
+    legacy_metric_names: bool = False
+    """deprecated: also log the pre-0.2 duplicate names (policy/kl = kl, gold/reward = gold_reward)"""
 
     def __post_init__(self) -> None:
         for name in ("eval_every", "checkpoint_every", "eval_prompts"):
@@ -82,27 +90,22 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _np_state_to_torch(st: tuple) -> tuple:
-    kind, keys, pos, has_gauss, gauss = st
-    return (kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss))
+def write_metrics_csv(path: Path, rows: list[dict]) -> None:
+    """Atomically write ``rows`` as CSV; the columns are the union of their keys in first-seen order."""
+    cols: list[str] = []
+    for r in rows:
+        cols.extend(k for k in r if k not in cols)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols)
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(path, buf.getvalue())
 
 
-def capture_rng() -> dict:
-    return {
-        "python": random.getstate(),
-        "numpy": _np_state_to_torch(np.random.get_state()),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-    }
-
-
-def restore_rng(state: dict) -> None:
-    random.setstate(state["python"])
-    kind, keys, pos, has_gauss, gauss = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    torch.set_rng_state(state["torch"])
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+def write_metrics(folder: Path, rows: list[dict]) -> None:
+    """Atomically write ``folder/metrics.jsonl`` and ``folder/metrics.csv`` holding ``rows``."""
+    atomic_write_text(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    write_metrics_csv(folder / "metrics.csv", rows)
 
 
 class Run:
@@ -129,14 +132,16 @@ class Run:
         self._bar = None
         self._tb = None
         self._wandb = None
+        self._ckpts = StepCheckpoints(self.dir, log_cfg.keep_checkpoints)
         if is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
         cfg_dict = config_to_dict(cfg)
         self.checkpoint = self.latest_checkpoint() if resume else None
         if resume and self.checkpoint is None:
             log.info("resume=true but %s has no checkpoint; starting from step 0", self.dir / CHECKPOINT_DIR)
-        if self.checkpoint is None and (self.dir / "metrics.jsonl").exists() and not resume and is_main:
-            log.warning("%s already holds a run; its metrics will be overwritten (use resume=true to continue it)", self.dir)
+        if self.checkpoint is None and (self.dir / "metrics.jsonl").exists() and is_main:
+            log.warning("%s already holds a run%s; its metrics will be overwritten", self.dir,
+                        " without a checkpoint to resume from" if resume else " (use resume=true to continue it)")
         if self.checkpoint is not None:
             self._check_compatible(cfg_dict)
         if is_main:
@@ -148,7 +153,9 @@ class Run:
         saved_path = self.dir / "config.yaml"
         if not saved_path.exists():
             return
-        saved = _flatten(yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {})
+        saved_raw = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
+        # a run saved under the old layout (e.g. train.seed) compares in the new one
+        saved = _flatten(migrate_deprecated_keys(saved_raw, getattr(type(self.cfg), "deprecated_keys", {}), warn=False))
         now = _flatten(cfg_dict)
         diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE_KEYS and saved.get(k) != now.get(k)
                       and not k.endswith("steps"))
@@ -185,6 +192,8 @@ class Run:
     def log(self, row: dict[str, Any]) -> None:
         """Append one step's metrics (a flat dict with at least `step`) to every sink."""
         row = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in row.items()}
+        if self.log_cfg.legacy_metric_names:
+            row.update({old: row[new] for old, new in METRIC_ALIASES.items() if new in row and old not in row})
         self.rows.append(row)
         if not self.is_main:
             return
@@ -204,32 +213,21 @@ class Run:
             self._bar.update(1)
 
     def _write_csv(self) -> None:
-        cols: list[str] = []
-        for r in self.rows:
-            cols.extend(k for k in r if k not in cols)
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=cols)
-        w.writeheader()
-        w.writerows(self.rows)
-        atomic_write_text(self.dir / "metrics.csv", buf.getvalue())
+        write_metrics_csv(self.dir / "metrics.csv", self.rows)
 
     def _rewrite_jsonl(self) -> None:
-        atomic_write_text(self.dir / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in self.rows))
-        self._write_csv()
+        write_metrics(self.dir, self.rows)
 
     # --- checkpoints ----------------------------------------------------------------------
     def latest_checkpoint(self) -> Path | None:
-        ckpts = sorted((self.dir / CHECKPOINT_DIR).glob("step_*"))
-        ckpts = [c for c in ckpts if (c / "state.json").exists()]
-        return ckpts[-1] if ckpts else None
+        return self._ckpts.latest()
 
     def save_checkpoint(self, step: int, policy, optimizer: torch.optim.Optimizer, extra: dict | None = None) -> Path:
         """Atomically write everything needed to continue after ``step`` (1-based count of steps done).
 
         Returns the checkpoint folder; a no-op on a non-main process."""
-        final = self.dir / CHECKPOINT_DIR / f"step_{step:06d}"
         if not self.is_main:
-            return final
+            return self._ckpts.path(step)
 
         def write(tmp: Path) -> None:
             torch.save(policy.trainable_state_dict(), tmp / "trainable.pt")
@@ -240,17 +238,7 @@ class Run:
             state = {"step": step, "extra": extra or {}, "metrics": self.rows}
             (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
 
-        atomic_save_dir(final, write)
-        old = sorted((self.dir / CHECKPOINT_DIR).glob("step_*"))[: -self.log_cfg.keep_checkpoints]
-        for o in old:
-            # Rename first (atomic), then delete: a kill mid-delete leaves a hidden temp folder
-            # (cleaned by the next save), never a half-deleted step_* checkpoint.
-            doomed = o.with_name(f".{o.name}.deleting.tmp")
-            os.replace(o, doomed)
-            shutil.rmtree(doomed, ignore_errors=True)
-        for stale in (self.dir / CHECKPOINT_DIR).glob(".step_*.deleting.tmp"):
-            shutil.rmtree(stale, ignore_errors=True)
-        return final
+        return self._ckpts.save(step, write)
 
     def restore(self, policy, optimizer: torch.optim.Optimizer) -> tuple[int, dict]:
         """Load the latest checkpoint (if resuming): returns (steps done, extra state)."""
