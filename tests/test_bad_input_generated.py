@@ -403,3 +403,74 @@ def test_heads_only_save_keeps_the_backbone_it_was_loaded_from(minilm_rm_factory
     model.save_pretrained(other, save_backbone=False)
     assert not (other / "backbone").exists()
     assert json.loads((other / "reward_config.json").read_text())["backbone_location"] == "minilm-l6"
+
+
+# ------------------------------------------------------------------ policy runs that hold other runs
+def policy_tiny_yaml(overrides=()) -> str:
+    from robust_rlhf.config import config_to_dict
+    from robust_rlhf.policy.ppo import PPOConfig
+
+    return yaml.safe_dump(config_to_dict(load_config(PPOConfig, "policy_tiny", list(overrides))), sort_keys=False)
+
+
+@pytest.fixture
+def finished_policy_run(tmp_path):
+    """A folder that looks like a finished `policy train --config policy_tiny` run."""
+    r = tmp_path / "prun"
+    w(r / "config.yaml", policy_tiny_yaml())
+    w(r / "metrics.jsonl", '{"step": 1, "kl": 0.0, "proxy_reward": 0.5}\n{"step": 2, "kl": 0.1, "proxy_reward": 0.6}\n')
+    w(r / "metrics.csv", "step,kl,proxy_reward\n1,0.0,0.5\n2,0.1,0.6\n")
+    w(r / "checkpoints" / "step_000002" / "state.json", '{"step": 2, "extra": {}, "metrics": []}')
+    w(r / "policy" / "adapter_model.safetensors", b"adapter")
+    return r
+
+
+def test_a_folder_holding_another_policy_run_is_refused_before_any_write(finished_policy_run, capsys):
+    train = ["policy", "train", "--config", "policy_tiny", "--output-dir", finished_policy_run]
+    run_bad(train + ["train.lr=0.001"], capsys, "holds another run: its config differs from this one in train.lr: "
+            "0.0001 there, 0.001 now", watch=finished_policy_run)
+    # resume=false used to overwrite config.yaml (and the metrics) with only a warning
+    run_bad(train + ["resume=false", "seed=7"], capsys, "in seed: 0 there, 7 now", watch=finished_policy_run)
+    # without resuming, a longer run is another run too (only a resumed run may grow its step count)
+    run_bad(train + ["resume=false", "train.steps=5"], capsys, "in train.steps: 2 there, 5 now",
+            watch=finished_policy_run)
+    run_bad(["policy", "train", "--config", "policy_best_of_n", "--output-dir", finished_policy_run], capsys,
+            "holds another run", watch=finished_policy_run)
+    w(finished_policy_run / "config.yaml", "- not\n- a run\n")
+    run_bad(train, capsys, "not a policy run's", watch=finished_policy_run)
+
+
+PROMPT_CASES = [  # (case id, file name, content, expected in the one error line)
+    ("missing-field", "p.jsonl", '{"prompt": "a"}\n{"text": "b"}\n', "p.jsonl: line 2: missing field 'prompt'"),
+    ("empty-prompt", "p.jsonl", '{"prompt": "a"}\n{"prompt": "  "}\n', "line 2: field 'prompt' is empty"),
+    ("null-prompt", "p.jsonl", '{"prompt": null}\n', "line 1: field 'prompt' is missing or null"),
+    ("number-prompt", "p.jsonl", '{"prompt": 3}\n', "line 1: field 'prompt': expected text"),
+    ("messages-prompt", "p.jsonl", '{"prompt": [{"role": "user", "content": "hi"}]}\n', "got a list of messages"),
+    ("not-an-object", "p.jsonl", '["a"]\n', "line 1: expected an object with a text field 'prompt'"),
+    ("bad-json-line", "p.jsonl", '{"prompt": "a"}\n\n{"prompt": "b"\n', "p.jsonl: line 3: invalid JSON"),
+    ("jsonl-as-txt", "p.txt", '{"prompt": "a"}\n{"prompt": ""}\n', "p.txt: line 2: field 'prompt' is empty"),
+    ("json-array-null", "p.json", '[{"prompt": "a"}, {"prompt": null}]', "p.json: item 1: field 'prompt' is missing"),
+    ("csv-no-column", "p.csv", "text\nhello\n", "p.csv: line 2: missing field 'prompt'"),
+    ("latin1", "p.txt", b"caf\xe9\n", "not valid UTF-8"),
+    ("only-blank", "p.jsonl", "\n  \n", "holds no prompts"),
+    ("no-such-file", None, None, "does not exist"),
+]
+
+
+@pytest.mark.parametrize("case_id, name, content, expected", PROMPT_CASES, ids=[c[0] for c in PROMPT_CASES])
+def test_malformed_prompts_through_policy_sample(tmp_path, capsys, case_id, name, content, expected):
+    prompts = w(tmp_path / name, content) if name else tmp_path / "absent.jsonl"
+    run_bad(["policy", "sample", "--policy", tmp_path / "no_policy", "--prompts", prompts,
+             "--output", tmp_path / "out" / "s.jsonl"], capsys, expected, watch=tmp_path)
+
+
+@pytest.mark.parametrize("name, content, expected", [
+    ("bom.jsonl", '\ufeff{"prompt": "a"}\n{"prompt": "b"}\n', ["a", "b"]),  # spreadsheet exports start with a BOM
+    ("sep.jsonl", '{"prompt": "a\u2028b\u2029c\u0085d"}\r\n', ["a\u2028b\u2029c\u0085d"]),  # "\n" only splits
+    ("bom.txt", "\ufefffirst\r\nsecond\n\n", ["first", "second"]),
+    ("p.csv", "prompt,source\n\"hello, world\",x\n", ["hello, world"]),
+])
+def test_prompts_are_read_by_the_preference_rules(tmp_path, name, content, expected):
+    from robust_rlhf.policy.sampling import load_prompts_file
+
+    assert load_prompts_file(str(w(tmp_path / name, content))) == expected

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 import torch
 
-from robust_rlhf.utils import atomic_save_dir, recover_dir
+from robust_rlhf.utils import atomic_save_dir, dumps_json, recover_dir
 
 __all__ = ["CHECKPOINT_DIR", "BackboneHeadCheckpoint", "StageCheckpoint", "StepCheckpoints", "capture_rng", "restore_rng"]
 
@@ -152,7 +152,7 @@ class BackboneHeadCheckpoint:
                         "torch_rng": torch.get_rng_state(),
                         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
                        tmp / "optimizer.pt")
-            (tmp / STATE_FILE).write_text(json.dumps({"progress": progress, "config": cfg_dict}, indent=2))
+            (tmp / STATE_FILE).write_text(dumps_json({"progress": progress, "config": cfg_dict}, indent=2), encoding="utf-8")
 
         self._ck.save(write)
 

@@ -272,3 +272,17 @@ def load_config(cls: type[T], source: str | Path | None = None, overrides: Seque
 
 def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def first_difference(now: object, there: object, where: str = "") -> str | None:
+    """The first (in sorted key order) dotted key where config `now` differs from the saved
+    config `there`, as ``"key: <there> there, <now> now"``; None when they are equal."""
+    if isinstance(now, dict) and isinstance(there, dict):
+        for k in sorted(set(now) | set(there), key=str):
+            d = first_difference(now.get(k, "<absent>"), there.get(k, "<absent>"), f"{where}.{k}" if where else str(k))
+            if d:
+                return d
+        return None
+    if isinstance(now, (list, tuple)) and isinstance(there, (list, tuple)):
+        now, there = list(now), list(there)
+    return None if now == there else f"{where}: {there!r} there, {now!r} now"

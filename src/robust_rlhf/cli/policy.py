@@ -101,9 +101,13 @@ def cmd_train(args) -> int:
     if rows:
         last = rows[-1]
         gold = [r for r in rows if "gold_reward" in r]
-        msg = f"last step {last['step']}: proxy reward {last['proxy_reward']:.4f}, KL {last['kl']:.4f}"
+
+        def num(v) -> str:  # a non-finite value is written as null (strict JSON)
+            return "nan" if v is None else f"{v:.4f}"
+
+        msg = f"last step {last['step']}: proxy reward {num(last['proxy_reward'])}, KL {num(last['kl'])}"
         if gold:
-            msg += f", gold reward {gold[-1]['gold_reward']:.4f} (step {gold[-1]['step']})"
+            msg += f", gold reward {num(gold[-1]['gold_reward'])} (step {gold[-1]['step']})"
         print(msg)
     return 0
 
@@ -132,7 +136,7 @@ def cmd_sample(args) -> int:
     from robust_rlhf.policy.model import ModelConfig, load_policy, load_saved_policy
     from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, load_reward_source
     from robust_rlhf.policy.sampling import SamplingConfig, generate, load_prompts_file
-    from robust_rlhf.utils import atomic_write_text
+    from robust_rlhf.utils import atomic_write_jsonl
 
     from robust_rlhf.utils import check_output_file, check_seed
 
@@ -192,7 +196,7 @@ def cmd_sample(args) -> int:
             rows.append({"prompt": p, "response": r, "proxy_reward": float(proxy[j]), "proxy_mean": float(out.mean[j]),
                          "proxy_std": float(out.std[j]), "proxy_per_head": out.per_head[j].tolist(),
                          "gold_reward": float(golds[j])})
-    atomic_write_text(args.output, "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_jsonl(args.output, rows)
     n = len(rows)
     print(f"wrote {n} samples to {args.output}: mean proxy {sum(r['proxy_reward'] for r in rows) / n:.4f}, "
           f"mean gold {sum(r['gold_reward'] for r in rows) / n:.4f}")

@@ -13,7 +13,7 @@ from robust_rlhf.errors import UserError
 from robust_rlhf.experiments.config import ExperimentConfig, MethodSpec, PromptsConfig, RewardModelSpec, nest_dotted
 from robust_rlhf.experiments.units import Unit, read_json
 from robust_rlhf.policy.tracking import _flatten
-from robust_rlhf.utils import atomic_write_json, atomic_write_text
+from robust_rlhf.utils import atomic_write_json, atomic_write_jsonl
 
 
 def load_prompts(cfg: PromptsConfig) -> list[str]:
@@ -36,7 +36,7 @@ def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
     def run(folder: Path) -> dict:
         from robust_rlhf.data.builtin_task import TaskConfig, build_task
 
-        atomic_write_text(folder / "prompts.jsonl", "".join(json.dumps({"prompt": p}) + "\n" for p in prompts))
+        atomic_write_jsonl(folder / "prompts.jsonl", ({"prompt": p} for p in prompts))
         d = cfg.data
         if d.source == "builtin":
             from robust_rlhf.data.builtin_task import FIXTURE_DIR, SPLITS

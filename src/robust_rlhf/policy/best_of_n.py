@@ -14,7 +14,6 @@ every recipe (`robust_rlhf.policy.recipe`): ``seed`` and ``device`` at the top l
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +28,8 @@ from robust_rlhf.policy.model import load_policy
 from robust_rlhf.policy.recipe import PolicySamplingConfig, require_one_process, resolve_device
 from robust_rlhf.policy.rewards import RewardSource, TrainingReward, build_reward_source
 from robust_rlhf.policy.sampling import SamplingConfig, generate, train_eval_prompts
-from robust_rlhf.policy.tracking import write_metrics
-from robust_rlhf.utils import atomic_write_text, set_seed
+from robust_rlhf.policy.tracking import check_run_folder, write_metrics
+from robust_rlhf.utils import atomic_write_jsonl, atomic_write_text, set_seed
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +128,7 @@ def run_best_of_n(cfg: BestOfNConfig, output_dir: str | Path, reward_source: Rew
     One process only (nothing to synchronise; several would race on the output folder)."""
     require_one_process("best_of_n")
     output_dir = Path(output_dir)
+    check_run_folder(output_dir, cfg, resume=False)  # another run there is refused, before any write
     output_dir.mkdir(parents=True, exist_ok=True)
     import yaml
 
@@ -157,5 +157,5 @@ def run_best_of_n(cfg: BestOfNConfig, output_dir: str | Path, reward_source: Rew
          "selected": j == int(res.best_index[i])}
         for i, p in enumerate(prompts) for j, r in enumerate(res.responses[i])
     ]
-    atomic_write_text(output_dir / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
+    atomic_write_jsonl(output_dir / "samples.jsonl", samples)
     return output_dir

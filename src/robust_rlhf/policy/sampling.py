@@ -208,33 +208,43 @@ class DataConfig:
 
 
 def load_prompts_file(path: str) -> list[str]:
-    """Prompts from JSONL (objects with a ``prompt`` string) or plain text (one per line)."""
-    import json
+    """Prompts from rows with a ``prompt`` text field (JSONL, JSON, CSV, Parquet, a datasets folder or
+    ``hf:org/name[:split]``) or from plain text, one prompt per line (blank lines skipped).
+
+    The reading rules are those of the preference data (`robust_rlhf.data.preferences`): a byte-order
+    mark is dropped, JSON Lines are split on "\\n" only (U+2028 inside a string is an ordinary
+    character), and every error names the file and the line. An empty prompt is refused."""
     from pathlib import Path
 
+    from robust_rlhf.data.preferences import _json_loads, _read_text, _text_field, iter_source, plain_chat_renderer
     from robust_rlhf.errors import UserError
 
     p = Path(path)
-    if not p.is_file():
-        raise UserError(f"prompts file {path!r} does not exist")
+    if str(path).startswith("hf:") or p.is_dir() or p.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
+        if not str(path).startswith("hf:") and not p.exists():
+            raise UserError(f"prompts file {str(path)!r} does not exist")
+        name, rows = iter_source(path)
+    else:
+        if not p.is_file():
+            raise UserError(f"prompts file {str(path)!r} does not exist")
+        name, lines = str(p), _read_text(p).split("\n")
+        numbered = [(i, line.removesuffix("\r")) for i, line in enumerate(lines, 1) if line.strip()]
+        if numbered and numbered[0][1].lstrip().startswith("{"):  # JSON Lines under another suffix
+            rows = ((f"line {i}", _json_loads(line, p, f"line {i}")) for i, line in numbered)
+        else:  # plain text: the line is the prompt
+            rows = ((f"line {i}", {"prompt": line}) for i, line in numbered)
     prompts: list[str] = []
-    lines = p.read_text(encoding="utf-8").splitlines()
-    is_jsonl = p.suffix == ".jsonl" or (lines and lines[0].lstrip().startswith("{"))
-    for i, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        if is_jsonl:
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("prompt"), str):
-                raise UserError(f"{path}:{i}: expected an object with a string field 'prompt'")
-            prompts.append(obj["prompt"])
-        else:
-            prompts.append(line)
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise UserError(f"{name}: {where}: expected an object with a text field 'prompt'")
+        if "prompt" not in row:
+            raise UserError(f"{name}: {where}: missing field 'prompt' (fields: {', '.join(map(str, row)) or 'none'})")
+        if isinstance(row["prompt"], list):
+            raise UserError(f"{name}: {where}: field 'prompt': expected text, got a list of messages "
+                            "(the policy recipes sample from plain-text prompts)")
+        prompts.append(_text_field(row["prompt"], f"{name}: {where}", "prompt", plain_chat_renderer))
     if not prompts:
-        raise UserError(f"prompts file {path!r} holds no prompts")
+        raise UserError(f"prompts file {str(path)!r} holds no prompts")
     return prompts
 
 

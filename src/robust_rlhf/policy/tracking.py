@@ -15,7 +15,9 @@ Output folder layout::
 
 A checkpoint is written with `atomic_save_dir`, so it is never half-written. ``resume=true``
 restores the latest one (weights, optimizer, RNG, KL controller, metrics so far) and the run
-then produces exactly the metrics an uninterrupted run would.
+then produces exactly the metrics an uninterrupted run would. A folder that holds another run
+(its config.yaml differs; `check_run_folder`) is refused before anything is written, as in
+``rm train``. Every JSON file is strict JSON (a non-finite metric is written as null).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import csv
 import io
 import json
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,12 +36,12 @@ import torch
 import yaml
 
 from robust_rlhf.checkpoint import CHECKPOINT_DIR, StepCheckpoints, capture_rng, restore_rng
-from robust_rlhf.config import config_to_dict, migrate_deprecated_keys
+from robust_rlhf.config import config_to_dict, first_difference, migrate_deprecated_keys, safe_yaml_load
 from robust_rlhf.errors import UserError
-from robust_rlhf.utils import atomic_write_text
+from robust_rlhf.utils import atomic_write_jsonl, atomic_write_text, dumps_json
 
-__all__ = ["CHECKPOINT_DIR", "METRIC_ALIASES", "LogConfig", "Run", "capture_rng", "restore_rng", "write_metrics",
-           "write_metrics_csv"]
+__all__ = ["CHECKPOINT_DIR", "METRIC_ALIASES", "LogConfig", "Run", "capture_rng", "check_run_folder", "restore_rng",
+           "write_metrics", "write_metrics_csv"]
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +93,34 @@ def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _comparable(cfg_dict: dict, resume: bool) -> dict[str, Any]:
+    flat = _flatten(cfg_dict)
+    return {k: v for k, v in flat.items() if k not in _RESUME_FREE_KEYS and not (resume and k.endswith("steps"))}
+
+
+def check_run_folder(output_dir: str | os.PathLike, cfg: Any, resume: bool) -> None:
+    """Refuse (`UserError`, before anything is written) an output folder that holds another run:
+    its ``config.yaml`` differs from ``cfg``. The same config may run there again; keys free to differ:
+    `_RESUME_FREE_KEYS`, and when resuming the step counts (a run may be extended). The same rule as
+    ``rm train`` (`robust_rlhf.reward.train._check_run_config`)."""
+    saved_path = Path(output_dir) / "config.yaml"
+    if not saved_path.exists():
+        return
+    try:
+        saved = safe_yaml_load(saved_path.read_text(encoding="utf-8"), str(saved_path))
+    except (UserError, OSError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(f"--output-dir {str(output_dir)!r} holds a config.yaml that is not a policy run's; "
+                        "choose another --output-dir")
+    # a run saved under the old layout (e.g. train.seed) compares in the new one
+    saved = migrate_deprecated_keys(saved, getattr(type(cfg), "deprecated_keys", {}), warn=False)
+    diff = first_difference(_comparable(config_to_dict(cfg), resume), _comparable(saved, resume))
+    if diff:
+        raise UserError(f"--output-dir {str(output_dir)!r} holds another run: its config differs from this one in "
+                        f"{diff}; choose another --output-dir, or delete that run first")
+
+
 def write_metrics_csv(path: Path, rows: list[dict]) -> None:
     """Atomically write ``rows`` as CSV; the columns are the union of their keys in first-seen order."""
     cols: list[str] = []
@@ -104,7 +135,7 @@ def write_metrics_csv(path: Path, rows: list[dict]) -> None:
 
 def write_metrics(folder: Path, rows: list[dict]) -> None:
     """Atomically write ``folder/metrics.jsonl`` and ``folder/metrics.csv`` holding ``rows``."""
-    atomic_write_text(folder / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
+    atomic_write_jsonl(folder / "metrics.jsonl", rows)
     write_metrics_csv(folder / "metrics.csv", rows)
 
 
@@ -133,6 +164,7 @@ class Run:
         self._tb = None
         self._wandb = None
         self._ckpts = StepCheckpoints(self.dir, log_cfg.keep_checkpoints)
+        check_run_folder(self.dir, cfg, resume)  # before anything is written
         if is_main:
             self.dir.mkdir(parents=True, exist_ok=True)
         cfg_dict = config_to_dict(cfg)
@@ -140,30 +172,11 @@ class Run:
         if resume and self.checkpoint is None:
             log.info("resume=true but %s has no checkpoint; starting from step 0", self.dir / CHECKPOINT_DIR)
         if self.checkpoint is None and (self.dir / "metrics.jsonl").exists() and is_main:
-            log.warning("%s already holds a run%s; its metrics will be overwritten", self.dir,
+            log.warning("%s already holds a run of this config%s; its metrics will be overwritten", self.dir,
                         " without a checkpoint to resume from" if resume else " (use resume=true to continue it)")
-        if self.checkpoint is not None:
-            self._check_compatible(cfg_dict)
         if is_main:
             atomic_write_text(self.dir / "config.yaml", yaml.safe_dump(cfg_dict, sort_keys=False))
             self._open_sinks(cfg_dict)
-
-    # --- config ---------------------------------------------------------------------------
-    def _check_compatible(self, cfg_dict: dict) -> None:
-        saved_path = self.dir / "config.yaml"
-        if not saved_path.exists():
-            return
-        saved_raw = yaml.safe_load(saved_path.read_text(encoding="utf-8")) or {}
-        # a run saved under the old layout (e.g. train.seed) compares in the new one
-        saved = _flatten(migrate_deprecated_keys(saved_raw, getattr(type(self.cfg), "deprecated_keys", {}), warn=False))
-        now = _flatten(cfg_dict)
-        diff = sorted(k for k in set(saved) | set(now) if k not in _RESUME_FREE_KEYS and saved.get(k) != now.get(k)
-                      and not k.endswith("steps"))
-        if diff:
-            raise UserError(
-                f"resume: the config differs from the run in {self.dir} in {', '.join(diff[:5])}"
-                f"{' ...' if len(diff) > 5 else ''}; resume with the same settings (only the step count may grow)"
-            )
 
     # --- metrics --------------------------------------------------------------------------
     def _open_sinks(self, cfg_dict: dict) -> None:
@@ -198,7 +211,7 @@ class Run:
         if not self.is_main:
             return
         with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(dumps_json(row) + "\n")
         self._write_csv()
         step = int(row["step"])
         if self._tb is not None:
@@ -236,7 +249,7 @@ class Run:
             if policy.use_lora:
                 policy.save_pretrained(tmp / "policy")
             state = {"step": step, "extra": extra or {}, "metrics": self.rows}
-            (tmp / "state.json").write_text(json.dumps(state), encoding="utf-8")
+            (tmp / "state.json").write_text(dumps_json(state), encoding="utf-8")
 
         return self._ckpts.save(step, write)
 

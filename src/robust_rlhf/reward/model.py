@@ -28,7 +28,7 @@ from robust_rlhf.models.hub import load_backbone, load_tokenizer
 from robust_rlhf.reward.heads import HeadType, Pooling, RewardHeads, pool_hidden
 from robust_rlhf.reward.layer_ensemble import LayerEnsembleHeads, split_trunk
 from robust_rlhf.reward.output import RewardOutput
-from robust_rlhf.utils import atomic_save_dir, atomic_write_bytes, atomic_write_text, is_inside
+from robust_rlhf.utils import atomic_save_dir, atomic_write_bytes, atomic_write_json, is_inside
 
 CONFIG_NAME = "reward_config.json"
 Truncation = Literal["left_prompt", "error"]
@@ -261,7 +261,7 @@ class RewardModel(nn.Module):
                 cfg["backbone_location"] = self.backbone_source
         atomic_write_bytes(path / HEADS_NAME, save_safetensors(
             {k: v.detach().cpu().contiguous() for k, v in self.heads.state_dict().items()}))
-        atomic_write_text(path / CONFIG_NAME, json.dumps(cfg, indent=2) + "\n")
+        atomic_write_json(path / CONFIG_NAME, cfg)
         return path
 
     @classmethod

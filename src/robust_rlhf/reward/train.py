@@ -30,7 +30,7 @@ from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from robust_rlhf.checkpoint import BackboneHeadCheckpoint
-from robust_rlhf.config import config_to_dict
+from robust_rlhf.config import config_to_dict, first_difference
 from robust_rlhf.data.preferences import PreferencePair, check_prompt_lengths, load_preferences
 from robust_rlhf.errors import UserError
 from robust_rlhf.reward.evaluate import hidden_state_stats
@@ -482,16 +482,8 @@ _RUN_OUTPUTS = ("config.yaml", "train_summary.json", "train_log.jsonl", "checkpo
 MAX_HEADS = 4096
 
 
-def _first_difference(a: object, b: object, where: str = "") -> str | None:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b), key=str):
-            d = _first_difference(a.get(k, "<absent>"), b.get(k, "<absent>"), f"{where}.{k}" if where else str(k))
-            if d:
-                return d
-        return None
-    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
-        a, b = list(a), list(b)
-    return None if a == b else f"{where}: {b!r} there, {a!r} now"
+# Shared with the policy recipes (robust_rlhf.policy.tracking): one rule for "another run is here".
+_first_difference = first_difference
 
 
 def _check_run_config(cfg: RewardTrainConfig, out: Path) -> None:
