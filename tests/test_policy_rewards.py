@@ -27,7 +27,7 @@ def test_brme_tradeoff_and_perturbation_only_on_training_reward():
                        perturb_fraction=1.0)
     rb = TrainingReward(source, cfg)(["a", "b", "c"], ["x", "y", "z"], generator=torch.Generator().manual_seed(0))
     # nominal = mu of the lowest-s head: [1, 2, 4]; robust = min: [1, 0, 4]; 0.5/0.5 -> [1, 1, 4]
-    torch.testing.assert_close(rb.proxy, torch.tensor([1.0, 1.0, 4.0]))
+    torch.testing.assert_close(rb.reward, torch.tensor([1.0, 1.0, 4.0]))
     torch.testing.assert_close(rb.training, torch.tensor([11.0, 11.0, 14.0]))  # every sample over-scored by 10
     torch.testing.assert_close(rb.mean, torch.tensor([2.0, 1.0, 4.0]))
     torch.testing.assert_close(rb.var, torch.tensor([2.0, 2.0, 0.0]))  # unbiased var of 2 heads

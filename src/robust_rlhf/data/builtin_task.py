@@ -43,11 +43,11 @@ def builtin_split_path(split: str) -> Path:
 
 
 @dataclass
-class TaskConfig:
-    policy: str = "smollm2-135m"
-    """Base policy that completes the review openings."""
-    gold: str = "vader"
-    """Gold reward spec (see robust_rlhf.gold.load_gold)."""
+class PairSamplingConfig:
+    """How preference pairs are sampled from a base policy and labelled by a gold reward: the
+    settings `TaskConfig` (``data build-task``) and the lab's
+    `robust_rlhf.experiments.config.PreferenceDataConfig` share (each sets its own defaults)."""
+
     completions_per_prompt: int = 6
     """Completions sampled per prompt; pairs are drawn among them."""
     pairs_per_prompt: int = 6
@@ -68,6 +68,16 @@ class TaskConfig:
     """Generation batch size."""
     seed: int = 0
     """Seed for sampling, pairing, noise and the split."""
+
+
+@dataclass
+class TaskConfig(PairSamplingConfig):
+    """The built-in task (``robust-rlhf data build-task``): pair sampling plus the policy and gold."""
+
+    policy: str = "smollm2-135m"
+    """Base policy that completes the review openings."""
+    gold: str = "vader"
+    """Gold reward spec (see robust_rlhf.gold.load_gold)."""
 
     def __post_init__(self) -> None:
         """Refuse settings that cannot produce a task before any model is loaded."""

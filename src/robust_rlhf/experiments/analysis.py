@@ -44,20 +44,19 @@ def _aggregated(scores: dict, agg: AggregatorConfig, head: int | None):
 
 
 def _best_of_n_curve(pool: dict, proxy_flat, ns: list[int]) -> dict:
-    """Coste's unbiased estimator per prompt, averaged over prompts, for each n."""
+    """The best-of-n curve of one stored pool (`robust_rlhf.policy.best_of_n.best_of_n_curve`:
+    Coste's unbiased estimator per prompt, averaged over prompts), as analysis columns."""
     import torch
 
-    from robust_rlhf.policy.losses import best_of_n_expected_reward, best_of_n_kl
+    from robust_rlhf.policy.best_of_n import best_of_n_curve
 
     N = pool["pool_size"]
     proxy = proxy_flat.reshape(len(pool["prompts"]), N)  # (P, N)
     gold = torch.tensor(pool["gold"], dtype=torch.float64)  # (P, N)
-    gold_c, proxy_c = [], []
-    for n in ns:
-        gold_c.append(float(sum(best_of_n_expected_reward(proxy[i], gold[i], n) for i in range(len(proxy))) / len(proxy)))
-        proxy_c.append(float(sum(best_of_n_expected_reward(proxy[i], proxy[i], n) for i in range(len(proxy))) / len(proxy)))
-    kl = [best_of_n_kl(n) for n in ns]
-    return {"n": ns, "kl": kl, "d": [math.sqrt(k) for k in kl], "gold": gold_c, "proxy": proxy_c}
+    rows = best_of_n_curve(proxy, gold, ns)
+    kl = [r["kl"] for r in rows]
+    return {"n": [r["n"] for r in rows], "kl": kl, "d": [math.sqrt(k) for k in kl],
+            "gold": [r["gold_reward"] for r in rows], "proxy": [r["proxy_reward"] for r in rows]}
 
 
 def _stats(values: list[float], level: float) -> dict:

@@ -11,6 +11,7 @@ from typing import Any, Literal, Sequence
 
 from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.config import _merge, load_config
+from robust_rlhf.data.builtin_task import PairSamplingConfig
 from robust_rlhf.errors import UserError
 
 METHOD_TYPES = ("best_of_n", "ppo", "rloo")
@@ -42,32 +43,19 @@ class PromptsConfig:
 
 
 @dataclass
-class PreferenceDataConfig:
-    """Gold-labelled preference pairs sampled from the base policy (robust_rlhf.data.builtin_task)."""
+class PreferenceDataConfig(PairSamplingConfig):
+    """Gold-labelled preference pairs sampled from the base policy (robust_rlhf.data.builtin_task).
 
+    The sampling keys are `PairSamplingConfig`'s (shared with ``data build-task``'s `TaskConfig`);
+    the lab samples 4 completions per prompt and keeps ``split_fractions`` a list."""
+
+    completions_per_prompt: int = 4
+    """completions sampled per prompt; pairs are drawn among them"""
+    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
+    """fractions of prompts for train / validation / test pairs"""
     source: Literal["generate", "builtin"] = "generate"
     """generate: sample and label pairs with the settings below; builtin: reuse the shipped fixture
     (made by the same pipeline with its default settings over all built-in prompts, VADER gold)"""
-    completions_per_prompt: int = 4
-    """completions sampled per prompt; pairs are drawn among them"""
-    pairs_per_prompt: int = 6
-    """pairs kept per prompt (at most C(n, 2))"""
-    max_new_tokens: int = 20
-    """completion length in tokens"""
-    temperature: float = 1.0
-    """base-policy sampling temperature"""
-    label_noise: float = 0.0
-    """probability of flipping a label (Coste et al.'s hard setting: 0.25)"""
-    bt_sampling: bool = False
-    """sample labels from Bradley-Terry P(a > b) = sigmoid((g_a - g_b) / bt_temperature)"""
-    bt_temperature: float = 0.1
-    """temperature of BT label sampling"""
-    split_fractions: list[float] = field(default_factory=lambda: [0.7, 0.15, 0.15])
-    """fractions of prompts for train / validation / test pairs"""
-    batch_size: int = 36
-    """generation batch size"""
-    seed: int = 0
-    """seed of sampling, pairing, noise and split"""
 
     def __post_init__(self) -> None:
         if len(self.split_fractions) != 3 or any(f <= 0 for f in self.split_fractions):

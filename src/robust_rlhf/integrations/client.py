@@ -66,6 +66,17 @@ class ScoreResult:
     def __len__(self) -> int:
         return len(self.rewards)
 
+    def to_output(self):  # -> robust_rlhf.RewardOutput (torch imported only here)
+        """The same scores as the package's one result container, `robust_rlhf.RewardOutput`
+        (tensors; ``reward`` = ``rewards``). This client stays stdlib-only, so `score` keeps
+        returning plain lists."""
+        from robust_rlhf.reward.output import RewardOutput
+
+        reply = {"rewards": self.rewards, "rewards_per_head": self.rewards_per_head}
+        if self.reward_std_per_head is not None:
+            reply["reward_std_per_head"] = self.reward_std_per_head
+        return RewardOutput.from_json(reply)
+
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

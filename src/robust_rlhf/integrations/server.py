@@ -6,7 +6,7 @@ the model runs in a worker thread. No web framework or ASGI server is needed on 
 
 The pieces, top to bottom:
 
-* `RewardService` -- the synchronous part: ``(prompts, responses) -> ScoreBatch`` (score with the
+* `RewardService` -- the synchronous part: ``(prompts, responses) -> RewardOutput`` (score with the
   reward model's own tokenizer, aggregate the K heads, check finiteness). Runs in the worker.
 * `DynamicBatcher` -- gathers concurrent requests into backbone batches (up to
   ``max_batch_size`` texts, waiting at most ``max_wait_ms`` after the first one arrives), runs
@@ -32,6 +32,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -120,51 +121,27 @@ def is_loopback(host: str) -> bool:
 # ----------------------------------------------------------------------------- scoring (worker thread)
 
 
-@dataclass
-class ScoreBatch:
-    """Server output for B texts (tensors on CPU, float32).
+class ScoreBatch(RewardOutput):
+    """DEPRECATED: the server now returns `RewardOutput` with ``reward`` set (``rewards`` here).
 
-    Attributes:
-        rewards: (B,) aggregated reward.
-        reward_std: (B,) ensemble std over heads (unbiased; 0 for K = 1).
-        per_head: (B, K) head rewards, on the scale the aggregator saw (standardised with
-            ``--normalize``).
-        per_head_std: (B, K) Gaussian (BRME) head stds on the same scale, or None.
+    Kept so ``ScoreBatch(rewards, reward_std, per_head, per_head_std)`` still works (with a
+    `DeprecationWarning`); ``reward_std`` is recomputed from ``per_head`` (it always was its
+    ensemble std).
     """
 
-    rewards: torch.Tensor
-    reward_std: torch.Tensor
-    per_head: torch.Tensor
-    per_head_std: torch.Tensor | None = None
+    def __init__(self, rewards: torch.Tensor, reward_std: torch.Tensor | None, per_head: torch.Tensor,
+                 per_head_std: torch.Tensor | None = None) -> None:
+        warnings.warn("robust_rlhf.integrations.server.ScoreBatch is deprecated; use "
+                      "robust_rlhf.RewardOutput(per_head, per_head_std, reward=rewards)", DeprecationWarning, stacklevel=2)
+        super().__init__(per_head, per_head_std, reward=rewards)
 
-    def __len__(self) -> int:
-        return self.rewards.shape[0]
+    @property
+    def rewards(self) -> torch.Tensor:
+        return self.reward  # type: ignore[return-value]
 
-    def slice(self, start: int, stop: int) -> "ScoreBatch":
-        std = None if self.per_head_std is None else self.per_head_std[start:stop]
-        return ScoreBatch(self.rewards[start:stop], self.reward_std[start:stop], self.per_head[start:stop], std)
-
-    def nonfinite_rows(self) -> list[int]:
-        """Indices of rows with any NaN/inf value."""
-        ok = torch.isfinite(self.rewards) & torch.isfinite(self.reward_std) & torch.isfinite(self.per_head).all(1)
-        if self.per_head_std is not None:
-            ok &= torch.isfinite(self.per_head_std).all(1)
-        return (~ok).nonzero().flatten().tolist()
-
-    def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "rewards": self.rewards.tolist(),
-            "reward_std": self.reward_std.tolist(),
-            "rewards_per_head": self.per_head.tolist(),
-        }
-        if self.per_head_std is not None:
-            out["reward_std_per_head"] = self.per_head_std.tolist()
-        return out
-
-    @staticmethod
-    def empty(num_heads: int, gaussian: bool) -> "ScoreBatch":
-        z = torch.zeros(0, num_heads)
-        return ScoreBatch(torch.zeros(0), torch.zeros(0), z, z.clone() if gaussian else None)
+    @property
+    def reward_std(self) -> torch.Tensor:
+        return self.std
 
 
 class RewardService:
@@ -201,10 +178,10 @@ class RewardService:
                 "aggregator": {"name": self.aggregator.name, **aggregator_params(self.aggregator),
                                "normalize": self.aggregator.normalize}}
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> ScoreBatch:
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str]) -> RewardOutput:
         """Score B pairs. Raises if the scorer returns the wrong shape."""
         if not prompts:
-            return ScoreBatch.empty(self.num_heads, self.gaussian)
+            return RewardOutput.empty(self.num_heads, self.gaussian)
         out = self.score_fn(list(prompts), list(responses))
         if not isinstance(out, RewardOutput):
             raise RuntimeError(f"scorer returned {type(out).__name__}, expected RewardOutput")
@@ -215,7 +192,7 @@ class RewardService:
                            None if out.per_head_std is None else out.per_head_std.detach().float().cpu())
         rewards = aggregate(out, self.aggregator, self.head_stats).float()  # (B,)
         shown = normalize_heads(out, *self.head_stats) if self.head_stats is not None else out
-        return ScoreBatch(rewards, shown.std.float(), shown.per_head, shown.per_head_std)
+        return shown.with_reward(rewards)
 
 
 def load_service(model_dir: str, aggregator: AggregatorConfig, batch_size: int = 64,
@@ -309,7 +286,7 @@ class DynamicBatcher:
         max_queue_items: most texts waiting; `submit` raises `QueueFull` beyond it.
     """
 
-    def __init__(self, service: Callable[[list[str], list[str]], ScoreBatch], max_batch_size: int = 64,
+    def __init__(self, service: Callable[[list[str], list[str]], RewardOutput], max_batch_size: int = 64,
                  max_wait_s: float = 0.005, max_queue_items: int = 4096) -> None:
         self.service = service
         self.max_batch_size = max_batch_size
@@ -353,7 +330,7 @@ class DynamicBatcher:
         if self._executor is not None:
             self._executor.shutdown(wait=True)
 
-    async def submit(self, prompts: list[str], responses: list[str]) -> ScoreBatch:
+    async def submit(self, prompts: list[str], responses: list[str]) -> RewardOutput:
         """Queue one request's texts and wait for its scores.
 
         Raises:
@@ -456,7 +433,7 @@ class DynamicBatcher:
                     job.future.set_result(res.slice(start, start + len(job)))
                 start += len(job)
                 self.stats.items += len(job)
-            self.stats.std_sum += float(res.reward_std.double().sum())
+            self.stats.std_sum += float(res.std.double().sum())
 
 
 # ----------------------------------------------------------------------------- HTTP
@@ -621,11 +598,11 @@ def openrlhf_pairs(queries: Sequence[str], prompts: Sequence[str] | None) -> tup
     return untemplate_many([p for p, _ in pairs], [r for _, r in pairs])
 
 
-async def _score(request: web.Request, prompts: list[str], responses: list[str]) -> ScoreBatch:
+async def _score(request: web.Request, prompts: list[str], responses: list[str]) -> RewardOutput:
     batcher = request.app[BATCHER]
     if not prompts:
         service = request.app[SERVICE]
-        return ScoreBatch.empty(service.num_heads, service.gaussian)
+        return RewardOutput.empty(service.num_heads, service.gaussian)
     try:
         result = await batcher.submit(prompts, responses)
     except QueueFull as e:

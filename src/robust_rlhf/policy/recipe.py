@@ -215,7 +215,7 @@ class PolicySession:
 
         Args:
             seq_kl: (N,) KL to the reference summed over each response (the chosen estimator).
-            rb: the step's `RewardBatch`.
+            rb: the step's `RewardOutput` (from `TrainingReward`).
             kl_coef: float or (N,) per-sample KL coefficient used.
             entropy: (N, T) per-token policy entropy of the rollout.
             mask: (N, T) response mask.
@@ -225,7 +225,7 @@ class PolicySession:
         return {
             "step": step + 1,
             "kl": kl,
-            "proxy_reward": rb.proxy.mean().item(),
+            "proxy_reward": rb.reward.mean().item(),
             **reward_metrics(rb),
             "policy/kl_coef": _mean(kl_coef),
             "policy/entropy": masked_mean(entropy, mask).item(),

@@ -34,6 +34,7 @@ from robust_rlhf.errors import UserError
 from robust_rlhf.policy.losses import (
     AdaptiveKLController,
     FixedKLController,
+    masked_whiten,
     perturb_rewards,
     variance_aware_kl_weight,
 )
@@ -247,24 +248,40 @@ class KLConfig:
         return FixedKLController(self.coef)
 
 
-@dataclass
-class RewardBatch:
-    """Rewards of B samples (all (B,) tensors, detached)."""
+class RewardBatch(RewardOutput):
+    """DEPRECATED: `TrainingReward` now returns `RewardOutput` (``reward`` = the old ``proxy``,
+    ``training`` as before; ``mean`` / ``var`` / ``std`` are computed from ``per_head``).
 
-    training: torch.Tensor
-    """the reward the optimiser sees (aggregated, perturbed, clipped, whitened)"""
-    proxy: torch.Tensor
-    """the aggregated proxy reward before perturbation"""
-    mean: torch.Tensor
-    """ensemble mean over heads"""
-    var: torch.Tensor
-    """ensemble variance over heads (unbiased, 0 when K = 1)"""
-    per_head: torch.Tensor
-    """(B, K) head rewards"""
+    Kept so ``RewardBatch(training=, proxy=, mean=, var=, per_head=)`` still works (with a
+    `DeprecationWarning`); ``mean`` and ``var`` are accepted and recomputed from ``per_head``.
+    """
+
+    def __init__(self, training: torch.Tensor, proxy: torch.Tensor, mean: torch.Tensor | None = None,
+                 var: torch.Tensor | None = None, per_head: torch.Tensor | None = None) -> None:
+        warnings.warn("robust_rlhf.policy.rewards.RewardBatch is deprecated; use "
+                      "robust_rlhf.RewardOutput(per_head, reward=proxy, training=training)", DeprecationWarning, stacklevel=2)
+        if per_head is None:
+            per_head = (proxy if mean is None else mean).unsqueeze(1)  # (B, 1)
+        super().__init__(per_head, None, reward=proxy, training=training)
 
     @property
-    def std(self) -> torch.Tensor:
-        return self.var.sqrt()
+    def proxy(self) -> torch.Tensor:  # type: ignore[override]
+        return self.reward  # type: ignore[return-value]
+
+
+def whiten(x: torch.Tensor) -> torch.Tensor:
+    """Standardise a (B,) batch of rewards: ``(x - mean) / sqrt(var + 1e-8)``, unbiased variance
+    (`masked_whiten` with every sample in). Returned unchanged when B < 2.
+
+    Args:
+        x: (B,) rewards.
+
+    Returns:
+        (B,) whitened rewards.
+    """
+    if x.numel() < 2:
+        return x
+    return masked_whiten(x.unsqueeze(0), torch.ones_like(x).unsqueeze(0)).squeeze(0)  # (1, B) -> (B,)
 
 
 class TrainingReward:
@@ -316,18 +333,19 @@ class TrainingReward:
             raise UserError("reward source returned non-finite rewards")
         return out, aggregate(out, self.cfg.aggregator, self.head_stats).float()
 
-    def __call__(self, prompts: Sequence[str], responses: Sequence[str], generator: torch.Generator | None = None) -> RewardBatch:
+    def __call__(self, prompts: Sequence[str], responses: Sequence[str], generator: torch.Generator | None = None) -> RewardOutput:
         out, proxy = self.score(prompts, responses)
         if self.kl_cfg.variance_aware and out.num_heads < 2:
             raise UserError("kl.variance_aware=true needs an ensemble (K >= 2 heads); this reward source has 1 head")
         training = perturb_rewards(proxy, self.cfg.perturb, self.cfg.perturb_size, self.cfg.perturb_fraction, generator)
         if self.cfg.clip is not None:
             training = training.clamp(-self.cfg.clip, self.cfg.clip)
-        if self.cfg.whiten and training.numel() > 1:
-            training = (training - training.mean()) / (training.std() + 1e-8)
-        return RewardBatch(training=training, proxy=proxy, mean=out.mean.float(), var=out.var.float(), per_head=out.per_head.float())
+        if self.cfg.whiten:
+            training = whiten(training)
+        std = None if out.per_head_std is None else out.per_head_std.float()
+        return RewardOutput(out.per_head.float(), std, reward=proxy, training=training)
 
-    def kl_coef(self, batch: RewardBatch, beta: float) -> float | torch.Tensor:
+    def kl_coef(self, batch: RewardOutput, beta: float) -> float | torch.Tensor:
         """The KL coefficient: ``beta`` or, variance-aware, ``beta * u / c`` per sample (B,)
         (``u`` = sigma^2 or sigma, ``c`` per ``kl.variance_scale``; see `variance_aware_kl_weight`)."""
         if not self.kl_cfg.variance_aware:
@@ -335,13 +353,13 @@ class TrainingReward:
         return variance_aware_kl_weight(batch.var, beta, form=self.kl_cfg.variance_form, scale=self.variance_scale)
 
 
-def reward_metrics(batch: RewardBatch, prefix: str = "reward/") -> dict[str, float]:
+def reward_metrics(batch: RewardOutput, prefix: str = "reward/") -> dict[str, float]:
     """Batch means of the reward quantities (per head too, for ensembles of <= 16 heads)."""
     m = {
-        f"{prefix}proxy": batch.proxy.mean().item(),
+        f"{prefix}proxy": batch.reward.mean().item(),  # type: ignore[union-attr]
         f"{prefix}mean": batch.mean.mean().item(),
         f"{prefix}ensemble_std": batch.std.mean().item(),
-        f"{prefix}training": batch.training.mean().item(),
+        f"{prefix}training": batch.training.mean().item(),  # type: ignore[union-attr]
     }
     if 1 < batch.per_head.shape[1] <= 16:
         for k in range(batch.per_head.shape[1]):
