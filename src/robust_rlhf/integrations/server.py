@@ -8,7 +8,7 @@ The pieces, top to bottom:
 
 * `RewardService` -- the synchronous part: ``(prompts, responses) -> RewardOutput`` (score with the
   reward model's own tokenizer, aggregate the K heads, check finiteness). Runs in the worker.
-* `DynamicBatcher` -- gathers concurrent requests into backbone batches (up to
+* `DynamicBatcher` (`robust_rlhf.integrations.batching`) -- gathers concurrent requests into backbone batches (up to
   ``max_batch_size`` texts, waiting at most ``max_wait_ms`` after the first one arrives), runs
   one batch at a time in a single worker thread (the event loop never blocks), and hands each
   request its slice. Its queue is bounded in texts: a full queue answers 503.
@@ -16,6 +16,8 @@ The pieces, top to bottom:
   (alias ``/get_reward``), which speaks OpenRLHF's remote reward request/response as is
   (``--reward.remote_url``, formerly ``--remote_rm_url``), chat-templated queries included.
   Every error is a JSON ``{"error": message, "status": code}`` whose message names the field.
+  Settings, limits and the validation of request fields live in
+  `robust_rlhf.integrations.protocol` (`ServerConfig`, `ApiError`, `split_query`).
 * `serve` (blocking, for the CLI) and `BackgroundServer` (a thread; tests, notebooks, benchmark).
 
 The HTTP contract is documented in docs/serving.md.
@@ -25,17 +27,12 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
-import math
 import signal
 import threading
 import time
 import warnings
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -46,6 +43,18 @@ from aiohttp.abc import AbstractAccessLogger
 from robust_rlhf import __version__
 from robust_rlhf.aggregate import AggregatorConfig, aggregate, aggregator_params, normalize_heads
 from robust_rlhf.errors import UserError
+from robust_rlhf.integrations.batching import BatcherStats, DynamicBatcher, QueueFull  # noqa: F401 - re-exported
+from robust_rlhf.integrations.protocol import (  # noqa: F401 - re-exported (public before the split)
+    ApiError,
+    ServerConfig,
+    _json_type,
+    _reject_constant,
+    _same_length,
+    _string_list,
+    is_loopback,
+    openrlhf_pairs,
+    split_query,
+)
 from robust_rlhf.reward.output import RewardOutput
 
 __all__ = [
@@ -63,59 +72,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 ScoreFn = Callable[[Sequence[str], Sequence[str]], RewardOutput]
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class ServerConfig:
-    """Network, batching and limit settings of the reward server (the CLI flags of `serve`)."""
-
-    host: str = "127.0.0.1"
-    """Address to bind; loopback by default so nothing outside this machine can reach it."""
-    port: int = 8000
-    """TCP port; 0 picks a free one (the bound URL is printed)."""
-    token: str | None = None
-    """Bearer token every request must carry (``Authorization: Bearer <token>``); None = no auth."""
-    max_batch_size: int = 64
-    """Most texts per backbone forward pass; concurrent requests are gathered up to this."""
-    max_wait_ms: float = 5.0
-    """Longest a request waits for others to fill its batch while the scorer is idle."""
-    max_queue_items: int = 4096
-    """Most texts waiting to be scored; a request that would exceed it gets 503 + Retry-After."""
-    max_items_per_request: int = 1024
-    """Most texts in one request (413 above it); clients split bigger jobs."""
-    max_body_bytes: int = 16 * 1024 * 1024
-    """Largest request body in bytes (413 above it)."""
-    max_text_chars: int = 100_000
-    """Longest single prompt/response/query string in characters (413 above it)."""
-
-    def validate(self) -> None:
-        """Raise `UserError` for settings that cannot work."""
-        if not 0 <= self.port <= 65535:
-            raise UserError(f"--port must be in 0..65535, got {self.port}")
-        for name in ("max_batch_size", "max_queue_items", "max_items_per_request", "max_body_bytes",
-                     "max_text_chars"):
-            if getattr(self, name) < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not (math.isfinite(self.max_wait_ms) and self.max_wait_ms >= 0):
-            raise UserError(f"--max-wait-ms must be finite and >= 0, got {self.max_wait_ms}")
-        if self.token is not None and not self.token.strip():
-            if not is_loopback(self.host):
-                raise UserError(f"the bearer token is empty but --host {self.host} is not loopback: give a "
-                                f"non-empty token (ROBUST_RLHF_TOKEN or --token) or bind 127.0.0.1")
-            self.token = None  # an empty token on loopback means "no token"
-
-
-def is_loopback(host: str) -> bool:
-    """True for 127.0.0.0/8, ::1 and ``localhost``."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 # ----------------------------------------------------------------------------- scoring (worker thread)
@@ -237,216 +193,7 @@ def load_service(model_dir: str, aggregator: AggregatorConfig, batch_size: int =
     return service
 
 
-# ----------------------------------------------------------------------------- dynamic batching
-
-
-class QueueFull(Exception):
-    """The batcher's queue has no room for a request."""
-
-
-@dataclass
-class _Job:
-    prompts: list[str]
-    responses: list[str]
-    future: asyncio.Future
-    arrived: float
-
-    def __len__(self) -> int:
-        return len(self.prompts)
-
-
-@dataclass
-class BatcherStats:
-    requests: int = 0
-    items: int = 0
-    batches: int = 0
-    rejected_queue_full: int = 0
-    scorer_errors: int = 0
-    busy_s: float = 0.0
-    std_sum: float = 0.0
-    """Sum of the ensemble std of every text scored (``/health`` reports the mean)."""
-    templated: int = 0
-    """Chat-templated OpenRLHF queries that were turned into plain text."""
-    started: float = field(default_factory=time.monotonic)
-
-
-class DynamicBatcher:
-    """Gather concurrent requests into backbone batches; score them one batch at a time in a thread.
-
-    While the worker scores batch n, requests keep arriving and wait in the queue; when it is
-    done they form batch n + 1 at once. When the worker is idle, the first request waits at most
-    ``max_wait_s`` for company (or until ``max_batch_size`` texts are waiting). A request larger
-    than ``max_batch_size`` forms a batch of its own (the service chunks it). Requests are never
-    split across batches, so each gets one consistent answer.
-
-    Args:
-        service: the synchronous scorer.
-        max_batch_size: texts per gathered batch (soft for a single large request).
-        max_wait_s: longest wait for more requests when idle.
-        max_queue_items: most texts waiting; `submit` raises `QueueFull` beyond it.
-    """
-
-    def __init__(self, service: Callable[[list[str], list[str]], RewardOutput], max_batch_size: int = 64,
-                 max_wait_s: float = 0.005, max_queue_items: int = 4096) -> None:
-        self.service = service
-        self.max_batch_size = max_batch_size
-        self.max_wait_s = max_wait_s
-        self.max_queue_items = max_queue_items
-        self.stats = BatcherStats()
-        self._pending: deque[_Job] = deque()
-        self._pending_items = 0
-        self._in_flight_items = 0
-        self._executor: ThreadPoolExecutor | None = None
-        self._wakeup: asyncio.Event | None = None
-        self._task: asyncio.Task | None = None
-
-    @property
-    def queue_depth(self) -> int:
-        """Texts waiting to be scored (not counting the batch being scored)."""
-        return self._pending_items
-
-    @property
-    def in_flight(self) -> int:
-        """Texts in the batch being scored now."""
-        return self._in_flight_items
-
-    async def start(self) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="reward-scorer")
-        self._wakeup = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="reward-batcher")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-        while self._pending:
-            job = self._pending.popleft()
-            if not job.future.done():
-                job.future.set_exception(RuntimeError("server is shutting down"))
-        self._pending_items = 0
-        if self._executor is not None:
-            self._executor.shutdown(wait=True)
-
-    async def submit(self, prompts: list[str], responses: list[str]) -> RewardOutput:
-        """Queue one request's texts and wait for its scores.
-
-        Raises:
-            QueueFull: the queue has no room for ``len(prompts)`` more texts.
-            Exception: whatever the scorer raised for this request.
-        """
-        if self._task is None or self._wakeup is None:
-            raise RuntimeError("batcher is not started")
-        n = len(prompts)
-        if self._pending_items + n > self.max_queue_items:
-            self.stats.rejected_queue_full += 1
-            raise QueueFull(f"queue full: {self._pending_items} texts waiting, the limit is "
-                            f"{self.max_queue_items} (--max-queue); retry later")
-        loop = asyncio.get_running_loop()
-        job = _Job(prompts, responses, loop.create_future(), loop.time())
-        self._pending.append(job)
-        self._pending_items += n
-        self.stats.requests += 1
-        self._wakeup.set()
-        return await job.future
-
-    def _take_batch(self) -> list[_Job]:
-        jobs: list[_Job] = []
-        total = 0
-        while self._pending and (total == 0 or total + len(self._pending[0]) <= self.max_batch_size):
-            job = self._pending.popleft()
-            self._pending_items -= len(job)
-            if job.future.done():  # the client went away; nothing to score
-                continue
-            jobs.append(job)
-            total += len(job)
-        return jobs
-
-    async def _run(self) -> None:
-        assert self._wakeup is not None
-        loop = asyncio.get_running_loop()
-        while True:
-            if not self._pending:
-                self._wakeup.clear()
-                await self._wakeup.wait()
-                continue
-            deadline = self._pending[0].arrived + self.max_wait_s
-            while self._pending_items < self.max_batch_size and (remaining := deadline - loop.time()) > 0:
-                self._wakeup.clear()
-                try:
-                    await asyncio.wait_for(self._wakeup.wait(), remaining)
-                except asyncio.TimeoutError:
-                    break
-            jobs = self._take_batch()
-            if not jobs:
-                continue
-            try:
-                await self._score(jobs)
-            except asyncio.CancelledError:
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(RuntimeError("server is shutting down"))
-                raise
-            except Exception as e:  # never let the loop die: fail these jobs, keep serving
-                log.exception("batcher error")
-                for job in jobs:
-                    if not job.future.done():
-                        job.future.set_exception(e)
-            finally:
-                self._in_flight_items = 0
-
-    async def _score(self, jobs: list[_Job]) -> None:
-        loop = asyncio.get_running_loop()
-        prompts = [p for job in jobs for p in job.prompts]
-        responses = [r for job in jobs for r in job.responses]
-        self._in_flight_items = len(prompts)
-        t0 = time.monotonic()
-        try:
-            result = await loop.run_in_executor(self._executor, self.service, prompts, responses)
-            groups = [(jobs, result)]
-        except Exception as e:
-            self.stats.scorer_errors += 1
-            if len(jobs) == 1:
-                log.warning("scoring failed: %s", e)
-                if not jobs[0].future.done():
-                    jobs[0].future.set_exception(e)
-                return
-            # One bad request must not fail its neighbours: score each request on its own.
-            log.warning("scoring a batch of %d requests failed (%s); retrying them one by one", len(jobs), e)
-            groups = []
-            for job in jobs:
-                try:
-                    groups.append(([job], await loop.run_in_executor(self._executor, self.service,
-                                                                     job.prompts, job.responses)))
-                except Exception as e_job:
-                    if not job.future.done():
-                        job.future.set_exception(e_job)
-        finally:
-            self.stats.busy_s += time.monotonic() - t0
-        self.stats.batches += 1
-        for group, res in groups:
-            start = 0
-            for job in group:
-                if not job.future.done():
-                    job.future.set_result(res.slice(start, start + len(job)))
-                start += len(job)
-                self.stats.items += len(job)
-            self.stats.std_sum += float(res.std.double().sum())
-
-
 # ----------------------------------------------------------------------------- HTTP
-
-
-class ApiError(Exception):
-    """An HTTP error answered as JSON ``{"error": message, "status": status}``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers or {}
 
 
 BATCHER = web.AppKey("batcher", DynamicBatcher)
@@ -454,13 +201,6 @@ SERVICE = web.AppKey("service", RewardService)
 CONFIG = web.AppKey("config", ServerConfig)
 STARTED = web.AppKey("started", float)
 COUNTS = web.AppKey("counts", dict)
-
-_JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
-               bool: "a boolean", type(None): "null"}
-
-
-def _json_type(value: Any) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
 
 
 def _json_response(payload: dict, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -537,65 +277,6 @@ async def _read_json_object(request: web.Request) -> dict:
     if not isinstance(data, dict):
         raise ApiError(400, f"request body must be a JSON object, got {_json_type(data)}")
     return data
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON (use null or a number)")
-
-
-def _string_list(data: dict, name: str, config: ServerConfig, required: bool = True) -> list[str] | None:
-    if name not in data or (not required and data[name] is None):
-        if required:
-            raise ApiError(400, f"missing field '{name}' (a list of strings)")
-        return None
-    value = data[name]
-    if not isinstance(value, list):
-        raise ApiError(400, f"field '{name}' must be a list of strings, got {_json_type(value)}")
-    if len(value) > config.max_items_per_request:
-        raise ApiError(413, f"field '{name}' has {len(value)} items; this server accepts at most "
-                            f"{config.max_items_per_request} per request (--max-items); split the request")
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ApiError(400, f"field '{name}' item {i} must be a string, got {_json_type(item)}")
-        if len(item) > config.max_text_chars:
-            raise ApiError(413, f"field '{name}' item {i} has {len(item)} characters; the limit is "
-                                f"{config.max_text_chars} (--max-text-chars)")
-        try:
-            item.encode("utf-8")
-        except UnicodeEncodeError:  # a lone surrogate escape such as "\ud800"
-            raise ApiError(400, f"field '{name}' item {i} is not valid Unicode (lone surrogate)") from None
-    return value
-
-
-def _same_length(a: str, la: int, b: str, lb: int) -> None:
-    if la != lb:
-        raise ApiError(400, f"fields '{a}' ({la} items) and '{b}' ({lb} items) must have the same length")
-
-
-def split_query(query: str, prompt: str | None) -> tuple[str, str]:
-    """OpenRLHF sends ``query`` = prompt + response text; split it with the request's prompt.
-
-    If the query does not start with the prompt (e.g. the policy's tokenizer re-decoded it
-    differently), the whole query is returned as the response with an empty prompt (then
-    `openrlhf_pairs` finds the response as the query's last assistant turn, if templated).
-    """
-    if prompt and query.startswith(prompt):
-        return prompt, query[len(prompt):]
-    return "", query
-
-
-def openrlhf_pairs(queries: Sequence[str], prompts: Sequence[str] | None) -> tuple[list[str], list[str], int]:
-    """Plain (prompts, responses) of OpenRLHF's ``query``/``prompts``, and how many were templated.
-
-    The query is split with its prompt (`split_query`); chat-templated text (special tokens and
-    role markers, e.g. SmolLM2's ChatML) becomes the plain prompt and response the reward model
-    was trained on (`robust_rlhf.integrations.chat.untemplate`), so that truncation can keep the
-    response and a templated query scores like its plain twin.
-    """
-    from robust_rlhf.integrations.chat import untemplate_many
-
-    pairs = [split_query(q, prompts[i] if prompts is not None else None) for i, q in enumerate(queries)]
-    return untemplate_many([p for p, _ in pairs], [r for _, r in pairs])
 
 
 async def _score(request: web.Request, prompts: list[str], responses: list[str]) -> RewardOutput:

@@ -7,7 +7,8 @@ seed 002) or BRME Gaussian heads (seed 000).
     stage 2  (ensemble / gaussian) backbone frozen; pooled features of every text computed
              once and cached; K heads trained with the additive loss sum_k L(head k), each
              with its own init and (optionally) its own bootstrap resample and data order.
-             Head 0 starts from the stage-1 head.
+             Head 0 starts from the stage-1 head. (`robust_rlhf.reward.stage2`; the configs
+             are in `robust_rlhf.reward.train_config`.)
 
     python -c "from robust_rlhf.reward.train import *; train_reward_model(RewardTrainConfig(), 'out')"
     robust-rlhf rm train --output-dir out [key=value ...]
@@ -15,18 +16,13 @@ seed 002) or BRME Gaussian heads (seed 000).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 import math
 import random
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import torch
-from safetensors.torch import save as save_safetensors
 from tqdm.auto import tqdm
 
 from robust_rlhf.checkpoint import BackboneHeadCheckpoint
@@ -34,21 +30,19 @@ from robust_rlhf.config import config_to_dict, first_difference
 from robust_rlhf.data.preferences import PreferencePair, check_prompt_lengths, load_preferences
 from robust_rlhf.errors import UserError
 from robust_rlhf.reward.evaluate import hidden_state_stats
-from robust_rlhf.reward.losses import (
-    bradley_terry_loss,
-    brme_bt_loss,
-    brme_marginal_loss,
-    bsr_penalty,
-    centering_penalty,
-    gaussian_regression_loss,
-    global_bsr_penalty,
-)
-from robust_rlhf.reward.layer_ensemble import LayerEnsembleConfig, train_layer_ensemble
+from robust_rlhf.reward.losses import bradley_terry_loss, bsr_penalty, centering_penalty, global_bsr_penalty
+from robust_rlhf.reward.layer_ensemble import LayerEnsembleConfig, train_layer_ensemble  # noqa: F401 - re-exported
 from robust_rlhf.models.hub import load_tokenizer
 from robust_rlhf.reward.model import RewardModel, RewardModelConfig
+from robust_rlhf.reward.stage2 import _features_key, cached_features, train_stage2  # noqa: F401 - re-exported
+from robust_rlhf.reward.train_config import (  # noqa: F401 - re-exported (defined here before the split)
+    DataConfig,
+    LossConfig,
+    RewardTrainConfig,
+    Stage1Config,
+    Stage2Config,
+)
 from robust_rlhf.utils import (
-    atomic_save_dir,
-    atomic_write_bytes,
     atomic_write_json,
     atomic_write_text,
     autocast_dtype,
@@ -59,127 +53,6 @@ from robust_rlhf.utils import (
 )
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class DataConfig:
-    train: str = "builtin:train"
-    """Training pairs: file (.jsonl/.csv/.parquet), datasets folder, hf:org/name[:split], or builtin:<split>."""
-    validation: str | None = "builtin:validation"
-    """Validation pairs (same sources); null to skip validation."""
-    limit: int | None = None
-    """Use at most this many training pairs (quick experiments)."""
-
-
-@dataclass
-class LossConfig:
-    bsr_coef: float = 0.0
-    """Batch-wise sum-to-zero coefficient lambda (seed 001; 1e-3 in the paper; 0 = off)."""
-    bsr_scope: Literal["device", "global"] = "device"
-    """Under several processes: BSR's batch mean per device (as the seed's authors do) or over the global batch."""
-    center_coef: float = 0.0
-    """Reward-centering coefficient (Eisenstein et al. 2023, TRL's center_rewards_coefficient; 0.01 recommended; 0 = off)."""
-
-
-@dataclass
-class Stage1Config:
-    enabled: bool = True
-    """Fine-tune the backbone with one scalar head first. Off: stage 2 on the pretrained backbone."""
-    lr: float = 5e-5
-    """AdamW learning rate."""
-    batch_size: int = 16
-    """Pairs per step (the BSR batch)."""
-    max_epochs: float = 3.0
-    """Upper bound on passes over the training pairs."""
-    max_steps: int | None = None
-    """Upper bound on optimizer steps (overrides max_epochs when smaller)."""
-    loss_threshold: float | None = 0.3
-    """Stop when the running training BT loss reaches this (seed 002 uses 0.3); null = off."""
-    running_window: int = 20
-    """Steps in the running mean compared with loss_threshold."""
-    eval_every: int = 50
-    """Validate every N steps (0 = only at the end)."""
-    patience: int | None = None
-    """Stop after this many validations without improvement of validation loss; null = off."""
-    disable_dropout: bool = False
-    """Turn the backbone's dropout off while training (TRL's disable_dropout); makes runs independent of RNG streams."""
-    checkpoint_every: int = 50
-    """Write a resumable checkpoint every N steps (0 = only when stage 1 ends)."""
-    weight_decay: float = 0.0
-    """AdamW weight decay."""
-    warmup_steps: int = 0
-    """Linear learning-rate warm-up steps."""
-    lora: bool = False
-    """Train LoRA adapters instead of all backbone weights (merged into the backbone when saved)."""
-    lora_r: int = 16
-    """LoRA rank."""
-    lora_alpha: int = 32
-    """LoRA alpha."""
-    lora_target_modules: list[str] | None = None
-    """Modules to adapt; null = peft's default for the architecture."""
-
-
-@dataclass
-class Stage2Config:
-    lr: float = 1e-2
-    """Adam learning rate of the heads."""
-    epochs: int = 30
-    """Passes over the cached features (an upper bound when `stop` ends training earlier)."""
-    batch_size: int = 64
-    """Pairs per head per step."""
-    bootstrap: bool = False
-    """Each head (except head 0) trains on its own bootstrap resample of the pairs. Off (seed 002):
-    heads differ by initialisation and data order only."""
-    stop: Literal["validation", "loss_threshold", "epochs"] = "validation"
-    """validation: keep the epoch with the lowest validation loss; loss_threshold: stop after the
-    first epoch whose mean per-head training loss is <= `loss_threshold` (seed 002's stage-1
-    rule applied to the heads); epochs: train all epochs, keep the last."""
-    loss_threshold: float = 0.3
-    """Per-head training-loss level for stop=loss_threshold (0.3 as in seed 002)."""
-    gaussian_loss: Literal["marginal", "bt_reparam", "regression"] = "marginal"
-    """BRME heads: marginal = BT likelihood with each head's Gaussian integrated out (learns s);
-    bt_reparam = BT on reparameterised samples; regression = Gaussian NLL to the stage-1 reward.
-    The last two drive s to its floor (docs/reward_models.md)."""
-
-
-@dataclass
-class RewardTrainConfig:
-    model: RewardModelConfig = field(default_factory=RewardModelConfig)
-    """Backbone, heads, pooling, max_length."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """Where the preference pairs come from."""
-    loss: LossConfig = field(default_factory=LossConfig)
-    """Regularisers added to Bradley-Terry."""
-    stage1: Stage1Config = field(default_factory=Stage1Config)
-    """Backbone fine-tuning stage."""
-    stage2: Stage2Config = field(default_factory=Stage2Config)
-    """Frozen-backbone multi-head stage (ensemble / gaussian only)."""
-    layer_ensemble: LayerEnsembleConfig = field(default_factory=LayerEnsembleConfig)
-    """Stage 2 of model.head_type=layer_ensemble: K top-layer copies over the frozen trunk."""
-    seed: int = 0
-    """Seed for init, data order, bootstrap and dropout."""
-    device: str | None = None
-    """cpu / cuda / cuda:1; null = cuda if available."""
-    resume: bool = True
-    """Continue from a checkpoint in the output folder when its config matches."""
-
-    def __post_init__(self) -> None:
-        for name, value in (("loss.bsr_coef", self.loss.bsr_coef), ("loss.center_coef", self.loss.center_coef),
-                            ("stage1.lr", self.stage1.lr), ("stage2.lr", self.stage2.lr)):
-            if value < 0 or not math.isfinite(value):
-                raise ValueError(f"{name} must be a finite number >= 0, got {value}")
-        if self.model.num_heads < 1:
-            raise ValueError("model.num_heads must be >= 1")
-        if self.model.head_type == "scalar" and self.model.num_heads != 1:
-            self.model.num_heads = 1
-        if self.model.head_type != "scalar" and not self.stage1.enabled and self.stage1.lora:
-            raise ValueError("stage1.lora has no effect when stage1.enabled is false")
-        if self.stage1.batch_size < 1 or self.stage2.batch_size < 1:
-            raise ValueError("batch sizes must be >= 1")
-        if self.stage2.epochs < 1:
-            raise ValueError(f"stage2.epochs must be >= 1, got {self.stage2.epochs}")
-        if not (self.stage2.loss_threshold > 0 and math.isfinite(self.stage2.loss_threshold)):
-            raise ValueError(f"stage2.loss_threshold must be a finite number > 0, got {self.stage2.loss_threshold}")
 
 
 # ----------------------------------------------------------------------------------------
@@ -355,125 +228,6 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
     model.eval()
     return {"steps": progress["step"], "stopped": progress["stopped"], "head": head,
             "final_running_loss": sum(progress["recent_losses"]) / max(1, len(progress["recent_losses"]))}
-
-
-def _features_key(model: RewardModel, chosen: list[str], rejected: list[str]) -> str:
-    """What cached features were computed from: every text, the backbone's weights, and the
-    settings that change pooled features (max_length, pooling)."""
-    h = hashlib.sha256()
-    h.update(json.dumps({"max_length": model.config.max_length, "pooling": model.config.pooling,
-                         "n": len(chosen)}, sort_keys=True).encode())
-    for t in chosen + rejected:
-        b = t.encode("utf-8", "surrogatepass")
-        h.update(len(b).to_bytes(8, "little"))
-        h.update(b)
-    for name, v in sorted(model.backbone.state_dict().items()):
-        h.update(name.encode())
-        h.update(str(v.dtype).encode() + str(tuple(v.shape)).encode())
-        h.update(v.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes() if v.numel() else b"")
-    return h.hexdigest()
-
-
-@torch.no_grad()
-def cached_features(model: RewardModel, pairs: list[PreferencePair], cache: Path, batch_size: int = 64) -> torch.Tensor:
-    """(N, 2, H) pooled features of (chosen, rejected) texts, computed once and cached on disk.
-    The cache is reused only when its key (texts + backbone weights + max_length + pooling)
-    matches, never merely because the number of rows does."""
-    from safetensors import safe_open
-
-    chosen = [p.prompt + p.chosen for p in pairs]
-    rejected = [p.prompt + p.rejected for p in pairs]
-    key = _features_key(model, chosen, rejected)
-    if cache.exists():
-        try:
-            with safe_open(str(cache), framework="pt") as f:
-                if (f.metadata() or {}).get("key") == key:
-                    return f.get_tensor("features")
-        except Exception:  # a corrupt or foreign cache file: recompute it
-            pass
-        log.info("%s: cached features are of other texts or another backbone; recomputing", cache)
-    _, fc = model.score([""] * len(pairs), chosen, batch_size=batch_size, return_features=True)
-    _, fr = model.score([""] * len(pairs), rejected, batch_size=batch_size, return_features=True)
-    feats = torch.stack([fc, fr], dim=1)
-    atomic_write_bytes(cache, save_safetensors({"features": feats.contiguous()}, metadata={"key": key}))
-    return feats
-
-
-def train_stage2(model: RewardModel, train_feats: torch.Tensor, val_feats: torch.Tensor | None,
-                 stage1_head: torch.nn.Module | None, cfg: RewardTrainConfig, log_rows: list[dict],
-                 device: torch.device | None = None) -> dict:
-    """Train K heads on cached (N, 2, H) features with the additive per-head loss (on `device`;
-    random draws come from a CPU generator so CPU and GPU runs draw the same samples)."""
-    device = device or torch.device("cpu")
-    s2 = cfg.stage2
-    heads = model.heads
-    K, N = heads.num_heads, train_feats.shape[0]
-    gen = torch.Generator().manual_seed(cfg.seed + 1)
-    heads.reset_heads(list(range(K)), generator=gen)
-    if stage1_head is not None:
-        with torch.no_grad():
-            heads.linear.weight[0].copy_(stage1_head.weight[0])
-            heads.linear.bias[0].copy_(stage1_head.bias[0])
-    heads.to(device).float()
-    feats = train_feats.float().to(device)
-    # Each head's sample of pair indices: head 0 the data itself, others a bootstrap resample.
-    samples = [torch.arange(N)] + [
-        torch.randint(0, N, (N,), generator=gen) if s2.bootstrap else torch.arange(N) for _ in range(K - 1)]
-    samples = torch.stack(samples).to(device)  # (K, N)
-    target = None
-    if heads.head_type == "gaussian" and s2.gaussian_loss == "regression":
-        if stage1_head is None:
-            raise UserError("stage2.gaussian_loss=regression needs stage 1 (its reward is the regression target)")
-        with torch.no_grad():
-            target = stage1_head.to(device)(feats).squeeze(-1)  # (N, 2)
-    opt = torch.optim.Adam(heads.parameters(), lr=s2.lr)
-    W = heads.linear
-    best = (math.inf, None, -1)
-    stopped = None
-    bar = tqdm(range(s2.epochs), desc=f"stage 2 ({K} heads, frozen backbone)", unit="epoch")
-    for epoch in bar:
-        perm = torch.stack([torch.randperm(N, generator=gen) for _ in range(K)]).to(device)  # own data order per head
-        epoch_loss, seen = 0.0, 0
-        for i in range(0, N, s2.batch_size):
-            idx = torch.gather(samples, 1, perm[:, i : i + s2.batch_size])  # (K, b)
-            f = feats[idx]  # (K, b, 2, H)
-            out = torch.einsum("kbch,kh->bck", f, W.weight[:K]) + W.bias[:K]  # (b, 2, K): head k on its own rows
-            if heads.head_type == "gaussian":
-                raw = torch.einsum("kbch,kh->bck", f, W.weight[K:]) + W.bias[K:]
-                std = torch.nn.functional.softplus(raw) + heads.min_std
-                if s2.gaussian_loss == "marginal":
-                    loss, stats = brme_marginal_loss(out[:, 0], std[:, 0], out[:, 1], std[:, 1])
-                elif s2.gaussian_loss == "bt_reparam":
-                    loss, stats = brme_bt_loss(out[:, 0], std[:, 0], out[:, 1], std[:, 1], generator=gen)
-                else:
-                    t = target[idx].permute(1, 2, 0)  # (K, b, 2) -> (b, 2, K): each head's own rows
-                    loss, stats = gaussian_regression_loss(out.reshape(-1, K), std.reshape(-1, K), t.reshape(-1, K))
-            else:
-                loss, stats = bradley_terry_loss(out[:, 0], out[:, 1])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            epoch_loss, seen = epoch_loss + loss.item() / K * idx.shape[1], seen + idx.shape[1]
-        row = {"stage": 2, "epoch": epoch + 1, **{f"losses/{k}": v for k, v in stats.items()},
-               "losses/epoch_loss_mean_head": epoch_loss / seen}
-        if val_feats is not None:
-            with torch.no_grad():
-                mean, _ = heads(val_feats.float().to(device).reshape(-1, val_feats.shape[-1]))
-                mean = mean.reshape(val_feats.shape[0], 2, K)
-                vloss, _ = bradley_terry_loss(mean[:, 0], mean[:, 1])
-                acc = (mean[:, 0].mean(1) > mean[:, 1].mean(1)).float().mean().item()
-            row.update({"eval/val_loss_sum_heads": vloss.item(), "eval/val_accuracy_mean": acc})
-            if s2.stop == "validation" and vloss.item() < best[0]:
-                best = (vloss.item(), {k: v.clone() for k, v in heads.state_dict().items()}, epoch + 1)
-            bar.set_postfix(val_acc=f"{acc:.3f}")
-        log_rows.append(row)
-        if s2.stop == "loss_threshold" and epoch_loss / seen <= s2.loss_threshold:
-            stopped = f"mean per-head training loss {epoch_loss / seen:.3f} <= {s2.loss_threshold} after epoch {epoch + 1}"
-            break
-    if best[1] is not None:  # stop=validation: keep the epoch with the best validation loss
-        heads.load_state_dict(best[1])
-    last = epoch + 1
-    return {"epochs": last, "best_epoch": best[2] if best[1] is not None else last, "stopped": stopped}
 
 
 # Files and folders `train_reward_model` writes into its output folder.
