@@ -274,6 +274,24 @@ def config_to_dict(cfg: Any) -> dict:
     return dataclasses.asdict(cfg)
 
 
+def saved_run_config(output_dir: str | Path, kind: str) -> dict | None:
+    """The ``config.yaml`` a run left in ``output_dir`` as a dict, or None when there is none.
+
+    A file that cannot be read or parsed, or is not a mapping, is refused (`UserError`) with a
+    line naming ``kind`` (e.g. "a reward-model run's"): the folder holds something else."""
+    path = Path(output_dir) / "config.yaml"
+    if not path.exists():
+        return None
+    try:
+        saved = safe_yaml_load(path.read_text(encoding="utf-8"), str(path))
+    except (UserError, OSError, UnicodeDecodeError):
+        saved = None
+    if not isinstance(saved, dict):
+        raise UserError(f"--output-dir {str(output_dir)!r} holds a config.yaml that is not {kind}; "
+                        "choose another --output-dir")
+    return saved
+
+
 def first_difference(now: object, there: object, where: str = "") -> str | None:
     """The first (in sorted key order) dotted key where config `now` differs from the saved
     config `there`, as ``"key: <there> there, <now> now"``; None when they are equal."""

@@ -36,7 +36,7 @@ import torch
 import yaml
 
 from robust_rlhf.checkpoint import CHECKPOINT_DIR, StepCheckpoints, capture_rng, restore_rng
-from robust_rlhf.config import config_to_dict, first_difference, migrate_deprecated_keys, safe_yaml_load
+from robust_rlhf.config import config_to_dict, first_difference, migrate_deprecated_keys, saved_run_config
 from robust_rlhf.errors import UserError
 from robust_rlhf.utils import atomic_write_jsonl, atomic_write_text, dumps_json
 
@@ -103,16 +103,9 @@ def check_run_folder(output_dir: str | os.PathLike, cfg: Any, resume: bool) -> N
     its ``config.yaml`` differs from ``cfg``. The same config may run there again; keys free to differ:
     `_RESUME_FREE_KEYS`, and when resuming the step counts (a run may be extended). The same rule as
     ``rm train`` (`robust_rlhf.reward.train._check_run_config`)."""
-    saved_path = Path(output_dir) / "config.yaml"
-    if not saved_path.exists():
+    saved = saved_run_config(output_dir, "a policy run's")
+    if saved is None:
         return
-    try:
-        saved = safe_yaml_load(saved_path.read_text(encoding="utf-8"), str(saved_path))
-    except (UserError, OSError, UnicodeDecodeError):
-        saved = None
-    if not isinstance(saved, dict):
-        raise UserError(f"--output-dir {str(output_dir)!r} holds a config.yaml that is not a policy run's; "
-                        "choose another --output-dir")
     # a run saved under the old layout (e.g. train.seed) compares in the new one
     saved = migrate_deprecated_keys(saved, getattr(type(cfg), "deprecated_keys", {}), warn=False)
     diff = first_difference(_comparable(config_to_dict(cfg), resume), _comparable(saved, resume))

@@ -26,7 +26,7 @@ import torch
 from tqdm.auto import tqdm
 
 from robust_rlhf.checkpoint import BackboneHeadCheckpoint
-from robust_rlhf.config import config_to_dict, first_difference
+from robust_rlhf.config import config_to_dict, first_difference, saved_run_config
 from robust_rlhf.data.preferences import PreferencePair, check_prompt_lengths, load_preferences
 from robust_rlhf.errors import UserError
 from robust_rlhf.reward.evaluate import hidden_state_stats
@@ -236,15 +236,9 @@ _RUN_OUTPUTS = ("config.yaml", "train_summary.json", "train_log.jsonl", "checkpo
 MAX_HEADS = 4096
 
 
-# Shared with the policy recipes (robust_rlhf.policy.tracking): one rule for "another run is here".
-_first_difference = first_difference
-
-
 def _check_run_config(cfg: RewardTrainConfig, out: Path) -> None:
     """Before anything is written: no input lies where this run writes, and a folder that holds
     another run (its config.yaml differs) is refused rather than overwritten."""
-    import yaml
-
     own_backbone = out / "backbone"
     inputs = [("data.train", cfg.data.train), ("data.validation", cfg.data.validation),
               ("model.backbone", cfg.model.backbone)]
@@ -259,20 +253,11 @@ def _check_run_config(cfg: RewardTrainConfig, out: Path) -> None:
                 continue  # a frozen backbone is kept in place and referenced (heads-only re-training)
             raise UserError(f"{key}={value!r} lies inside the output folder at {str(target)!r}, which this run "
                             "would overwrite; copy it elsewhere or choose another --output-dir")
-    cfg_file = out / "config.yaml"
-    if not cfg_file.exists():
+    old = saved_run_config(out, "a reward-model run's")
+    if old is None:
         return
-    try:
-        from robust_rlhf.config import safe_yaml_load
-
-        old = safe_yaml_load(cfg_file.read_text(encoding="utf-8"), str(cfg_file))
-    except (UserError, OSError, UnicodeDecodeError):
-        old = None
-    if not isinstance(old, dict):
-        raise UserError(f"--output-dir {str(out)!r} holds a config.yaml that is not a reward-model run's; "
-                        "choose another --output-dir")
     old.pop("resume", None)
-    diff = _first_difference(_config_fingerprint(cfg), old)
+    diff = first_difference(_config_fingerprint(cfg), old)
     if diff:
         raise UserError(f"--output-dir {str(out)!r} holds a run/checkpoint of a different config ({diff}); "
                         "choose another --output-dir, or delete that run first")
