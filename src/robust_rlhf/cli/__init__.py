@@ -9,8 +9,16 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 import warnings
+
+# OpenMP threads that find no work spin (GOMP_SPINCOUNT) before sleeping; on shared cores a
+# spinning thread steals the core its busy sibling needs. PASSIVE makes them sleep at once.
+# Measured (docs/experiments.md "Threads"): MiniLM forward, 2 threads, load 6-8 on 2 cores:
+# ~2.0-2.3 s/step spinning vs ~0.4-0.8 s passive; SmolLM2 generate 18-43 s vs ~1 s. Read when
+# libgomp starts, so it is set here, before anything imports torch; a value the user set wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from robust_rlhf import __version__
 from robust_rlhf.errors import UserError

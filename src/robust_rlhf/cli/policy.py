@@ -93,6 +93,9 @@ def cmd_train(args) -> int:
     else:
         from robust_rlhf.policy.best_of_n import BestOfNConfig as Cfg, run_best_of_n as fn
     cfg = load_config(Cfg, args.config, args.overrides)
+    from robust_rlhf.threads import apply_threads
+
+    apply_threads("auto")  # the cores free now (the user's OMP_NUM_THREADS wins)
     out = Path(fn(cfg, args.output_dir))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch only the main process reports

@@ -66,8 +66,10 @@ def cmd_train(args) -> int:
 
     check_output_dir(args.output_dir)  # before the heavy imports: an unset variable fails at once
     from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+    from robust_rlhf.threads import apply_threads
 
     cfg = load_config(RewardTrainConfig, args.config, args.overrides)
+    apply_threads("auto")  # the cores free now (the user's OMP_NUM_THREADS wins)
     out = train_reward_model(cfg, args.output_dir)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch only the main process reports

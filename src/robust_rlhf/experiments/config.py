@@ -286,13 +286,15 @@ class ExperimentConfig:
     """level of the t-intervals over seeds"""
     device: str = "auto"
     """cpu, cuda, cuda:N or auto"""
-    num_threads: int | None = None
-    """torch CPU threads; null = auto: torch's default, or 1 when the 1-minute load average already reaches the
-    core count (other jobs share the cores: measured here, sampling ran ~20x faster with 1 thread than with 2)"""
+    num_threads: int | str | None = None
+    """torch CPU threads: N, or auto / null = the cores free right now (sampled from /proc/stat, within the
+    affinity set and cgroup quota; the user's OMP_NUM_THREADS wins), re-checked before every unit
+    (robust_rlhf.threads; threads spinning against another busy process made a PPO unit 5x slower)"""
 
     def __post_init__(self) -> None:
-        if self.num_threads is not None and self.num_threads < 1:
-            raise ValueError(f"num_threads must be >= 1 or null, got {self.num_threads}")
+        if self.num_threads is not None and self.num_threads != "auto" and (
+                isinstance(self.num_threads, bool) or not isinstance(self.num_threads, int) or self.num_threads < 1):
+            raise ValueError(f"num_threads must be a positive integer, auto or null, got {self.num_threads!r}")
         if not self.reward_models:
             raise ValueError("reward_models: list at least one proxy reward model")
         if not self.methods:

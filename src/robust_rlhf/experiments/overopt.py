@@ -83,19 +83,15 @@ class ExperimentOutcome:
     """unit keys found finished on disk"""
     report: Path | None
 
-def _set_threads(num_threads: int | None) -> None:
-    import os
+def _set_threads(num_threads: int | str | None, quiet_if_unchanged: bool = False) -> int:
+    """Set torch's CPU threads: N as configured, or (null / auto) the cores free right now.
 
-    import torch
+    Called at the start and again before every unit that runs (the load of the shared cores
+    changes between units); a change is logged. See `robust_rlhf.threads`.
+    """
+    from robust_rlhf.threads import apply_threads
 
-    if num_threads is None:
-        cores = os.cpu_count() or 1
-        load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
-        if torch.cuda.is_available() or load < cores:
-            return
-        num_threads = 1
-        log.info("load average %.1f >= %d cores: using 1 torch thread (set num_threads to override)", load, cores)
-    torch.set_num_threads(num_threads)
+    return apply_threads(num_threads, quiet_if_unchanged=quiet_if_unchanged)
 
 
 def _check_methods(cfg: ExperimentConfig, methods, rm_specs: dict, rm_heads: dict, data_dir: Path, root: Path,
@@ -158,7 +154,8 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
         sets = shift_sets_unit(cfg, data, prompts_file)
         shift_units = {"sets": sets, **{r: shift_score_unit(u, sets, root) for r, u in rm_units.items()}}
     total = 1 + len(rm_units) + len(pools) + len(pool_scores) + len(shift_units) + n_policy + n_calib
-    runner = UnitRunner(root, total, on_unit_start, progress)
+    recheck = None if isinstance(cfg.num_threads, int) else (lambda: _set_threads(cfg.num_threads, True))
+    runner = UnitRunner(root, total, on_unit_start, progress, before_run=recheck)
     try:
         runner(data)
         for u in rm_units.values():

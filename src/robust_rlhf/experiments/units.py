@@ -61,16 +61,19 @@ class UnitRunner:
         total: planned number of units (progress bar; grows if more are added).
         on_unit_start: test hook called with the unit key before the unit runs (e.g. to
             inject a crash).
+        before_run: called just before each unit that runs (not a cached one), while nothing of
+            ours is busy: the lab re-checks its torch thread count here (`robust_rlhf.threads`).
     """
 
     def __init__(self, root: Path, total: int, on_unit_start: Callable[[str], None] | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, before_run: Callable[[], None] | None = None) -> None:
         from tqdm.auto import tqdm
 
         self.root = root
         self.executed: list[str] = []
         self.skipped: list[str] = []
         self.on_unit_start = on_unit_start
+        self.before_run = before_run
         self.bar = tqdm(total=total, desc="experiment", unit="unit", disable=not progress, dynamic_ncols=True)
 
     def is_done(self, unit: Unit) -> bool:
@@ -104,6 +107,8 @@ class UnitRunner:
         log.info("[%d/%d] %s: %s", done + 1, self.bar.total, unit.stage, unit.key)
         if self.on_unit_start is not None:
             self.on_unit_start(unit.key)
+        if self.before_run is not None:
+            self.before_run()
         t0 = time.time()
         summary = unit.run(folder) or {}
         seconds = time.time() - t0
