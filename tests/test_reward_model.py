@@ -36,7 +36,9 @@ def test_each_head_gets_its_own_init():
 
 
 def test_text_scored_alone_equals_text_scored_in_a_mixed_length_batch(minilm_rm_factory):
-    rm = minilm_rm_factory(head_type="ensemble", num_heads=4)
+    # fp32: padding must not change the math (bf16 autocast rounds differently per batch shape; its
+    # closeness to fp32 is tests/test_precision.py's).
+    rm = minilm_rm_factory(head_type="ensemble", num_heads=4, precision="fp32")
     prompts = ["This movie was", "I", "The ending felt"]
     responses = [" great.", " really did not enjoy a single minute of this long, dull and boring film.", " odd"]
     batch = rm.score(prompts, responses, batch_size=3)
@@ -49,7 +51,8 @@ def test_decoder_backbone_pools_last_real_token_with_pad_equal_eos():
     # smollm2's pad token is its EOS: pooling must come from the mask, not a pad-id search.
     from robust_rlhf.reward.model import RewardModelConfig
 
-    rm = RewardModel(RewardModelConfig(backbone="smollm2-135m", head_type="ensemble", num_heads=2, max_length=32))
+    rm = RewardModel(RewardModelConfig(backbone="smollm2-135m", head_type="ensemble", num_heads=2, max_length=32,
+                                       precision="fp32"))
     assert rm.config.pooling == "last"
     assert rm.tokenizer.pad_token_id == rm.tokenizer.eos_token_id
     texts = ["Great movie", "It was a long and rather tedious film overall"]

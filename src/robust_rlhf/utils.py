@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -160,10 +161,69 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def autocast_dtype(device: torch.device) -> torch.dtype | None:
-    """bf16 autocast where the GPU supports it; plain fp32 on CPU, where bf16 is ~20x slower
-    (USER_NEEDS #14)."""
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bf16 matmuls natively (x86: AVX512-BF16 or AMX-BF16; Arm: the
+    BF16 extension) AND oneDNN will use them. Plain AVX-512 without BF16 makes oneDNN *emulate*
+    bf16 (`torch.ops.mkldnn._is_mkldnn_bf16_supported()` is then True too), which is the ~20x
+    slower case of USER_NEEDS #14 -- so both the oneDNN check and the native-instruction check
+    must hold."""
+    try:
+        if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+            return False
+    except (AttributeError, RuntimeError):
+        return False
+    import platform
+
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64", "i386", "i686"):
+        cpu = getattr(torch, "cpu", None)
+        try:  # cpuinfo's own flags, as torch reads them
+            if cpu._is_avx512_bf16_supported():
+                return True
+        except (AttributeError, RuntimeError):
+            pass
+        return bool(_cpuinfo_flags() & {"avx512_bf16", "amx_bf16"})
+    if machine in ("aarch64", "arm64"):
+        # On Arm, oneDNN's bf16 check above is the hardware's BF16 extension itself.
+        return True
+    return False
+
+
+def _cpuinfo_flags() -> set[str]:
+    """CPU feature flags from /proc/cpuinfo (Linux; empty elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text(errors="replace")
+    except OSError:
+        return set()
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("flags", "Features"):
+            return set(value.split())
+    return set()
+
+
+def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The autocast dtype for `device` (None = plain fp32).
+
+    precision: "auto" -- bf16 on GPUs that support it and on CPUs with native bf16
+    (`cpu_has_native_bf16`), fp32 elsewhere (emulated bf16 is ~20x slower: USER_NEEDS #14);
+    "fp32" -- always fp32; "bf16" -- always bf16 (refused on a GPU without bf16)."""
+    if precision not in PRECISIONS:
+        raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    device = torch.device(device)
+    if precision == "fp32":
+        return None
+    if device.type == "cuda":
+        if torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        if precision == "bf16":
+            raise UserError(f"precision=bf16: {device} does not support bf16; use precision=auto or fp32")
+        return None
+    if device.type == "cpu" and (precision == "bf16" or cpu_has_native_bf16()):
         return torch.bfloat16
     return None
 

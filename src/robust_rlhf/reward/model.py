@@ -12,6 +12,7 @@ Saved layout (`save_pretrained(dir)`):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from dataclasses import asdict, dataclass, field
@@ -28,10 +29,11 @@ from robust_rlhf.models.hub import load_backbone, load_tokenizer
 from robust_rlhf.reward.heads import HeadType, Pooling, RewardHeads, pool_hidden
 from robust_rlhf.reward.layer_ensemble import LayerEnsembleHeads, split_trunk
 from robust_rlhf.reward.output import RewardOutput
-from robust_rlhf.utils import atomic_save_dir, atomic_write_bytes, atomic_write_json, is_inside
+from robust_rlhf.utils import PRECISIONS, atomic_save_dir, atomic_write_bytes, atomic_write_json, autocast_dtype, is_inside
 
 CONFIG_NAME = "reward_config.json"
 Truncation = Literal["left_prompt", "error"]
+Precision = Literal["auto", "fp32", "bf16"]
 HEADS_NAME = "heads.safetensors"
 
 
@@ -63,6 +65,9 @@ class RewardModelConfig:
     """layer_ensemble: how many top transformer layers each of the K members has its own copy of."""
     trunk_layers: int | None = None
     """layer_ensemble: layers in the shared frozen trunk (set when the top layers are split off; null before)."""
+    precision: Precision = "auto"
+    """Backbone pass (training, feature caching, scoring): auto = bf16 autocast on GPUs with bf16 and on
+    CPUs with native bf16 (AVX512-BF16/AMX/Arm BF16), fp32 elsewhere; fp32; bf16. Heads always run in fp32."""
 
     def __post_init__(self) -> None:
         if self.head_type not in ("scalar", "ensemble", "gaussian", "layer_ensemble"):
@@ -79,6 +84,8 @@ class RewardModelConfig:
             raise ValueError(f"min_std must be > 0, got {self.min_std!r}")
         if self.truncation not in ("left_prompt", "error"):
             raise ValueError(f"truncation must be left_prompt or error, got {self.truncation!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def default_pooling(backbone_config) -> Pooling:
@@ -114,6 +121,16 @@ class RewardModel(nn.Module):
     @property
     def device(self) -> torch.device:
         return next(self.parameters()).device
+
+    @property
+    def autocast_dtype(self) -> torch.dtype | None:
+        """Autocast dtype of the backbone pass on the current device (None = fp32); `config.precision`."""
+        return autocast_dtype(self.device, self.config.precision)
+
+    @property
+    def precision_name(self) -> str:
+        """"bf16" or "fp32": what the backbone pass runs in on the current device (for logs)."""
+        return "bf16" if self.autocast_dtype == torch.bfloat16 else "fp32"
 
     # ---- text -> features -------------------------------------------------------------
     def texts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[str, str]]:
@@ -183,10 +200,14 @@ class RewardModel(nn.Module):
         return pool_hidden(self.trunk_states(enc), enc["attention_mask"], self.config.pooling)  # (B, H)
 
     def trunk_states(self, enc: dict) -> torch.Tensor:
-        """(B, T, H) last hidden states of the backbone (for a layer ensemble: of its trunk)."""
-        out = self.backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
-                            **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {}))
-        return out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        """(B, T, H) fp32 last hidden states of the backbone (for a layer ensemble: of its trunk),
+        computed under autocast in `config.precision` (pooling and heads then run in fp32)."""
+        amp = self.autocast_dtype
+        with torch.autocast(self.device.type, dtype=amp) if amp is not None else contextlib.nullcontext():
+            out = self.backbone(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"],
+                                **({"token_type_ids": enc["token_type_ids"]} if "token_type_ids" in enc else {}))
+        hidden = out.last_hidden_state if hasattr(out, "last_hidden_state") else out[0]
+        return hidden.float()
 
     def forward_texts(self, texts: Sequence[str | tuple[str, str]]) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """(mean (B, K), std (B, K) | None, features (B, H)) with grad; ``texts`` as in `tokenize`."""

@@ -28,10 +28,10 @@ log = logging.getLogger("robust_rlhf.reward.train")
 
 def _features_key(model: RewardModel, chosen: list[str], rejected: list[str]) -> str:
     """What cached features were computed from: every text, the backbone's weights, and the
-    settings that change pooled features (max_length, pooling)."""
+    settings that change pooled features (max_length, pooling, the precision of the backbone pass)."""
     h = hashlib.sha256()
     h.update(json.dumps({"max_length": model.config.max_length, "pooling": model.config.pooling,
-                         "n": len(chosen)}, sort_keys=True).encode())
+                         "precision": model.precision_name, "n": len(chosen)}, sort_keys=True).encode())
     for t in chosen + rejected:
         b = t.encode("utf-8", "surrogatepass")
         h.update(len(b).to_bytes(8, "little"))
