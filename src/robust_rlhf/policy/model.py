@@ -231,6 +231,7 @@ def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: st
             adapter / weights and value head, if present).
     """
     from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
+    from robust_rlhf.policy.sampler import contiguous_lm_head
 
     base_name = cfg.name
     if adapter_path is not None and not cfg.use_lora:
@@ -257,6 +258,7 @@ def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: st
                 target_modules=list(cfg.lora_target_modules), task_type="CAUSAL_LM", bias="none",
             )
             lm = get_peft_model(lm, lora)
+    contiguous_lm_head(lm)  # logits_to_keep slices would otherwise copy the LM head's weight per row
     value_head = ValueHead(lm.config.hidden_size) if with_value_head else None
     if value_head is not None and adapter_path is not None and (Path(adapter_path) / VALUE_HEAD_FILE).exists():
         value_head.load_state_dict(torch.load(Path(adapter_path) / VALUE_HEAD_FILE, weights_only=True))

@@ -368,6 +368,7 @@ def reward_metrics(batch: RewardOutput, prefix: str = "reward/") -> dict[str, fl
 
 
 @torch.no_grad()
+@torch.no_grad()
 def evaluate_policy(policy, prompts: Sequence[str], sampling_cfg, reward: TrainingReward, gold, seed: int,
                     kl_estimator: str = "k1") -> dict[str, float]:
     """Held-out evaluation: sample one response per prompt (own RNG stream, so training

@@ -29,6 +29,10 @@ class SamplingConfig:
     """prompts are truncated (from the left) to this many tokens"""
     generation_batch_size: int = 64
     """generate at most this many sequences at once (memory)"""
+    precision: str = "auto"
+    """auto | fp32 | bf16: sample from a bf16 copy of the policy with LoRA merged (auto: where the hardware computes
+    bf16 natively -- a bf16 GPU or a CPU with AVX-512 BF16 / AMX -- and the weights are fp32); log-probs for the update
+    always come from the policy itself (robust_rlhf.policy.sampler)"""
     seed_per_sample: bool = False
     """PPO: draw each response alone with its own seed from (step, index in the global batch), so samples do
     not depend on batching or on the number of processes (exact multi-process equivalence; slower)"""
@@ -42,6 +46,10 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        from robust_rlhf.policy.sampler import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"sampling.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 @dataclass
@@ -124,15 +132,19 @@ def generate(lm, tokenizer, prompts: list[str], cfg: SamplingConfig, device: tor
              seeds: list[int] | None = None) -> Rollout:
     """Sample one response per prompt with ``lm.generate`` (KV cache, left padding).
 
-    Uses the global torch RNG (seed it for reproducibility). With ``seeds`` (one per prompt),
+    Samples from `robust_rlhf.policy.sampler.sampling_model` (``lm`` itself, or its refreshed bf16
+    copy per ``cfg.precision``). Uses the global torch RNG (seed it for reproducibility). With ``seeds`` (one per prompt),
     each prompt is generated alone (no padding) after ``torch.manual_seed(seeds[i])``, inside a
     forked RNG: a response then depends only on its prompt and seed, not on the batch it is in.
     Returns a `Rollout` on ``device``.
     """
     from transformers import GenerationConfig
 
+    from robust_rlhf.policy.sampler import sampling_model
+
     device = device or next(lm.parameters()).device
     eos_ids = _eos_ids(tokenizer, lm)
+    lm = sampling_model(lm, cfg.precision, device)
     query_ids, query_mask = encode_prompts(tokenizer, prompts, cfg.max_prompt_tokens)
     gen_cfg = GenerationConfig(
         do_sample=True, temperature=cfg.temperature, top_k=cfg.top_k,
