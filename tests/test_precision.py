@@ -104,6 +104,25 @@ def test_backbone_runs_in_the_chosen_precision_and_heads_in_fp32(minilm_rm_facto
     assert torch.equal(out16.per_head.mean(1).argsort(), out32.per_head.mean(1).argsort())
 
 
+def test_auto_trains_in_the_hardware_precision_and_scores_in_fp32(minilm_rm_factory, monkeypatch):
+    """`auto`: training passes use bf16 where it is native; scoring stays fp32 (batch-invariant scores)."""
+    import robust_rlhf.utils as utils_mod
+
+    monkeypatch.setattr(utils_mod, "cpu_has_native_bf16", lambda: True)
+    prompts, responses = ["This movie was", "Overall"], [" wonderful.", " a dull evening."]
+    rm = minilm_rm_factory(head_type="ensemble", num_heads=2, precision="auto")
+    seen, _ = _dtypes_seen(rm, prompts, responses)
+    assert seen["backbone"] == {torch.float32} and rm.precision_name == "fp32"
+    with rm.training_pass():
+        seen_train, _ = _dtypes_seen(rm, prompts, responses)
+        assert rm.precision_name == "bf16"
+    assert seen_train["backbone"] == {torch.bfloat16}
+    assert rm.precision_name == "fp32"  # the context restores scoring precision
+    monkeypatch.setattr(utils_mod, "cpu_has_native_bf16", lambda: False)
+    with rm.training_pass():  # emulated bf16 is slower than fp32: auto keeps fp32
+        assert rm.precision_name == "fp32"
+
+
 def test_feature_cache_key_includes_the_precision(minilm_rm_factory):
     from robust_rlhf.reward.stage2 import _features_key
 

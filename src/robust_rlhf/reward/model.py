@@ -66,8 +66,11 @@ class RewardModelConfig:
     trunk_layers: int | None = None
     """layer_ensemble: layers in the shared frozen trunk (set when the top layers are split off; null before)."""
     precision: Precision = "auto"
-    """Backbone pass (training, feature caching, scoring): auto = bf16 autocast on GPUs with bf16 and on
-    CPUs with native bf16 (AVX512-BF16/AMX/Arm BF16), fp32 elsewhere; fp32; bf16. Heads always run in fp32."""
+    """Backbone pass. auto = training passes (stage 1, the stage-2 feature pass) under bf16 autocast on GPUs with
+    bf16 and on CPUs with native bf16 (AVX512-BF16/AMX/Arm BF16), fp32 elsewhere -- and scoring (rm score/eval,
+    the server, adapters, policy rewards) in fp32, so a text's score does not depend on the batch it came in;
+    fp32 = everything fp32; bf16 = everything bf16 (scores then move ~1e-4 with batch composition).
+    Heads always run in fp32."""
 
     def __post_init__(self) -> None:
         if self.head_type not in ("scalar", "ensemble", "gaussian", "layer_ensemble"):
@@ -124,8 +127,21 @@ class RewardModel(nn.Module):
 
     @property
     def autocast_dtype(self) -> torch.dtype | None:
-        """Autocast dtype of the backbone pass on the current device (None = fp32); `config.precision`."""
+        """Autocast dtype of the backbone pass on the current device (None = fp32): `config.precision`,
+        where ``auto`` means the hardware's choice inside `training_pass` and fp32 outside it."""
+        if self.config.precision == "auto" and not getattr(self, "_training_pass", False):
+            return None
         return autocast_dtype(self.device, self.config.precision)
+
+    @contextlib.contextmanager
+    def training_pass(self):
+        """Backbone passes inside run at the training precision (``auto``: bf16 where native)."""
+        before = getattr(self, "_training_pass", False)
+        self._training_pass = True
+        try:
+            yield self
+        finally:
+            self._training_pass = before
 
     @property
     def precision_name(self) -> str:

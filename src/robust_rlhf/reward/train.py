@@ -353,17 +353,21 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
             stale.unlink()
     if accelerator.is_main_process:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
+    with model.training_pass():
+        train_precision = model.precision_name
     log.info("training %s reward model (K=%d) on %s: %d train pairs, %s validation pairs, device %s, precision %s",
              cfg.model.head_type, model.config.num_heads, model.config.backbone, len(train),
-             len(val) if val else 0, device, f"{model.precision_name} (model.precision={cfg.model.precision})")
+             len(val) if val else 0, device, f"{train_precision} (model.precision={cfg.model.precision}; "
+             f"scoring {model.precision_name})")
     log_rows: list[dict] = []
     summary: dict = {"num_train_pairs": len(train), "num_val_pairs": len(val) if val else 0,
-                     "precision": model.precision_name}
+                     "precision": train_precision, "score_precision": model.precision_name}
     stage1_head = None
     summary["setup_s"] = time.time() - t0  # model + data loading, validation
     if cfg.stage1.enabled:
         t_stage1 = time.time()
-        s1 = train_stage1(model, train, val, cfg, out, log_rows, accelerator)
+        with model.training_pass():
+            s1 = train_stage1(model, train, val, cfg, out, log_rows, accelerator)
         s1["wall_time_s"] = time.time() - t_stage1
         stage1_head = s1.pop("head").cpu()
         summary["stage1"] = s1
@@ -374,13 +378,15 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     for p in model.backbone.parameters():
         p.requires_grad_(False)
     if cfg.model.head_type == "layer_ensemble":  # K top-layer copies over the frozen trunk
-        summary["stage2"] = train_layer_ensemble(model, train, val, stage1_head, cfg, log_rows, device)
+        with model.training_pass():
+            summary["stage2"] = train_layer_ensemble(model, train, val, stage1_head, cfg, log_rows, device)
         model.heads.to(device)
     elif two_stage:
         cache = out / "checkpoints"
         t_feat = time.time()
-        train_feats = cached_features(model, train, cache / "train_features.safetensors")
-        val_feats = cached_features(model, val, cache / "val_features.safetensors") if val else None
+        with model.training_pass():
+            train_feats = cached_features(model, train, cache / "train_features.safetensors")
+            val_feats = cached_features(model, val, cache / "val_features.safetensors") if val else None
         t_stage2 = time.time()
         summary["stage2"] = train_stage2(model, train_feats, val_feats, stage1_head, cfg, log_rows, device)
         summary["stage2"].update(features_s=t_stage2 - t_feat, heads_s=time.time() - t_stage2)
