@@ -52,12 +52,23 @@ class ModelConfig:
     """allow custom model code from the model folder / hub"""
     allow_pickle: bool = False
     """Allow pickle (.bin) weights; off: safetensors only, since pickle can run code on load."""
+    precision: str = "auto"
+    """auto | fp32 | bf16: dtype of the frozen base weights under LoRA (adapters and value head stay fp32). auto = bf16
+    where the hardware computes it natively (bf16 GPU; CPU with AVX-512 BF16 / AMX), fp32 elsewhere. Policy and
+    reference are then both computed on the same bf16 base (KL is exactly 0 at the start). Full fine-tuning keeps fp32."""
 
     def __post_init__(self) -> None:
         if self.lora_target_modules is None:
             self.lora_target_modules = ["q_proj", "k_proj", "v_proj", "o_proj"]
         if self.lora_r <= 0:
             raise ValueError(f"lora_r must be positive, got {self.lora_r}")
+        from robust_rlhf.utils import PRECISIONS
+
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"model.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if self.precision == "bf16" and not self.use_lora:
+            raise ValueError("model.precision=bf16 stores the frozen base weights in bf16, which needs LoRA "
+                             "(model.use_lora=true); full fine-tuning keeps fp32 master weights")
         if not 0.0 <= self.lora_dropout < 1.0:
             raise ValueError(f"lora_dropout must be in [0, 1), got {self.lora_dropout}")
 
@@ -223,12 +234,14 @@ def _forward(lm, value_head, query_ids, query_mask, response_ids, response_mask,
     return ForwardOutput(logprobs=logprobs, entropy=entropy, values=values)
 
 
-def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: str | Path | None = None) -> Policy:
+def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: str | Path | None = None,
+                device: torch.device | None = None) -> Policy:
     """Load `cfg.name`, wrap it with LoRA (or prepare full fine-tuning) and add a value head.
 
     Args:
         adapter_path: a folder written by ``Policy.save_pretrained`` to start from (its
             adapter / weights and value head, if present).
+        device: where the policy will run (decides ``model.precision: auto``; default: cuda if available).
     """
     from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
     from robust_rlhf.policy.sampler import contiguous_lm_head
@@ -259,10 +272,24 @@ def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: st
             )
             lm = get_peft_model(lm, lora)
     contiguous_lm_head(lm)  # logits_to_keep slices would otherwise copy the LM head's weight per row
+    if cfg.use_lora:
+        base_dtype = _base_dtype(cfg.precision, device)
+        if base_dtype is not None:
+            for p in lm.parameters():
+                if not p.requires_grad and p.dtype == torch.float32:
+                    p.data = p.data.to(base_dtype)  # frozen: no master copy needed; buffers (rotary) stay fp32
     value_head = ValueHead(lm.config.hidden_size) if with_value_head else None
     if value_head is not None and adapter_path is not None and (Path(adapter_path) / VALUE_HEAD_FILE).exists():
         value_head.load_state_dict(torch.load(Path(adapter_path) / VALUE_HEAD_FILE, weights_only=True))
     return Policy(lm, tokenizer, value_head, use_lora=cfg.use_lora)
+
+
+def _base_dtype(precision: str, device: torch.device | None) -> torch.dtype | None:
+    from robust_rlhf.utils import autocast_dtype
+
+    if device is None:
+        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return autocast_dtype(device, precision)
 
 
 def load_saved_policy(directory: str | Path, trust_remote_code: bool = False) -> Policy:

@@ -189,7 +189,7 @@ class PolicySession:
         device = device if device is not None else resolve_device(cfg.device)
         set_seed(cfg.seed)
         run = Run(output_dir, cfg, cfg.resume, cfg.log, cfg.train.steps, is_main=is_main)
-        policy = load_policy(cfg.model, with_value_head=with_value_head).to(device)
+        policy = load_policy(cfg.model, with_value_head=with_value_head, device=device).to(device)
         optimizer = make_optimizer(policy, cfg.train)
         source = reward_source or build_reward_source(cfg.reward, output_dir, device)
         reward = TrainingReward(source, cfg.reward, cfg.kl)

@@ -38,18 +38,19 @@ log = logging.getLogger(__name__)
 def sampling_dtype(precision: str, device: torch.device, lm: nn.Module) -> torch.dtype | None:
     """The dtype of the sampling copy, or None to sample from ``lm`` itself.
 
-    ``auto``: bf16 when ``lm`` holds fp32 weights and the device computes bf16 natively (a CUDA GPU
-    with bf16, or a CPU with AVX-512 BF16 / AMX); otherwise None. ``bf16`` forces the copy,
+    ``auto``: bf16 when ``lm`` holds fp32 weights or LoRA adapters (merged in the copy) and the device
+    computes bf16 natively (a CUDA GPU with bf16, or a CPU with AVX-512 BF16 / AMX); otherwise None. ``bf16`` forces the copy,
     ``fp32`` never makes one."""
     if precision not in PRECISIONS:
         raise ValueError(f"sampling.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return None
-    weights_fp32 = next(lm.parameters()).dtype == torch.float32
+    # worth a copy when some weight is fp32, or when LoRA adapters would run as separate matmuls
+    worth_it = _is_peft(lm) or any(p.dtype == torch.float32 for p in lm.parameters())
     if precision == "bf16":
-        return torch.bfloat16 if weights_fp32 else None
+        return torch.bfloat16 if worth_it else None
     native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_native_bf16()
-    return torch.bfloat16 if weights_fp32 and native else None
+    return torch.bfloat16 if worth_it and native else None
 
 
 def contiguous_lm_head(lm: nn.Module) -> None:
