@@ -13,12 +13,16 @@ import os
 import sys
 import warnings
 
-# OpenMP threads that find no work spin (GOMP_SPINCOUNT) before sleeping; on shared cores a
-# spinning thread steals the core its busy sibling needs. PASSIVE makes them sleep at once.
-# Measured (docs/experiments.md "Threads"): MiniLM forward, 2 threads, load 6-8 on 2 cores:
-# ~2.0-2.3 s/step spinning vs ~0.4-0.8 s passive; SmolLM2 generate 18-43 s vs ~1 s. Read when
-# libgomp starts, so it is set here, before anything imports torch; a value the user set wins.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# GNU OpenMP (torch's libgomp) threads that find no work spin before sleeping: 300,000 spins by
+# default, forever with OMP_WAIT_POLICY=ACTIVE, none with PASSIVE. On shared cores a long spin
+# steals the core a busy sibling needs (B's measurements: MiniLM forward 2.0 s/step spinning vs
+# 0.4-0.8 s passive under load); no spin makes every parallel region pay a wake-up (PPO step of the
+# demo, idle: 4.3 s passive vs 3.1 s spinning). A short spin keeps both: 2.81 s/step idle, 4.24 s
+# with a competing busy process (PASSIVE 4.09, one thread 4.18) -- docs/experiments.md "Threads".
+# Read when libgomp starts, so it is set here, before anything imports torch; any OpenMP wait
+# setting the user made wins.
+if "OMP_WAIT_POLICY" not in os.environ and "GOMP_SPINCOUNT" not in os.environ:
+    os.environ["GOMP_SPINCOUNT"] = "30000"
 
 from robust_rlhf import __version__
 from robust_rlhf.errors import UserError
