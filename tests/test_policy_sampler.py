@@ -94,6 +94,11 @@ def test_sampling_dtype_rules(monkeypatch):
     assert sampling_dtype("auto", cpu, lm) is None  # emulated bf16 is slower than fp32: no copy
     monkeypatch.setattr(sampler_mod, "cpu_has_native_bf16", lambda: True)
     assert sampling_dtype("auto", cpu, lm) == torch.bfloat16
+    peft_bf16 = _tiny_lora()
+    for p in peft_bf16.parameters():
+        if not p.requires_grad:
+            p.data = p.data.to(torch.bfloat16)
+    assert sampling_dtype("auto", cpu, peft_bf16) == torch.bfloat16  # CPU: merging the adapters pays
     assert sampling_dtype("auto", cpu, lm.to(torch.bfloat16)) is None  # already low precision: sample from it
     with pytest.raises(ValueError, match="sampling.precision must be one of"):
         sampling_dtype("fp16", cpu, lm)

@@ -45,11 +45,14 @@ def sampling_dtype(precision: str, device: torch.device, lm: nn.Module) -> torch
         raise ValueError(f"sampling.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return None
-    # worth a copy when some weight is fp32, or when LoRA adapters would run as separate matmuls
-    worth_it = _is_peft(lm) or any(p.dtype == torch.float32 for p in lm.parameters())
+    # worth a copy when some weight is fp32 (half the bytes per token), or -- on a CPU, where each small
+    # matmul has a fixed cost -- when LoRA adapters would run as separate matmuls. On a GPU a bf16 base
+    # with adapters samples from the policy itself: a merged copy would cost memory for little time.
+    has_fp32 = any(p.dtype == torch.float32 for p in lm.parameters())
     if precision == "bf16":
-        return torch.bfloat16 if worth_it else None
+        return torch.bfloat16 if has_fp32 or _is_peft(lm) else None
     native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_native_bf16()
+    worth_it = has_fp32 or (_is_peft(lm) and device.type == "cpu")
     return torch.bfloat16 if worth_it and native else None
 
 
