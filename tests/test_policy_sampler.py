@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from robust_rlhf.policy import sampler as sampler_mod
+import robust_rlhf.utils as utils_mod
 from robust_rlhf.policy.sampler import SamplingCopy, contiguous_lm_head, sampling_dtype, sampling_model
 from robust_rlhf.policy.sampling import SamplingConfig
 
@@ -90,9 +90,9 @@ def test_sampling_dtype_rules(monkeypatch):
     cpu = torch.device("cpu")
     assert sampling_dtype("fp32", cpu, lm) is None
     assert sampling_dtype("bf16", cpu, lm) == torch.bfloat16
-    monkeypatch.setattr(sampler_mod, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(utils_mod, "cpu_has_native_bf16", lambda: False)
     assert sampling_dtype("auto", cpu, lm) is None  # emulated bf16 is slower than fp32: no copy
-    monkeypatch.setattr(sampler_mod, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(utils_mod, "cpu_has_native_bf16", lambda: True)
     assert sampling_dtype("auto", cpu, lm) == torch.bfloat16
     peft_bf16 = _tiny_lora()
     for p in peft_bf16.parameters():
@@ -100,6 +100,12 @@ def test_sampling_dtype_rules(monkeypatch):
             p.data = p.data.to(torch.bfloat16)
     assert sampling_dtype("auto", cpu, peft_bf16) == torch.bfloat16  # CPU: merging the adapters pays
     assert sampling_dtype("auto", cpu, lm.to(torch.bfloat16)) is None  # already low precision: sample from it
+    # A bf16 GPU: a LoRA policy with a bf16 base samples from itself (its fp32 adapters do not count) ...
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    gpu = torch.device("cuda")
+    assert sampling_dtype("auto", gpu, peft_bf16) is None
+    # ... one with an fp32 base gets the copy
+    assert sampling_dtype("auto", gpu, _tiny_lora()) == torch.bfloat16
     with pytest.raises(ValueError, match="sampling.precision must be one of"):
         sampling_dtype("fp16", cpu, lm)
     with pytest.raises(ValueError, match="sampling.precision must be one of"):

@@ -285,11 +285,9 @@ def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: st
 
 
 def _base_dtype(precision: str, device: torch.device | None) -> torch.dtype | None:
-    from robust_rlhf.utils import autocast_dtype
+    from robust_rlhf.utils import autocast_dtype, default_device
 
-    if device is None:
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return autocast_dtype(device, precision)
+    return autocast_dtype(device if device is not None else default_device(), precision)
 
 
 def load_saved_policy(directory: str | Path, trust_remote_code: bool = False) -> Policy:

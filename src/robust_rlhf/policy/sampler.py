@@ -28,7 +28,7 @@ import weakref
 import torch
 from torch import nn
 
-from robust_rlhf.utils import PRECISIONS, cpu_has_native_bf16  # x86 AVX-512 BF16 / AMX, Arm BF16 (USER_NEEDS #14)
+from robust_rlhf.utils import PRECISIONS, autocast_dtype  # native bf16: GPU, x86 AVX-512 BF16 / AMX, Arm (USER_NEEDS #14)
 
 log = logging.getLogger(__name__)
 
@@ -45,15 +45,16 @@ def sampling_dtype(precision: str, device: torch.device, lm: nn.Module) -> torch
         raise ValueError(f"sampling.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     if precision == "fp32":
         return None
-    # worth a copy when some weight is fp32 (half the bytes per token), or -- on a CPU, where each small
-    # matmul has a fixed cost -- when LoRA adapters would run as separate matmuls. On a GPU a bf16 base
-    # with adapters samples from the policy itself: a merged copy would cost memory for little time.
-    has_fp32 = any(p.dtype == torch.float32 for p in lm.parameters())
+    # worth a copy when some weight the copy would hold is fp32 (half the bytes per token), or -- on a CPU,
+    # where each small matmul has a fixed cost -- when LoRA adapters would run as separate matmuls. On a GPU
+    # a bf16 base with adapters samples from the policy itself: a merged copy would cost memory for little
+    # time. The adapters' own fp32 tensors (trainable under peft) are merged away, so they do not count.
+    peft = _is_peft(lm)
+    has_fp32 = any(p.dtype == torch.float32 for p in lm.parameters() if not (peft and p.requires_grad))
     if precision == "bf16":
-        return torch.bfloat16 if has_fp32 or _is_peft(lm) else None
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_has_native_bf16()
-    worth_it = has_fp32 or (_is_peft(lm) and device.type == "cpu")
-    return torch.bfloat16 if worth_it and native else None
+        return torch.bfloat16 if has_fp32 or peft else None
+    worth_it = has_fp32 or (peft and device.type == "cpu")
+    return torch.bfloat16 if worth_it and autocast_dtype(device, "auto") is not None else None
 
 
 def contiguous_lm_head(lm: nn.Module) -> None:

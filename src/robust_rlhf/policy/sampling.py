@@ -46,7 +46,7 @@ class SamplingConfig:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
         if self.top_k < 0:
             raise ValueError(f"top_k must be >= 0, got {self.top_k}")
-        from robust_rlhf.policy.sampler import PRECISIONS
+        from robust_rlhf.utils import PRECISIONS
 
         if self.precision not in PRECISIONS:
             raise ValueError(f"sampling.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
