@@ -36,23 +36,9 @@ def test_reward_output_carries_aggregate_slices_and_round_trips_json():
         RewardOutput(per_head, reward=torch.zeros(2))
 
 
-def test_deprecated_containers_still_work_and_warn():
+def test_client_score_result_converts_to_reward_output():
     from robust_rlhf.integrations.client import ScoreResult
-    from robust_rlhf.integrations.server import ScoreBatch
-    from robust_rlhf.policy.rewards import RewardBatch
 
-    per_head = torch.tensor([[1.0, 3.0]])
-    with pytest.warns(DeprecationWarning, match="ScoreBatch"):
-        sb = ScoreBatch(torch.tensor([2.0]), torch.tensor([math.sqrt(2)]), per_head)
-    assert isinstance(sb, RewardOutput) and sb.rewards.tolist() == [2.0]
-    assert sb.reward_std.tolist() == pytest.approx([math.sqrt(2)])
-    with pytest.warns(DeprecationWarning, match="RewardBatch"):
-        rb = RewardBatch(training=torch.tensor([5.0]), proxy=torch.tensor([2.0]), mean=per_head.mean(1),
-                         var=per_head.var(1), per_head=per_head)
-    assert isinstance(rb, RewardOutput) and rb.proxy.tolist() == [2.0] and rb.training.tolist() == [5.0]
-    assert rb.var.tolist() == [2.0]
-    with pytest.warns(DeprecationWarning, match="proxy"):
-        assert RewardOutput(per_head, reward=torch.tensor([2.0])).proxy.tolist() == [2.0]
     res = ScoreResult([2.0], [math.sqrt(2)], [[1.0, 3.0]])
     assert res.to_output().per_head.tolist() == [[1.0, 3.0]] and res.to_output().reward.tolist() == [2.0]
 

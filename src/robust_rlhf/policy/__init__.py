@@ -24,7 +24,6 @@ _EXPORTS = {
     "ModelConfig": ".model",
     "load_policy": ".model",
     "KLConfig": ".rewards",
-    "RewardBatch": ".rewards",
     "RewardConfig": ".rewards",
     "TrainingReward": ".rewards",
     "build_reward_source": ".rewards",

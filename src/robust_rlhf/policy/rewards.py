@@ -248,27 +248,6 @@ class KLConfig:
         return FixedKLController(self.coef)
 
 
-class RewardBatch(RewardOutput):
-    """DEPRECATED: `TrainingReward` now returns `RewardOutput` (``reward`` = the old ``proxy``,
-    ``training`` as before; ``mean`` / ``var`` / ``std`` are computed from ``per_head``).
-
-    Kept so ``RewardBatch(training=, proxy=, mean=, var=, per_head=)`` still works (with a
-    `DeprecationWarning`); ``mean`` and ``var`` are accepted and recomputed from ``per_head``.
-    """
-
-    def __init__(self, training: torch.Tensor, proxy: torch.Tensor, mean: torch.Tensor | None = None,
-                 var: torch.Tensor | None = None, per_head: torch.Tensor | None = None) -> None:
-        warnings.warn("robust_rlhf.policy.rewards.RewardBatch is deprecated; use "
-                      "robust_rlhf.RewardOutput(per_head, reward=proxy, training=training)", DeprecationWarning, stacklevel=2)
-        if per_head is None:
-            per_head = (proxy if mean is None else mean).unsqueeze(1)  # (B, 1)
-        super().__init__(per_head, None, reward=proxy, training=training)
-
-    @property
-    def proxy(self) -> torch.Tensor:  # type: ignore[override]
-        return self.reward  # type: ignore[return-value]
-
-
 def whiten(x: torch.Tensor) -> torch.Tensor:
     """Standardise a (B,) batch of rewards: ``(x - mean) / sqrt(var + 1e-8)``, unbiased variance
     (`masked_whiten` with every sample in). Returned unchanged when B < 2.
