@@ -144,7 +144,7 @@ def test_config_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="calibrate_kl"):
         load_experiment_config("experiment_tiny", ["methods=[{name: a, type: best_of_n, reward_model: bt, calibrate_kl: true}]",
                                                   "baseline=null"])
-    cfg = load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: ens, overrides: {train.seed: 3}}]",
+    cfg = load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: ens, overrides: {seed: 3}}]",
                                                         "baseline=null"])
     with pytest.raises(UserError, match="set by the experiment"):
         run_experiment(cfg, tmp_path / "x", progress=False)

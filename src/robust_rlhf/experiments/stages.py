@@ -199,7 +199,7 @@ class _ExperimentRewardSource:
         return RewardOutput(out.per_head[:, k : k + 1], std)  # (B, 1)
 
 
-_RESERVED = ("model.name", "data.prompts", "reward.model", "reward.aggregator", "gold", "seed", "train.seed", "resume")
+_RESERVED = ("model.name", "data.prompts", "reward.model", "reward.aggregator", "gold", "seed", "resume")
 
 
 def trainer(method_type: str):

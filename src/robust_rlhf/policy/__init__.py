@@ -20,7 +20,6 @@ _EXPORTS = {
     "TrainConfig": ".recipe",
     "LogConfig": ".tracking",
     "Run": ".tracking",
-    "METRIC_ALIASES": ".tracking",
     "ModelConfig": ".model",
     "load_policy": ".model",
     "KLConfig": ".rewards",

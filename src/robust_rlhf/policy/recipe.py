@@ -12,8 +12,7 @@ A recipe (`robust_rlhf.policy.ppo`, `robust_rlhf.policy.rloo`) keeps only its ow
     session.finish()                              # the final policy/, atomically
 
 Config layout shared by every recipe (PPO, RLOO, best-of-n; the reward models too): ``seed``,
-``device`` and ``resume`` at the top level, ``resume`` true by default. The pre-0.2 keys
-``train.seed`` / ``train.device`` are still read (`TRAIN_KEY_ALIASES`), with a warning.
+``device`` and ``resume`` at the top level, ``resume`` true by default.
 """
 
 from __future__ import annotations
@@ -43,13 +42,13 @@ from robust_rlhf.policy.tracking import LogConfig, Run
 from robust_rlhf.utils import atomic_save_dir, set_seed
 from robust_rlhf.utils import resolve_device as _resolve_device
 
-__all__ = ["TRAIN_KEY_ALIASES", "PolicyRecipeConfig", "PolicySamplingConfig", "TrainConfig", "PolicySession", "make_optimizer", "require_one_process",
+__all__ = ["PolicyRecipeConfig", "PolicySamplingConfig", "TrainConfig", "PolicySession", "make_optimizer", "require_one_process",
            "resolve_device", "sample_seed", "step_seed"]
 
 log = logging.getLogger(__name__)
 
-# Deprecated config keys of the RL recipes (old -> new), read with a FutureWarning.
-TRAIN_KEY_ALIASES = {"train.seed": "seed", "train.device": "device"}
+# Keys that moved (old -> where they are now): the loader names the new place when an old one is set.
+RENAMED_KEYS = {"train.seed": "top-level seed", "train.device": "top-level device"}
 
 
 @dataclass
@@ -111,7 +110,7 @@ class PolicyRecipeConfig(PolicySamplingConfig):
     resume: bool = True
     """continue from the latest checkpoint in the output folder (its config must match)"""
 
-    deprecated_keys: ClassVar[dict[str, str]] = TRAIN_KEY_ALIASES
+    renamed_keys: ClassVar[dict[str, str]] = RENAMED_KEYS
 
 
 def resolve_device(name: str | None) -> torch.device:
