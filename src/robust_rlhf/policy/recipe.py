@@ -48,7 +48,8 @@ __all__ = ["PolicyRecipeConfig", "PolicySamplingConfig", "TrainConfig", "PolicyS
 log = logging.getLogger(__name__)
 
 # Keys that moved (old -> where they are now): the loader names the new place when an old one is set.
-RENAMED_KEYS = {"train.seed": "top-level seed", "train.device": "top-level device"}
+RENAMED_KEYS = {"train.seed": "top-level seed", "train.device": "top-level device",
+                "kl.variance_normalize": "kl.variance_scale (batch_mean = the former true, none = false)"}
 
 
 @dataclass

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Literal, Protocol, Sequence
@@ -210,22 +209,8 @@ class KLConfig:
     """variance-aware divisor c: none = raw (seed 002); batch_mean = mean over the batch (mean weight is always beta); validation = a FIXED mean over the reward model's validation set"""
     variance_reference: float | None = None
     """variance_scale=validation: the fixed c (in units of sigma^2 or sigma); null = read it from the reward model (head_stats)"""
-    variance_normalize: bool | None = None
-    """DEPRECATED alias: true = variance_scale: batch_mean, false = variance_scale: none"""
 
     def __post_init__(self) -> None:
-        if self.variance_normalize is not None:
-            alias = "batch_mean" if self.variance_normalize else "none"
-            if self.variance_scale not in ("none", alias):
-                raise ValueError(
-                    f"kl.variance_normalize={str(self.variance_normalize).lower()} (deprecated) contradicts "
-                    f"kl.variance_scale={self.variance_scale}; give only kl.variance_scale")
-            warnings.warn(
-                f"kl.variance_normalize is deprecated; use kl.variance_scale={alias} "
-                "(none = raw sigma^2 as in seed 002, batch_mean = the old normalisation, validation = a fixed scale)",
-                FutureWarning, stacklevel=3)
-            self.variance_scale = alias
-            self.variance_normalize = None
         if self.variance_form not in ("sigma2", "sigma"):
             raise ValueError(f"kl.variance_form must be sigma2 or sigma, got {self.variance_form!r}")
         if self.variance_scale not in ("none", "batch_mean", "validation"):
