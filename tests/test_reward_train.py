@@ -6,10 +6,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from robust_rlhf.checkpoint import BackboneHeadCheckpoint
 from robust_rlhf.cli import main
 from robust_rlhf.config import load_config
 from robust_rlhf.reward.model import RewardModel
-from robust_rlhf.reward.train import RewardTrainConfig, _Checkpoint, train_reward_model
+from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
 
 
 def test_tiny_ensemble_trains_saves_and_reloads(tiny_trained_rm):
@@ -39,16 +40,16 @@ def test_resume_after_interruption_reaches_the_same_weights(tmp_path, monkeypatc
     cfg = load_config(RewardTrainConfig, "rm_tiny", overrides)
     train_reward_model(cfg, tmp_path / "full")
 
-    original = _Checkpoint.save
+    original = BackboneHeadCheckpoint.save
     def crash_after_step_4(self, backbone, head, opt, sched, progress, cfg_dict):
         original(self, backbone, head, opt, sched, progress, cfg_dict)
         if progress["step"] == 4:
             raise RuntimeError("simulated crash")
-    monkeypatch.setattr(_Checkpoint, "save", crash_after_step_4)
+    monkeypatch.setattr(BackboneHeadCheckpoint, "save", crash_after_step_4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_reward_model(cfg, tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "reward_config.json").exists()  # no half model
-    monkeypatch.setattr(_Checkpoint, "save", original)
+    monkeypatch.setattr(BackboneHeadCheckpoint, "save", original)
     train_reward_model(cfg, tmp_path / "resumed")
 
     a, b = load_file(str(tmp_path / "full" / "heads.safetensors")), load_file(str(tmp_path / "resumed" / "heads.safetensors"))

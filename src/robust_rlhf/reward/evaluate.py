@@ -290,11 +290,10 @@ def evaluate_rewards(chosen: RewardOutput, rejected: RewardOutput, pairs: Sequen
             v = v.numpy()
             metrics[key] = {"mean": float(v.mean()), "median": float(np.median(v)), "min": float(v.min()),
                             "max": float(v.max())}
-    # Is uncertainty informative? (`uncertainty_quality`; the old top-level key kept as an alias.)
+    # Is uncertainty informative? (`uncertainty_quality`)
     uq, uarrays = uncertainty_quality(chosen, rejected, gold_chosen, gold_rejected)
     metrics.update(uq)
     arrays.update(uarrays)
-    metrics["uncertainty_auroc_misranked"] = uq["uncertainty/auroc_misranked"]
     u = uarrays["pair_uncertainty"]
     if u is not None:
         q = max(1, n // 4)

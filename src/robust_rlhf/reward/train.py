@@ -127,11 +127,6 @@ def _adamw(params: list, lr: float, weight_decay: float) -> torch.optim.Optimize
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-# Stage-1 checkpoint: trainable weights + optimizer + RNG + progress, in one atomic folder
-# (robust_rlhf.checkpoint, shared with the policy recipes).
-_Checkpoint = BackboneHeadCheckpoint
-
-
 # ----------------------------------------------------------------------------------------
 def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[PreferencePair] | None,
                  cfg: RewardTrainConfig, out: Path, log_rows: list[dict], accelerator) -> dict:
@@ -166,7 +161,7 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
     if s1.max_steps is not None:
         total_steps = min(total_steps, s1.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: min(1.0, (st + 1) / max(1, s1.warmup_steps)))
-    ckpt = _Checkpoint(out)
+    ckpt = BackboneHeadCheckpoint(out)  # trainable weights + optimizer + RNG + progress, one atomic folder
     cfg_dict = _config_fingerprint(cfg)
     progress = {"step": 0, "recent_losses": [], "best_val_loss": None, "evals_without_improvement": 0,
                 "stopped": None, "log": []}
