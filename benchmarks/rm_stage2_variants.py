@@ -28,7 +28,8 @@ from robust_rlhf.reward.evaluate import evaluate_rewards, write_eval_report
 from robust_rlhf.reward.heads import RewardHeads
 from robust_rlhf.reward.model import RewardModel, RewardModelConfig
 from robust_rlhf.reward.output import RewardOutput
-from robust_rlhf.reward.train import RewardTrainConfig, train_stage2
+from robust_rlhf.reward.stage2 import train_stage2
+from robust_rlhf.reward.train_config import RewardTrainConfig
 
 
 def main(argv: list[str]) -> int:

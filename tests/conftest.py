@@ -28,7 +28,8 @@ def minilm_rm_factory():
 def tiny_trained_rm(tmp_path_factory):
     """A K = 3 ensemble trained for a few steps with the rm_tiny preset (shared by tests)."""
     from robust_rlhf.config import load_config
-    from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+    from robust_rlhf.reward.train import train_reward_model
+    from robust_rlhf.reward.train_config import RewardTrainConfig
 
     out = tmp_path_factory.mktemp("rm_tiny")
     cfg = load_config(RewardTrainConfig, "rm_tiny", [])

@@ -47,7 +47,7 @@ def run_bad(argv, capsys, expected: str, watch: Path | None = None) -> str:
 
 def rm_tiny_yaml(overrides=()) -> str:
     from robust_rlhf.config import config_to_dict
-    from robust_rlhf.reward.train import RewardTrainConfig
+    from robust_rlhf.reward.train_config import RewardTrainConfig
 
     return yaml.safe_dump(config_to_dict(load_config(RewardTrainConfig, "rm_tiny", list(overrides))), sort_keys=False)
 
@@ -359,7 +359,7 @@ def test_feature_cache_is_keyed_by_content_not_shape(minilm_rm_factory, tmp_path
     import torch
 
     from robust_rlhf.data.preferences import PreferencePair
-    from robust_rlhf.reward.train import cached_features
+    from robust_rlhf.reward.stage2 import cached_features
 
     model = minilm_rm_factory(num_heads=2, max_length=16)
     calls = []

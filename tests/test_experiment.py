@@ -16,12 +16,10 @@ import torch
 
 from robust_rlhf.errors import UserError
 from robust_rlhf.experiments.fits import fit_gao, interpolate_at, t_interval, welch_difference
-from robust_rlhf.experiments.overopt import (
-    _best_of_n_curve,
-    calibrate_kl_coef,
-    load_experiment_config,
-    run_experiment,
-)
+from robust_rlhf.experiments.analysis import _best_of_n_curve
+from robust_rlhf.experiments.calibration import calibrate_kl_coef
+from robust_rlhf.experiments.config import load_experiment_config
+from robust_rlhf.experiments.overopt import run_experiment
 
 
 # ----------------------------------------------------------------------------- fits

@@ -152,7 +152,8 @@ def _stage1_rows(out):
 @pytest.mark.slow  # ~23 s on 2 CPU cores (two tiny MiniLM runs)
 def test_stage1_loss_threshold_patience_and_warmup(tmp_path, monkeypatch):
     from robust_rlhf.config import load_config
-    from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+    from robust_rlhf.reward.train import train_reward_model
+    from robust_rlhf.reward.train_config import RewardTrainConfig
 
     lrs = []
 

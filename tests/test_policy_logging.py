@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from robust_rlhf.checkpoint import capture_rng, restore_rng
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.tracking import LogConfig, Run, capture_rng, restore_rng
+from robust_rlhf.policy.tracking import LogConfig, Run
 from robust_rlhf.policy.ppo import PPOConfig
 
 

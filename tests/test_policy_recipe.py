@@ -19,7 +19,7 @@ from robust_rlhf.policy.best_of_n import BestOfNConfig, best_of_n_curve
 from robust_rlhf.policy.ppo import PPOConfig
 from robust_rlhf.policy.rloo import RLOOConfig
 from robust_rlhf.policy.tracking import LogConfig, Run
-from robust_rlhf.reward.train import RewardTrainConfig
+from robust_rlhf.reward.train_config import RewardTrainConfig
 
 
 @pytest.mark.parametrize("cls", [PPOConfig, RLOOConfig, BestOfNConfig, RewardTrainConfig])

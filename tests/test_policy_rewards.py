@@ -8,7 +8,7 @@ import torch
 from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.config import load_config
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.losses import token_level_rewards, variance_aware_kl_weight
+from robust_rlhf.policy.kl import token_level_rewards, variance_aware_kl_weight
 from robust_rlhf.policy.ppo import PPOConfig
 from robust_rlhf.policy.rewards import KLConfig, RewardConfig, TrainingReward
 from robust_rlhf.reward.output import RewardOutput

@@ -10,7 +10,8 @@ from robust_rlhf.checkpoint import BackboneHeadCheckpoint
 from robust_rlhf.cli import main
 from robust_rlhf.config import load_config
 from robust_rlhf.reward.model import RewardModel
-from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+from robust_rlhf.reward.train import train_reward_model
+from robust_rlhf.reward.train_config import RewardTrainConfig
 
 
 def test_tiny_ensemble_trains_saves_and_reloads(tiny_trained_rm):
@@ -171,7 +172,8 @@ def _train_synthetic_brme(loss: str, **stage2):
     import types
 
     from robust_rlhf.reward.heads import RewardHeads
-    from robust_rlhf.reward.train import Stage2Config, train_stage2
+    from robust_rlhf.reward.stage2 import train_stage2
+    from robust_rlhf.reward.train_config import Stage2Config
 
     feats, amb = _synthetic_pairs()
     cfg = load_config(RewardTrainConfig, "rm_brme_minilm", ["model.num_heads=3"])

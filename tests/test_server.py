@@ -32,14 +32,8 @@ from aiohttp import web
 from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.errors import UserError
 from robust_rlhf.integrations.client import RewardClient, RewardServerError
-from robust_rlhf.integrations.server import (
-    BackgroundServer,
-    RewardService,
-    ServerConfig,
-    create_app,
-    load_service,
-    split_query,
-)
+from robust_rlhf.integrations.protocol import ServerConfig, split_query
+from robust_rlhf.integrations.server import BackgroundServer, RewardService, create_app, load_service
 from robust_rlhf.reward.output import RewardOutput
 
 K = 3

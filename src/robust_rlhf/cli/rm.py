@@ -65,7 +65,8 @@ def cmd_train(args) -> int:
     from robust_rlhf.utils import check_output_dir
 
     check_output_dir(args.output_dir)  # before the heavy imports: an unset variable fails at once
-    from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+    from robust_rlhf.reward.train import train_reward_model
+    from robust_rlhf.reward.train_config import RewardTrainConfig
     from robust_rlhf.threads import apply_threads
 
     cfg = load_config(RewardTrainConfig, args.config, args.overrides)

@@ -61,7 +61,7 @@ def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
 
 
 def rm_config(spec: RewardModelSpec, data_dir: Path, seed: int, device: str):
-    from robust_rlhf.reward.train import RewardTrainConfig
+    from robust_rlhf.reward.train_config import RewardTrainConfig
 
     raw = _merge(read_config_source(spec.preset), nest_dotted(spec.overrides))
     raw = _merge(raw, {"data": {"train": str(data_dir / "builtin_train.jsonl"),

@@ -42,8 +42,8 @@ from aiohttp.abc import AbstractAccessLogger
 from robust_rlhf import __version__
 from robust_rlhf.aggregate import AggregatorConfig, aggregate, aggregator_params, normalize_heads
 from robust_rlhf.errors import UserError
-from robust_rlhf.integrations.batching import BatcherStats, DynamicBatcher, QueueFull  # noqa: F401 - re-exported
-from robust_rlhf.integrations.protocol import (  # noqa: F401 - re-exported (public before the split)
+from robust_rlhf.integrations.batching import DynamicBatcher, QueueFull
+from robust_rlhf.integrations.protocol import (
     ApiError,
     ServerConfig,
     _json_type,
@@ -58,13 +58,10 @@ from robust_rlhf.reward.output import RewardOutput
 
 __all__ = [
     "BackgroundServer",
-    "DynamicBatcher",
     "RewardService",
-    "ServerConfig",
     "create_app",
     "load_service",
     "serve",
-    "split_query",
 ]
 
 log = logging.getLogger(__name__)

@@ -3,8 +3,7 @@
 Pure functions, no models. Shapes: B sequences, T response tokens, V vocabulary.
 ``mask`` (B, T) is 1 on response tokens that count and 0 on padding; it may be bool or float
 and need not be right-padded. Losses return ``(loss, stats)`` with detached stats. KL
-estimators, KL-penalised token rewards and KL controllers live in `robust_rlhf.policy.kl`
-(re-exported here).
+estimators, KL-penalised token rewards and KL controllers live in `robust_rlhf.policy.kl`.
 
 References:
     PPO: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.06347.
@@ -26,27 +25,14 @@ from typing import Literal
 import torch
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.kl import (  # noqa: F401 - re-exported (defined here before the split)
-    KL_ESTIMATORS,
-    VARIANCE_FORMS,
-    AdaptiveKLController,
-    FixedKLController,
-    kl_estimate,
-    token_level_rewards,
-    variance_aware_kl_weight,
-)
 
 __all__ = [
-    "KL_ESTIMATORS",
     "PERTURB_MODES",
-    "AdaptiveKLController",
-    "FixedKLController",
     "best_of_n_expected_reward",
     "best_of_n_kl",
     "compute_gae",
     "entropy_from_logits",
     "explained_variance",
-    "kl_estimate",
     "masked_mean",
     "masked_var",
     "masked_whiten",
@@ -54,9 +40,6 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "rloo_advantages",
-    "token_level_rewards",
-    "VARIANCE_FORMS",
-    "variance_aware_kl_weight",
 ]
 
 PERTURB_MODES = ("none", "over", "under", "noise")

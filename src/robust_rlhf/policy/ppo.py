@@ -29,24 +29,10 @@ from typing import Callable, Literal
 import torch
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.losses import (
-    compute_gae,
-    kl_estimate,
-    masked_whiten,
-    ppo_policy_loss,
-    ppo_value_loss,
-    token_level_rewards,
-)
+from robust_rlhf.policy.kl import kl_estimate, token_level_rewards
+from robust_rlhf.policy.losses import compute_gae, masked_whiten, ppo_policy_loss, ppo_value_loss
 from robust_rlhf.policy.model import TrainForward
-from robust_rlhf.policy.recipe import (  # noqa: F401  (make_optimizer, resolve_device, step_seed, TrainConfig: re-exported)
-    PolicyRecipeConfig,
-    PolicySession,
-    TrainConfig,
-    make_optimizer,
-    resolve_device,
-    sample_seed,
-    step_seed,
-)
+from robust_rlhf.policy.recipe import PolicyRecipeConfig, PolicySession, sample_seed
 from robust_rlhf.policy.rewards import RewardSource
 from robust_rlhf.policy.sampling import gather_rollout, generate, prompt_batch
 

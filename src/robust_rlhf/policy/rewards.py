@@ -30,13 +30,8 @@ import torch
 
 from robust_rlhf.aggregate import AggregatorConfig, aggregate
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.losses import (
-    AdaptiveKLController,
-    FixedKLController,
-    masked_whiten,
-    perturb_rewards,
-    variance_aware_kl_weight,
-)
+from robust_rlhf.policy.kl import AdaptiveKLController, FixedKLController, variance_aware_kl_weight
+from robust_rlhf.policy.losses import masked_whiten, perturb_rewards
 from robust_rlhf.reward.output import RewardOutput
 
 log = logging.getLogger(__name__)
@@ -142,7 +137,8 @@ def build_reward_source(cfg: "RewardConfig", output_dir: str | Path, device: str
         return load_reward_source(cfg.model, cfg.batch_size, device)
     target = Path(output_dir) / "reward_model"
     if not (target / "reward_config.json").exists():  # written last: present = a complete reward model
-        from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+        from robust_rlhf.reward.train import train_reward_model
+        from robust_rlhf.reward.train_config import RewardTrainConfig
 
         log.info("reward.model is null: training the default reward ensemble into %s first", target)
         target = Path(train_reward_model(RewardTrainConfig(), target))
@@ -340,7 +336,7 @@ def evaluate_policy(policy, prompts: Sequence[str], sampling_cfg, reward: Traini
 
     The gold reward is only logged here; it never feeds training.
     """
-    from robust_rlhf.policy.losses import kl_estimate
+    from robust_rlhf.policy.kl import kl_estimate
     from robust_rlhf.policy.sampling import generate
 
     with torch.random.fork_rng(devices=[]):

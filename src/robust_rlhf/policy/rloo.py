@@ -19,7 +19,8 @@ from typing import Callable, Literal
 
 import torch
 
-from robust_rlhf.policy.losses import kl_estimate, masked_whiten, ppo_policy_loss, rloo_advantages, token_level_rewards
+from robust_rlhf.policy.kl import kl_estimate, token_level_rewards
+from robust_rlhf.policy.losses import masked_whiten, ppo_policy_loss, rloo_advantages
 from robust_rlhf.policy.recipe import PolicyRecipeConfig, PolicySession, require_one_process
 from robust_rlhf.policy.rewards import RewardSource
 from robust_rlhf.policy.sampling import generate, prompt_batch

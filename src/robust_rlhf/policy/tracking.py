@@ -37,7 +37,7 @@ from robust_rlhf.config import config_to_dict, first_difference, saved_run_confi
 from robust_rlhf.errors import UserError
 from robust_rlhf.utils import atomic_write_jsonl, atomic_write_text, dumps_json
 
-__all__ = ["CHECKPOINT_DIR", "LogConfig", "Run", "capture_rng", "check_run_folder", "restore_rng",
+__all__ = ["LogConfig", "Run", "check_run_folder",
            "write_metrics", "write_metrics_csv"]
 
 log = logging.getLogger(__name__)

@@ -10,7 +10,7 @@ seed 002) or BRME Gaussian heads (seed 000).
              Head 0 starts from the stage-1 head. (`robust_rlhf.reward.stage2`; the configs
              are in `robust_rlhf.reward.train_config`.)
 
-    python -c "from robust_rlhf.reward.train import *; train_reward_model(RewardTrainConfig(), 'out')"
+    python -c "from robust_rlhf.reward import *; train_reward_model(RewardTrainConfig(), 'out')"
     robust-rlhf rm train --output-dir out [key=value ...]
 """
 
@@ -31,17 +31,11 @@ from robust_rlhf.data.preferences import PreferencePair, check_prompt_lengths, l
 from robust_rlhf.errors import UserError
 from robust_rlhf.reward.evaluate import hidden_state_stats
 from robust_rlhf.reward.losses import bradley_terry_loss, bsr_penalty, centering_penalty, global_bsr_penalty
-from robust_rlhf.reward.layer_ensemble import LayerEnsembleConfig, train_layer_ensemble  # noqa: F401 - re-exported
+from robust_rlhf.reward.layer_ensemble import train_layer_ensemble
 from robust_rlhf.models.hub import load_tokenizer
 from robust_rlhf.reward.model import RewardModel, RewardModelConfig
-from robust_rlhf.reward.stage2 import _features_key, cached_features, train_stage2  # noqa: F401 - re-exported
-from robust_rlhf.reward.train_config import (  # noqa: F401 - re-exported (defined here before the split)
-    DataConfig,
-    LossConfig,
-    RewardTrainConfig,
-    Stage1Config,
-    Stage2Config,
-)
+from robust_rlhf.reward.stage2 import cached_features, train_stage2
+from robust_rlhf.reward.train_config import RewardTrainConfig
 from robust_rlhf.utils import (
     atomic_write_json,
     atomic_write_text,
