@@ -127,9 +127,9 @@ def ppo_parts(cfg) -> dict:
     Returns mean seconds per part, their sum (``parts_sum_s``) and the mean response length.
     """
     from robust_rlhf.policy.model import load_policy
-    from robust_rlhf.policy.recipe import make_optimizer, resolve_device, step_seed
+    from robust_rlhf.policy.recipe import make_optimizer, step_seed
     from robust_rlhf.policy.sampling import generate, prompt_batch, train_eval_prompts
-    from robust_rlhf.utils import set_seed
+    from robust_rlhf.utils import resolve_device, set_seed
 
     device = resolve_device(cfg.device)
     set_seed(cfg.seed)

@@ -20,6 +20,7 @@ from robust_rlhf.policy.ppo import PPOConfig
 from robust_rlhf.policy.rloo import RLOOConfig
 from robust_rlhf.policy.tracking import LogConfig, Run
 from robust_rlhf.reward.train_config import RewardTrainConfig
+from robust_rlhf.utils import resolve_device
 
 
 @pytest.mark.parametrize("cls", [PPOConfig, RLOOConfig, BestOfNConfig, RewardTrainConfig])
@@ -28,6 +29,11 @@ def test_seed_device_resume_in_one_place(cls):
     assert (cfg.seed, cfg.device) == (7, "cpu")
     if cls is not BestOfNConfig:  # best-of-n trains nothing, so has nothing to resume
         assert cls().resume is True
+    # `device: auto` means the same for reward models and policies: cuda if available, else cpu
+    auto = load_config(cls, None, ["device=auto"]).device
+    assert resolve_device(auto) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="not a device name"):
+        resolve_device(load_config(cls, None, ["device=gpu0"]).device)
 
 
 @pytest.mark.parametrize("cls", [PPOConfig, RLOOConfig])

@@ -39,11 +39,10 @@ from robust_rlhf.policy.rewards import (
 )
 from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, train_eval_prompts
 from robust_rlhf.policy.tracking import LogConfig, Run
-from robust_rlhf.utils import atomic_save_dir, set_seed
-from robust_rlhf.utils import resolve_device as _resolve_device
+from robust_rlhf.utils import atomic_save_dir, resolve_device, set_seed
 
 __all__ = ["PolicyRecipeConfig", "PolicySamplingConfig", "TrainConfig", "PolicySession", "make_optimizer", "require_one_process",
-           "resolve_device", "sample_seed", "step_seed"]
+           "sample_seed", "step_seed"]
 
 log = logging.getLogger(__name__)
 
@@ -112,11 +111,6 @@ class PolicyRecipeConfig(PolicySamplingConfig):
     """continue from the latest checkpoint in the output folder (its config must match)"""
 
     renamed_keys: ClassVar[dict[str, str]] = RENAMED_KEYS
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` / None = cuda if available; otherwise a device name checked against this machine."""
-    return _resolve_device(None if name in (None, "auto") else name)
 
 
 def make_optimizer(policy, cfg: TrainConfig) -> torch.optim.Optimizer:
