@@ -44,7 +44,8 @@ def test_client_score_result_converts_to_reward_output():
 
 
 def test_training_reward_returns_reward_output_without_warnings():
-    from robust_rlhf.policy.rewards import FunctionEnsemble, RewardConfig, TrainingReward, reward_metrics
+    from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, reward_metrics
+    from robust_rlhf.reward.sources import FunctionEnsemble
 
     source = FunctionEnsemble([lambda p, r: [1.0, 2.0], lambda p, r: [3.0, 2.0]])
     with warnings.catch_warnings():
@@ -58,7 +59,7 @@ def test_training_reward_returns_reward_output_without_warnings():
 
 # ---- whitening ------------------------------------------------------------------------------
 def test_whiten_matches_numpy():
-    from robust_rlhf.policy.rewards import whiten
+    from robust_rlhf.policy.losses import whiten
 
     x = np.array([1.0, 2.0, 4.0, 7.0])
     expected = (x - x.mean()) / np.sqrt(x.var(ddof=1) + 1e-8)  # unbiased variance, as masked_whiten

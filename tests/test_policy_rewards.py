@@ -8,9 +8,9 @@ import torch
 from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.config import load_config
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.kl import token_level_rewards, variance_aware_kl_weight
+from robust_rlhf.policy.kl import KLConfig, token_level_rewards, variance_aware_kl_weight
 from robust_rlhf.policy.ppo import PPOConfig
-from robust_rlhf.policy.rewards import KLConfig, RewardConfig, TrainingReward
+from robust_rlhf.policy.rewards import RewardConfig, TrainingReward
 from robust_rlhf.reward.output import RewardOutput
 
 # 3 samples, 2 Gaussian heads: mu and s chosen by hand

@@ -137,7 +137,8 @@ def cmd_sample(args) -> int:
     from robust_rlhf.aggregate import AggregatorConfig
     from robust_rlhf.gold import load_gold
     from robust_rlhf.policy.model import ModelConfig, load_policy, load_saved_policy
-    from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, load_reward_source
+    from robust_rlhf.policy.rewards import RewardConfig, TrainingReward
+    from robust_rlhf.reward.sources import load_reward_source
     from robust_rlhf.policy.sampling import SamplingConfig, generate, load_prompts_file
     from robust_rlhf.utils import atomic_write_jsonl
 

@@ -178,7 +178,7 @@ class _ExperimentRewardSource:
 
     def validation_uncertainty(self, form: str) -> float:
         """The whole ensemble's mean validation sigma^2 (or sigma): ``kl.variance_scale=validation``."""
-        from robust_rlhf.policy.rewards import RewardModelSource
+        from robust_rlhf.reward.sources import RewardModelSource
 
         return RewardModelSource.validation_uncertainty(self, form)
 

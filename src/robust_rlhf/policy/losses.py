@@ -40,6 +40,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "rloo_advantages",
+    "whiten",
 ]
 
 PERTURB_MODES = ("none", "over", "under", "noise")
@@ -112,6 +113,21 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask.to(x.dtype)
+
+
+def whiten(x: torch.Tensor) -> torch.Tensor:
+    """Standardise a (B,) batch of rewards: ``(x - mean) / sqrt(var + 1e-8)``, unbiased variance
+    (`masked_whiten` with every sample in). Returned unchanged when B < 2.
+
+    Args:
+        x: (B,) rewards.
+
+    Returns:
+        (B,) whitened rewards.
+    """
+    if x.numel() < 2:
+        return x
+    return masked_whiten(x.unsqueeze(0), torch.ones_like(x).unsqueeze(0)).squeeze(0)  # (1, B) -> (B,)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -27,21 +27,16 @@ import torch
 
 from robust_rlhf.errors import UserError
 from robust_rlhf.gold import load_gold
+from robust_rlhf.policy.kl import KLConfig
 from robust_rlhf.policy.losses import masked_mean
 from robust_rlhf.policy.model import ModelConfig, load_policy
-from robust_rlhf.policy.rewards import (
-    KLConfig,
-    RewardConfig,
-    TrainingReward,
-    build_reward_source,
-    evaluate_policy,
-    reward_metrics,
-)
+from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, evaluate_policy, reward_metrics
 from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, train_eval_prompts
 from robust_rlhf.policy.tracking import LogConfig, Run
+from robust_rlhf.reward.sources import RewardSource, load_reward_source
 from robust_rlhf.utils import atomic_save_dir, resolve_device, set_seed
 
-__all__ = ["PolicyRecipeConfig", "PolicySamplingConfig", "TrainConfig", "PolicySession", "make_optimizer", "require_one_process",
+__all__ = ["PolicyRecipeConfig", "build_reward_source", "PolicySamplingConfig", "TrainConfig", "PolicySession", "make_optimizer", "require_one_process",
            "sample_seed", "step_seed"]
 
 log = logging.getLogger(__name__)
@@ -111,6 +106,25 @@ class PolicyRecipeConfig(PolicySamplingConfig):
     """continue from the latest checkpoint in the output folder (its config must match)"""
 
     renamed_keys: ClassVar[dict[str, str]] = RENAMED_KEYS
+
+
+def build_reward_source(cfg: RewardConfig, output_dir: str | Path, device: str | torch.device | None = None) -> RewardSource:
+    """The reward source of a run: ``cfg.model`` (folder or ``gold:<spec>``), or -- when it is
+    null -- the default reward ensemble, trained first into ``output_dir/reward_model``
+    (reused if a previous run already trained it there)."""
+    if cfg.model is not None:
+        return load_reward_source(cfg.model, cfg.batch_size, device)
+    target = Path(output_dir) / "reward_model"
+    if not (target / "reward_config.json").exists():  # written last: present = a complete reward model
+        from robust_rlhf.reward.train import train_reward_model
+        from robust_rlhf.reward.train_config import RewardTrainConfig
+
+        # RewardTrainConfig's dataclass defaults (not a preset): see docs/policy.md
+        log.info("reward.model is null: training the default reward ensemble into %s first", target)
+        target = Path(train_reward_model(RewardTrainConfig(), target))
+    else:
+        log.info("reward.model is null: reusing the reward ensemble already trained in %s", target)
+    return load_reward_source(str(target), cfg.batch_size, device)
 
 
 def make_optimizer(policy, cfg: TrainConfig) -> torch.optim.Optimizer:

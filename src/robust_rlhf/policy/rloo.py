@@ -20,9 +20,9 @@ from typing import Callable, Literal
 import torch
 
 from robust_rlhf.policy.kl import kl_estimate, token_level_rewards
-from robust_rlhf.policy.losses import masked_whiten, ppo_policy_loss, rloo_advantages
+from robust_rlhf.policy.losses import ppo_policy_loss, rloo_advantages, whiten
 from robust_rlhf.policy.recipe import PolicyRecipeConfig, PolicySession, require_one_process
-from robust_rlhf.policy.rewards import RewardSource
+from robust_rlhf.reward.sources import RewardSource
 from robust_rlhf.policy.sampling import generate, prompt_batch
 
 
@@ -116,7 +116,7 @@ def train_rloo(
             # --- 3. leave-one-out advantages, shared by every token of a response ------------------
             advantages = rloo_advantages(seq_rewards, k)  # (N,)
             if cfg.rloo.whiten_advantages:
-                advantages = masked_whiten(advantages.unsqueeze(0), torch.ones_like(advantages).unsqueeze(0))[0]
+                advantages = whiten(advantages)
             b_advantages = advantages.unsqueeze(1).expand_as(old_logprobs)  # (N, T)
 
         # --- 4. policy update ------------------------------------------------------------------
