@@ -144,7 +144,7 @@ def test_inputs_inside_the_output_folder_are_never_overwritten(tmp_path, capsys)
 
 
 def test_build_task_folder_of_other_settings_is_refused(tmp_path, capsys):
-    from robust_rlhf.data.builtin_task import FIXTURE_DIR
+    from robust_rlhf.data.preferences import FIXTURE_DIR
 
     d = tmp_path / "task"
     d.mkdir()
@@ -471,6 +471,6 @@ def test_malformed_prompts_through_policy_sample(tmp_path, capsys, case_id, name
     ("p.csv", "prompt,source\n\"hello, world\",x\n", ["hello, world"]),
 ])
 def test_prompts_are_read_by_the_preference_rules(tmp_path, name, content, expected):
-    from robust_rlhf.policy.sampling import load_prompts_file
+    from robust_rlhf.data.prompts import load_prompts_file
 
     assert load_prompts_file(str(w(tmp_path / name, content))) == expected

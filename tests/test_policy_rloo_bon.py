@@ -15,7 +15,7 @@ from robust_rlhf.policy.losses import best_of_n_kl
 from robust_rlhf.policy.model import ModelConfig, load_policy
 from robust_rlhf.policy.rewards import RewardConfig, TrainingReward
 from robust_rlhf.policy.rloo import RLOOConfig, train_rloo
-from robust_rlhf.policy.sampling import SamplingConfig
+from robust_rlhf.models.generation import SamplingConfig
 from robust_rlhf.reward.output import RewardOutput
 
 

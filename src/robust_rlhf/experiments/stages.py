@@ -19,8 +19,7 @@ from robust_rlhf.utils import atomic_write_json, atomic_write_jsonl
 def load_prompts(cfg: PromptsConfig) -> list[str]:
     import random
 
-    from robust_rlhf.data.prompts import builtin_prompts
-    from robust_rlhf.policy.sampling import load_prompts_file
+    from robust_rlhf.data.prompts import builtin_prompts, load_prompts_file
 
     prompts = load_prompts_file(cfg.source) if cfg.source else builtin_prompts()
     if cfg.limit is not None:
@@ -39,7 +38,7 @@ def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
         atomic_write_jsonl(folder / "prompts.jsonl", ({"prompt": p} for p in prompts))
         d = cfg.data
         if d.source == "builtin":
-            from robust_rlhf.data.builtin_task import FIXTURE_DIR, SPLITS
+            from robust_rlhf.data.preferences import FIXTURE_DIR, SPLITS
 
             if cfg.gold != "vader":
                 raise UserError("data.source=builtin holds VADER labels; use gold: vader or data.source: generate")
@@ -94,10 +93,10 @@ def rm_unit(spec: RewardModelSpec, data: Unit, data_dir: Path, cfg: ExperimentCo
 
 
 def eval_prompts(cfg: ExperimentConfig, prompts_file: Path) -> list[str]:
-    from robust_rlhf.policy.sampling import DataConfig, train_eval_prompts
+    from robust_rlhf.data.prompts import PromptDataConfig, train_eval_prompts
 
     ev = cfg.evaluation
-    _, held_out = train_eval_prompts(DataConfig(prompts=str(prompts_file), eval_fraction=ev.eval_fraction,
+    _, held_out = train_eval_prompts(PromptDataConfig(prompts=str(prompts_file), eval_fraction=ev.eval_fraction,
                                                 split_seed=ev.split_seed))
     return held_out[: ev.eval_prompts]
 
@@ -112,7 +111,7 @@ def pool_unit(cfg: ExperimentConfig, seed: int, data: Unit, prompts_file: Path) 
 
         from robust_rlhf.gold import load_gold
         from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
-        from robust_rlhf.policy.sampling import SamplingConfig, generate
+        from robust_rlhf.models.generation import SamplingConfig, generate
 
         prompts = eval_prompts(cfg, prompts_file)
         lm = load_causal_lm(cfg.policy).eval()
@@ -301,7 +300,8 @@ def shift_sets_unit(cfg: ExperimentConfig, data: Unit, prompts_file: Path) -> Un
 
         from robust_rlhf.gold import load_gold
         from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
-        from robust_rlhf.policy.sampling import SamplingConfig, generate, load_prompts_file
+        from robust_rlhf.models.generation import SamplingConfig, generate
+        from robust_rlhf.data.prompts import load_prompts_file
 
         shifted = load_prompts_file(sh.prompt_source) if sh.prompt_source else list(SHIFTED_PROMPTS)
         held_out = eval_prompts(cfg, prompts_file)

@@ -34,7 +34,8 @@ from robust_rlhf.policy.losses import compute_gae, masked_whiten, ppo_policy_los
 from robust_rlhf.policy.model import TrainForward
 from robust_rlhf.policy.recipe import PolicyRecipeConfig, PolicySession, sample_seed
 from robust_rlhf.reward.sources import RewardSource
-from robust_rlhf.policy.sampling import gather_rollout, generate, prompt_batch
+from robust_rlhf.models.generation import generate
+from robust_rlhf.policy.sampling import gather_rollout, prompt_batch
 
 log = logging.getLogger(__name__)
 

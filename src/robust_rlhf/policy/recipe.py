@@ -31,7 +31,8 @@ from robust_rlhf.policy.kl import KLConfig
 from robust_rlhf.policy.losses import masked_mean
 from robust_rlhf.policy.model import ModelConfig, load_policy
 from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, evaluate_policy, reward_metrics
-from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, train_eval_prompts
+from robust_rlhf.models.generation import SamplingConfig
+from robust_rlhf.data.prompts import PromptDataConfig, train_eval_prompts
 from robust_rlhf.policy.tracking import LogConfig, Run
 from robust_rlhf.reward.sources import RewardSource, load_reward_source
 from robust_rlhf.utils import atomic_save_dir, resolve_device, set_seed
@@ -77,7 +78,7 @@ class PolicySamplingConfig:
     """the optimiser (fixed by each recipe's config)"""
     model: ModelConfig = field(default_factory=ModelConfig)
     """the policy LM and LoRA / full fine-tuning (best-of-n trains nothing)"""
-    data: DataConfig = field(default_factory=DataConfig)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
     """prompts and the held-out split"""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """response sampling"""

@@ -164,7 +164,7 @@ def evaluate_policy(policy, prompts: Sequence[str], sampling_cfg, reward: Traini
     The gold reward is only logged here; it never feeds training.
     """
     from robust_rlhf.policy.kl import kl_estimate
-    from robust_rlhf.policy.sampling import generate
+    from robust_rlhf.models.generation import generate
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
