@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from robust_rlhf.data.preferences import PreferencePair
+from robust_rlhf.report.reward_eval import write_eval_report
 from robust_rlhf.reward.evaluate import (
     affine_match,
     auroc,
@@ -20,7 +21,6 @@ from robust_rlhf.reward.evaluate import (
     text_uncertainty,
     uncertainty_quality,
     wilson_interval,
-    write_eval_report,
 )
 from robust_rlhf.reward.output import RewardOutput
 

@@ -91,7 +91,8 @@ def _check_batch_size(n: int) -> None:
 
 def cmd_eval(args) -> int:
     from robust_rlhf.data.preferences import check_prompt_lengths, load_preferences
-    from robust_rlhf.reward.evaluate import evaluate_reward_model, write_eval_report
+    from robust_rlhf.report.reward_eval import write_eval_report
+    from robust_rlhf.reward.evaluate import evaluate_reward_model
     from robust_rlhf.reward.model import RewardModel
 
     from robust_rlhf.utils import check_output_dir

@@ -75,7 +75,8 @@ def rm_unit(spec: RewardModelSpec, data: Unit, data_dir: Path, cfg: ExperimentCo
 
     def run(folder: Path) -> dict:
         from robust_rlhf.data.preferences import load_preferences
-        from robust_rlhf.reward.evaluate import evaluate_reward_model, write_eval_report
+        from robust_rlhf.report.reward_eval import write_eval_report
+        from robust_rlhf.reward.evaluate import evaluate_reward_model
         from robust_rlhf.reward.model import RewardModel
         from robust_rlhf.reward.train import train_reward_model
 
