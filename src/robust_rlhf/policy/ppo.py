@@ -134,7 +134,9 @@ def train_ppo(
         # 6. KL controller, metrics, evaluation, checkpoint
         mask = ro.response_mask
         seq_penalty = (-(b.rewards - _last_token(b.scores, mask)) * mask).sum(1)  # (B,) the applied KL penalty
-        row = {**s.step_metrics(step, (b.kl * mask).sum(1), rb, kl_coef, b.entropy, mask),
+        seq_kl = (b.kl * mask).sum(1)  # (B,)
+        s.update_kl_controller(seq_kl)
+        row = {**s.step_metrics(step, seq_kl, rb, kl_coef, b.entropy, mask),
                "policy/kl_k1": ((b.old_logprobs - b.ref_logprobs) * mask).sum(1).mean().item(),
                "policy/kl_penalty": seq_penalty.mean().item(),
                **{k: sum(v) / len(v) for k, v in stats.items()}}

@@ -7,6 +7,7 @@ A recipe (`robust_rlhf.policy.ppo`, `robust_rlhf.policy.rloo`) keeps only its ow
     for step in range(session.start_step, cfg.train.steps):
         gen = session.begin_step(step)            # reseeds from (seed, step): resume is exact
         ... rollout, rewards, update ...
+        session.update_kl_controller(seq_kl)      # adaptive KL: from this batch's KL
         row = {**session.step_metrics(step, seq_kl, rb, kl_coef, entropy, mask), ...}
         session.end_step(step, row, callback)     # evaluate, log, checkpoint, callback
     session.finish()                              # the final policy/, atomically
@@ -220,7 +221,8 @@ class PolicySession:
 
     def step_metrics(self, step: int, seq_kl: torch.Tensor, rb, kl_coef, entropy: torch.Tensor,
                      mask: torch.Tensor) -> dict[str, float]:
-        """The metrics every recipe logs, and the KL controller's update from this batch's KL.
+        """The metrics every recipe logs (no side effect: the KL controller is updated by
+        `update_kl_controller`).
 
         Args:
             seq_kl: (N,) KL to the reference summed over each response (the chosen estimator).
@@ -230,7 +232,6 @@ class PolicySession:
             mask: (N, T) response mask.
         """
         kl = seq_kl.mean().item()
-        self.kl_ctl.update(kl, len(seq_kl))
         return {
             "step": step + 1,
             "kl": kl,
@@ -240,6 +241,10 @@ class PolicySession:
             "policy/entropy": masked_mean(entropy, mask).item(),
             "policy/response_length": mask.sum(1).float().mean().item(),
         }
+
+    def update_kl_controller(self, seq_kl: torch.Tensor) -> None:
+        """Move the KL coefficient (adaptive controller) from this batch's (N,) sequence KL."""
+        self.kl_ctl.update(seq_kl.mean().item(), len(seq_kl))
 
     def eval_due(self, step: int) -> bool:
         every = self.cfg.log.eval_every

@@ -144,7 +144,9 @@ def train_rloo(
                     stats.setdefault(key, []).append(float(v.detach()))
 
         # --- 5. KL controller, metrics, evaluation, checkpoint -------------------------------------
-        row = {**s.step_metrics(step, (kl * mask).sum(1), rb, kl_coef, out.entropy, mask),
+        seq_kl = (kl * mask).sum(1)  # (N,)
+        s.update_kl_controller(seq_kl)
+        row = {**s.step_metrics(step, seq_kl, rb, kl_coef, out.entropy, mask),
                "reward/kl_penalised": seq_rewards.mean().item(),
                "policy/kl_penalty": (scores - seq_rewards).mean().item(),
                "policy/advantage_std": advantages.std().item(),
