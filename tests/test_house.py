@@ -131,14 +131,11 @@ def test_experiment_run_prints_its_summary(tmp_path, monkeypatch, capsys):
     ("--temperature", "nan", "--temperature must be a finite number > 0"),
     ("--max-new-tokens", "0", "--max-new-tokens must be >= 1"),
 ])
-def test_policy_sample_rejects_bad_options(tmp_path, capsys, flag, value, message):
+def test_policy_sample_rejects_bad_options(tmp_path, cli_error, flag, value, message):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Hello\n")
-    code = main(["policy", "sample", "--policy", "nonexistent", "--prompts", str(prompts),
-                 "--output", str(tmp_path / "out.jsonl"), flag, value])
-    assert code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "out.jsonl").exists()
+    cli_error(["policy", "sample", "--policy", "nonexistent", "--prompts", prompts,
+               "--output", tmp_path / "out.jsonl", flag, value], message, watch=tmp_path)
 
 
 # ---- stage-1 stopping -------------------------------------------------------------------------
