@@ -69,21 +69,6 @@ def test_whiten_matches_numpy():
     assert whiten(torch.tensor([5.0])).tolist() == [5.0]  # one sample: unchanged
 
 
-# ---- the lab's best-of-n curve is the library's ---------------------------------------------
-def test_lab_best_of_n_curve_is_the_library_function_hand_worked():
-    from robust_rlhf.experiments.analysis import _best_of_n_curve
-
-    # one prompt, N = 2 samples: proxy [0, 1], gold [10, 20].
-    # n=1: a uniformly random sample -> proxy 0.5, gold 15; n=2: the proxy-best (index 1) -> proxy 1, gold 20.
-    # KL(n) = log n - (n-1)/n -> 0 and log 2 - 1/2.
-    pool = {"pool_size": 2, "prompts": ["p"], "gold": [[10.0, 20.0]]}
-    c = _best_of_n_curve(pool, torch.tensor([0.0, 1.0], dtype=torch.float64), [1, 2])
-    assert c["n"] == [1, 2]
-    assert c["proxy"] == pytest.approx([0.5, 1.0]) and c["gold"] == pytest.approx([15.0, 20.0])
-    assert c["kl"] == pytest.approx([0.0, math.log(2) - 0.5])
-    assert c["d"] == pytest.approx([0.0, math.sqrt(math.log(2) - 0.5)])
-
-
 # ---- one pair-sampling config ----------------------------------------------------------------
 def test_task_and_lab_data_configs_share_fields_and_keep_defaults():
     import dataclasses

@@ -15,7 +15,7 @@ import torch
 from robust_rlhf.checkpoint import StageCheckpoint, StepCheckpoints
 from robust_rlhf.config import load_config
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.best_of_n import BestOfNConfig, best_of_n_curve
+from robust_rlhf.policy.best_of_n import BestOfNConfig
 from robust_rlhf.policy.ppo import PPOConfig
 from robust_rlhf.policy.rloo import RLOOConfig
 from robust_rlhf.policy.tracking import LogConfig, Run
@@ -72,18 +72,6 @@ def test_each_metric_has_one_name(tmp_path):
     run = Run(tmp_path / "a", PPOConfig(), False, LogConfig(progress=False), 1)
     run.log({"step": 1, "kl": 0.5, "gold_reward": 0.25})
     assert json.loads((tmp_path / "a" / "metrics.jsonl").read_text()) == {"step": 1, "kl": 0.5, "gold_reward": 0.25}
-
-
-def test_best_of_n_curve_by_hand():
-    # one prompt, pool of 3 with proxy [1, 3, 2] and gold [10, 0, 5]:
-    # n=1: E[proxy] = 2, E[gold] = 5;  n=3: the proxy's max (3) is taken: proxy 3, gold 0;
-    # n=2: pairs {1,3}->3/0, {1,2}->2/5, {3,2}->3/0: proxy 8/3, gold 5/3
-    rows = best_of_n_curve(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[10.0, 0.0, 5.0]]), [1, 2, 3])
-    assert [r["proxy_reward"] for r in rows] == pytest.approx([2.0, 8 / 3, 3.0])
-    assert [r["gold_reward"] for r in rows] == pytest.approx([5.0, 5 / 3, 0.0])
-    assert [r["kl"] for r in rows] == pytest.approx([0.0, math.log(2) - 0.5, math.log(3) - 2 / 3])
-    with pytest.raises(ValueError, match=r"must both be \(P, N\)"):
-        best_of_n_curve(torch.zeros(1, 3), torch.zeros(1, 2), [1])
 
 
 def test_public_api():

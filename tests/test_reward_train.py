@@ -14,14 +14,14 @@ from robust_rlhf.reward.train import train_reward_model
 from robust_rlhf.reward.train_config import RewardTrainConfig
 
 
-def test_tiny_ensemble_trains_saves_and_reloads(tiny_trained_rm):
+def test_tiny_ensemble_trains_saves_and_reloads(tiny_trained_rm, read_jsonl):
     out = tiny_trained_rm
     rm = RewardModel.from_pretrained(out)
     assert rm.config.num_heads == 3 and rm.config.head_type == "ensemble"
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["stage1"]["steps"] == 8
     assert (out / "config.yaml").exists() and (out / "train_log.jsonl").exists()
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = read_jsonl(out / "train_log.jsonl")
     assert any(r["stage"] == 1 and "eval/val_accuracy" in r for r in log)
     # seed 001's hidden-state statistics are tracked at every stage-1 evaluation
     evals = [r for r in log if r["stage"] == 1 and "eval/val_accuracy" in r]
@@ -74,7 +74,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch):
         train_reward_model(other, tmp_path)
 
 
-def test_cli_eval_and_score(tiny_trained_rm, tmp_path, capsys):
+def test_cli_eval_and_score(tiny_trained_rm, tmp_path, capsys, read_jsonl):
     assert main(["rm", "eval", "--model", str(tiny_trained_rm), "--data", "builtin:test",
                  "--output-dir", str(tmp_path / "ev")]) == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -96,7 +96,7 @@ def test_cli_eval_and_score(tiny_trained_rm, tmp_path, capsys):
                    '{"prompt": "The film was", "response": " awful"}\n')
     assert main(["rm", "score", "--model", str(tiny_trained_rm), "--input", str(inp),
                  "--output", str(tmp_path / "out.jsonl")]) == 0
-    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "out.jsonl")
     assert rows[0]["id"] == 7 and len(rows[0]["rewards_per_head"]) == 3
     rm = RewardModel.from_pretrained(tiny_trained_rm)
     direct = rm.score(["The film was"] * 2, [" wonderful", " awful"])  # one batch, as the CLI scores it
@@ -133,7 +133,7 @@ def test_bt_minilm_held_out_accuracy_well_above_chance(tmp_path):
     ["loss.bsr_coef=1e-3", "loss.center_coef=1e-2", "model.head_type=scalar"],
     ["stage1.enabled=false"],
 ], ids=["brme-marginal", "brme-bt-reparam", "brme-regression", "lora-stage1", "bsr-and-centering", "frozen-pretrained-heads-only"])
-def test_recipe_variants_train_save_and_reload(tmp_path, overrides):
+def test_recipe_variants_train_save_and_reload(tmp_path, overrides, read_jsonl):
     cfg = load_config(RewardTrainConfig, "rm_tiny", ["stage1.max_steps=2", "stage2.epochs=2", "data.limit=32",
                                                      "model.max_length=32", *overrides])
     train_reward_model(cfg, tmp_path)
@@ -148,7 +148,7 @@ def test_recipe_variants_train_save_and_reload(tmp_path, overrides):
     if cfg.stage1.lora:  # LoRA merged into an ordinary backbone folder
         assert (tmp_path / "backbone" / "model.safetensors").exists()
         assert not any("lora" in k for k in load_file(str(tmp_path / "backbone" / "model.safetensors")))
-    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    log = read_jsonl(tmp_path / "train_log.jsonl")
     if cfg.loss.bsr_coef > 0:
         assert all("losses/bsr_penalty" in r and "losses/center_penalty" in r for r in log if r["stage"] == 1)
 
