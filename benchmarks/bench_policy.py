@@ -126,10 +126,10 @@ def ppo_parts(cfg) -> dict:
     warm-up; the means are over steps 1 .. train.steps - 1, like the recipe's iteration time.
     Returns mean seconds per part, their sum (``parts_sum_s``) and the mean response length.
     """
+    from robust_rlhf.data.prompts import train_eval_prompts
+    from robust_rlhf.models.generation import generate
     from robust_rlhf.policy.model import load_policy
     from robust_rlhf.policy.recipe import make_optimizer, step_seed
-    from robust_rlhf.models.generation import generate
-    from robust_rlhf.data.prompts import train_eval_prompts
     from robust_rlhf.policy.sampling import prompt_batch
     from robust_rlhf.utils import resolve_device, set_seed
 

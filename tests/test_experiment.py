@@ -15,10 +15,10 @@ import pytest
 import torch
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.experiments.fits import fit_gao, interpolate_at, t_interval, welch_difference
 from robust_rlhf.experiments.analysis import _best_of_n_curve
 from robust_rlhf.experiments.calibration import calibrate_kl_coef
 from robust_rlhf.experiments.config import load_experiment_config
+from robust_rlhf.experiments.fits import fit_gao, interpolate_at, t_interval, welch_difference
 from robust_rlhf.experiments.overopt import run_experiment
 from robust_rlhf.policy.best_of_n import best_of_n_curve
 

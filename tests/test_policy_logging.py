@@ -11,8 +11,8 @@ import torch
 
 from robust_rlhf.checkpoint import capture_rng, restore_rng
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.tracking import LogConfig, Run
 from robust_rlhf.policy.ppo import PPOConfig
+from robust_rlhf.policy.tracking import LogConfig, Run
 
 
 @pytest.mark.parametrize("sink,module", [("tensorboard", "tensorboard"), ("wandb", "wandb")])

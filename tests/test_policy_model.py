@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robust_rlhf.data.prompts import PromptDataConfig, load_prompts_file, train_eval_prompts
+from robust_rlhf.models.generation import SamplingConfig, encode_prompts, generate, response_mask_after_eos
 from robust_rlhf.models.hub import load_causal_lm
 from robust_rlhf.policy.model import ModelConfig, _forward, load_policy
-from robust_rlhf.models.generation import SamplingConfig, encode_prompts, generate, response_mask_after_eos
-from robust_rlhf.data.prompts import PromptDataConfig, load_prompts_file, train_eval_prompts
 from robust_rlhf.policy.sampling import prompt_batch
 
 

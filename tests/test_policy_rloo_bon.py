@@ -10,12 +10,12 @@ import torch
 
 from robust_rlhf.config import load_config
 from robust_rlhf.errors import UserError
+from robust_rlhf.models.generation import SamplingConfig
 from robust_rlhf.policy.best_of_n import BestOfNConfig, best_of_n, run_best_of_n
 from robust_rlhf.policy.losses import best_of_n_kl
 from robust_rlhf.policy.model import ModelConfig, load_policy
 from robust_rlhf.policy.rewards import RewardConfig, TrainingReward
 from robust_rlhf.policy.rloo import RLOOConfig, train_rloo
-from robust_rlhf.models.generation import SamplingConfig
 from robust_rlhf.reward.output import RewardOutput
 
 

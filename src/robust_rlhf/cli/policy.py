@@ -135,10 +135,10 @@ def cmd_sample(args) -> int:
     import torch
 
     from robust_rlhf.aggregate import AggregatorConfig
-    from robust_rlhf.gold import load_gold
-    from robust_rlhf.policy.model import ModelConfig, load_policy, load_saved_policy
     from robust_rlhf.data.prompts import load_prompts_file
+    from robust_rlhf.gold import load_gold
     from robust_rlhf.models.generation import SamplingConfig, generate
+    from robust_rlhf.policy.model import ModelConfig, load_policy, load_saved_policy
     from robust_rlhf.policy.rewards import RewardConfig, TrainingReward
     from robust_rlhf.reward.sources import load_reward_source
     from robust_rlhf.utils import atomic_write_jsonl

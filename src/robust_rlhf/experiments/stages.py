@@ -111,8 +111,8 @@ def pool_unit(cfg: ExperimentConfig, seed: int, data: Unit, prompts_file: Path) 
         import torch
 
         from robust_rlhf.gold import load_gold
-        from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
         from robust_rlhf.models.generation import SamplingConfig, generate
+        from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
 
         prompts = eval_prompts(cfg, prompts_file)
         lm = load_causal_lm(cfg.policy).eval()
@@ -299,10 +299,10 @@ def shift_sets_unit(cfg: ExperimentConfig, data: Unit, prompts_file: Path) -> Un
     def run(folder: Path) -> dict:
         import torch
 
-        from robust_rlhf.gold import load_gold
-        from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
-        from robust_rlhf.models.generation import SamplingConfig, generate
         from robust_rlhf.data.prompts import load_prompts_file
+        from robust_rlhf.gold import load_gold
+        from robust_rlhf.models.generation import SamplingConfig, generate
+        from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
 
         shifted = load_prompts_file(sh.prompt_source) if sh.prompt_source else list(SHIFTED_PROMPTS)
         held_out = eval_prompts(cfg, prompts_file)

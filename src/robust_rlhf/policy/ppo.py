@@ -29,13 +29,13 @@ from typing import Callable, Literal
 import torch
 
 from robust_rlhf.errors import UserError
+from robust_rlhf.models.generation import generate
 from robust_rlhf.policy.kl import kl_estimate, token_level_rewards
 from robust_rlhf.policy.losses import compute_gae, masked_whiten, ppo_policy_loss, ppo_value_loss
 from robust_rlhf.policy.model import TrainForward
 from robust_rlhf.policy.recipe import PolicyRecipeConfig, PolicySession, sample_seed
-from robust_rlhf.reward.sources import RewardSource
-from robust_rlhf.models.generation import generate
 from robust_rlhf.policy.sampling import gather_rollout, prompt_batch
+from robust_rlhf.reward.sources import RewardSource
 
 log = logging.getLogger(__name__)
 

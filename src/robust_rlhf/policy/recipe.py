@@ -26,14 +26,14 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from robust_rlhf.data.prompts import PromptDataConfig, train_eval_prompts
 from robust_rlhf.errors import UserError
 from robust_rlhf.gold import load_gold
+from robust_rlhf.models.generation import SamplingConfig
 from robust_rlhf.policy.kl import KLConfig
 from robust_rlhf.policy.losses import masked_mean
 from robust_rlhf.policy.model import ModelConfig, load_policy
 from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, evaluate_policy, reward_metrics
-from robust_rlhf.models.generation import SamplingConfig
-from robust_rlhf.data.prompts import PromptDataConfig, train_eval_prompts
 from robust_rlhf.policy.tracking import LogConfig, Run
 from robust_rlhf.reward.sources import RewardSource, load_reward_source
 from robust_rlhf.utils import atomic_save_dir, resolve_device, set_seed

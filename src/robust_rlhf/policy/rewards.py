@@ -163,8 +163,8 @@ def evaluate_policy(policy, prompts: Sequence[str], sampling_cfg, reward: Traini
 
     The gold reward is only logged here; it never feeds training.
     """
-    from robust_rlhf.policy.kl import kl_estimate
     from robust_rlhf.models.generation import generate
+    from robust_rlhf.policy.kl import kl_estimate
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -176,7 +176,7 @@ def evaluate_policy(policy, prompts: Sequence[str], sampling_cfg, reward: Traini
                                   reference=True)
     kl = (kl_estimate(out.logprobs, ref.logprobs, kl_estimator) * ro.response_mask).sum(1)  # (B,)
     return {
-        "gold_reward": gold_scores.mean().item(),  # one name (the pre-0.2 "gold/reward" duplicate is gone)
+        "gold_reward": gold_scores.mean().item(),
         "gold/reward_std": gold_scores.std().item() if len(gold_scores) > 1 else 0.0,
         "gold/proxy_reward": proxy.mean().item(),
         "gold/kl": kl.mean().item(),

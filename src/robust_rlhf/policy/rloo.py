@@ -19,12 +19,12 @@ from typing import Callable, Literal
 
 import torch
 
+from robust_rlhf.models.generation import generate
 from robust_rlhf.policy.kl import kl_estimate, token_level_rewards
 from robust_rlhf.policy.losses import ppo_policy_loss, rloo_advantages, whiten
 from robust_rlhf.policy.recipe import PolicyRecipeConfig, PolicySession, require_one_process
-from robust_rlhf.reward.sources import RewardSource
-from robust_rlhf.models.generation import generate
 from robust_rlhf.policy.sampling import prompt_batch
+from robust_rlhf.reward.sources import RewardSource
 
 
 @dataclass

@@ -31,10 +31,10 @@ from robust_rlhf.checkpoint import BackboneHeadCheckpoint
 from robust_rlhf.config import config_to_dict, first_difference, saved_run_config
 from robust_rlhf.data.preferences import PreferencePair, check_prompt_lengths, load_preferences
 from robust_rlhf.errors import UserError
-from robust_rlhf.reward.evaluate import hidden_state_stats
-from robust_rlhf.reward.losses import bradley_terry_loss, bsr_penalty, centering_penalty, global_bsr_penalty
-from robust_rlhf.reward.layer_ensemble import train_layer_ensemble
 from robust_rlhf.models.hub import load_tokenizer
+from robust_rlhf.reward.evaluate import hidden_state_stats
+from robust_rlhf.reward.layer_ensemble import train_layer_ensemble
+from robust_rlhf.reward.losses import bradley_terry_loss, bsr_penalty, centering_penalty, global_bsr_penalty
 from robust_rlhf.reward.model import RewardModel, RewardModelConfig
 from robust_rlhf.reward.stage2 import cached_features, train_stage2
 from robust_rlhf.reward.train_config import RewardTrainConfig
