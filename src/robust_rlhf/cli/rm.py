@@ -29,7 +29,8 @@ def register(sub) -> None:
             f"on minilm-l6 over the built-in task (preset {DEFAULT_PRESET!r}).\n\n"
             "Override any config key with key=value, e.g.\n"
             "  robust-rlhf rm train --output-dir runs/rm model.num_heads=5 loss.bsr_coef=1e-3 stage1.max_steps=100\n\n"
-            "Presets: rm_ensemble_minilm, rm_bt_minilm, rm_bsr_minilm, rm_brme_minilm, rm_ensemble_smollm2_lora, rm_tiny."),
+            "Presets: rm_ensemble_minilm, rm_bt_minilm, rm_bsr_minilm, rm_brme_minilm, rm_layer_ensemble_minilm, "
+            "rm_ensemble_smollm2_lora, rm_tiny."),
     )
     t.add_argument("--config", help="YAML file or built-in preset name (default: %(default)s)", default=DEFAULT_PRESET)
     t.add_argument("--output-dir", required=True, help="folder for the model, its config, logs and checkpoints")

@@ -40,7 +40,7 @@ class RewardConfig:
     """Which reward the policy is trained on, and how it is aggregated and perturbed."""
 
     model: str | None = None
-    """saved reward model folder; `gold:vader` uses a gold reward as a 1-head proxy (demos/tests); null = train the default ensemble into OUTPUT/reward_model first"""
+    """saved reward model folder; `gold:vader` uses a gold reward as a 1-head proxy (demos/tests); null = first train one into OUTPUT/reward_model with RewardTrainConfig() defaults (not the rm_ensemble_minilm preset)"""
     aggregator: AggregatorConfig = field(default_factory=AggregatorConfig)
     """how K head rewards become one (name: mean|min|max|uwo|lcb|median|brme_nominal|brme_tradeoff; lam; beta; normalize)"""
     batch_size: int = 64
