@@ -26,18 +26,22 @@ LAYERS: list[tuple[str, list[str]]] = [
 ]
 
 # Arrows inside a layer that must not exist (importer prefix -> prefixes it may not import).
+_COMPONENTS = ["models", "data", "gold", "aggregate", "reward", "policy", "integrations"]
 FORBIDDEN: dict[str, list[str]] = {
     "models": ["data", "gold", "aggregate", "reward", "policy", "integrations"],
     "gold": ["data", "aggregate", "reward", "policy", "integrations"],
     "data": ["aggregate", "reward", "policy", "integrations"],
-    "aggregate": ["models", "data", "gold", "reward.model", "reward.heads", "reward.evaluate", "reward.sources",
-                  "policy", "integrations"],
+    "reward.output": _COMPONENTS,
+    "aggregate": [c for c in _COMPONENTS if c != "reward"] + ["reward.model", "reward.heads", "reward.losses",
+                                                               "reward.layer_ensemble", "reward.evaluate", "reward.sources"],
     "reward": ["policy", "integrations"],
     "integrations": ["policy"],
-    "policy.kl": ["policy.losses", "policy.model", "policy.sampling", "policy.rewards"],
-    "policy.losses": ["policy.kl", "policy.model", "policy.sampling", "policy.rewards"],
-    "report": ["experiments", "policy", "reward.train", "reward.train_config", "reward.stage2", "reward.model",
-               "integrations", "data", "gold", "models"],
+    "policy": ["integrations"],
+    "policy.kl": _COMPONENTS,
+    "policy.losses": _COMPONENTS,
+    "report": ["experiments"] + [c for c in _COMPONENTS if c != "reward"]
+              + ["reward.output", "reward.model", "reward.heads", "reward.losses", "reward.layer_ensemble",
+                 "reward.sources", "reward.train", "reward.train_config", "reward.stage2"],
 }
 
 
