@@ -181,7 +181,7 @@ def ppo_parts(cfg) -> dict:
         from robust_rlhf.models.sampler import sampling_dtype
 
         res["sampling_dtype"] = str(sampling_dtype(_sampling_precision(cfg), device, policy.lm) or torch.float32)
-    except ImportError:  # no robust_rlhf.policy.sampler.sampling_dtype in this version
+    except ImportError:  # no robust_rlhf.models.sampler.sampling_dtype in this version
         res["sampling_dtype"] = "unknown"
     return res
 
