@@ -52,7 +52,6 @@ from robust_rlhf.integrations.protocol import (
     _string_list,
     is_loopback,
     openrlhf_pairs,
-    split_query,
 )
 from robust_rlhf.reward.output import RewardOutput
 
