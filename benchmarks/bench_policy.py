@@ -126,10 +126,12 @@ def ppo_parts(cfg) -> dict:
     warm-up; the means are over steps 1 .. train.steps - 1, like the recipe's iteration time.
     Returns mean seconds per part, their sum (``parts_sum_s``) and the mean response length.
     """
+    from robust_rlhf.data.prompts import train_eval_prompts
+    from robust_rlhf.models.generation import generate
     from robust_rlhf.policy.model import load_policy
-    from robust_rlhf.policy.recipe import make_optimizer, resolve_device, step_seed
-    from robust_rlhf.policy.sampling import generate, prompt_batch, train_eval_prompts
-    from robust_rlhf.utils import set_seed
+    from robust_rlhf.policy.recipe import make_optimizer, step_seed
+    from robust_rlhf.policy.sampling import prompt_batch
+    from robust_rlhf.utils import resolve_device, set_seed
 
     device = resolve_device(cfg.device)
     set_seed(cfg.seed)
@@ -176,10 +178,10 @@ def ppo_parts(cfg) -> dict:
     res["parts_sum_s"] = sum(res[n] for n in names[:5])
     res["mean_length"] = _mean(lengths)
     try:  # what sampling.precision resolved to here (None: sampled from the fp32 policy itself)
-        from robust_rlhf.policy.sampler import sampling_dtype
+        from robust_rlhf.models.sampler import sampling_dtype
 
         res["sampling_dtype"] = str(sampling_dtype(_sampling_precision(cfg), device, policy.lm) or torch.float32)
-    except ImportError:  # no robust_rlhf.policy.sampler.sampling_dtype in this version
+    except ImportError:  # no robust_rlhf.models.sampler.sampling_dtype in this version
         res["sampling_dtype"] = "unknown"
     return res
 

@@ -45,7 +45,8 @@ def phase_ours(args, head_type: str, num_heads: int) -> dict:
     from robust_rlhf.data.preferences import load_preferences
     from robust_rlhf.reward.evaluate import evaluate_reward_model
     from robust_rlhf.reward.model import RewardModel
-    from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+    from robust_rlhf.reward.train import train_reward_model
+    from robust_rlhf.reward.train_config import RewardTrainConfig
 
     cfg = load_config(RewardTrainConfig, None, [
         f"model.backbone={args.backbone}", f"model.head_type={head_type}", f"model.num_heads={num_heads}",

@@ -36,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 def texts(n: int) -> tuple[list[str], list[str]]:
     """n (prompt, response) pairs cycled from the built-in task's test split."""
-    from robust_rlhf.data.builtin_task import builtin_split_path
+    from robust_rlhf.data.preferences import builtin_split_path
 
     rows = [json.loads(line) for line in builtin_split_path("test").read_text().splitlines() if line.strip()]
     pairs = [(r["prompt"], r[key]) for r in rows for key in ("chosen", "rejected")]

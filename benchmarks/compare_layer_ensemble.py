@@ -10,7 +10,7 @@ from robust_rlhf.data.preferences import load_preferences
 from robust_rlhf.reward.evaluate import uncertainty_quality, wilson_interval
 from robust_rlhf.reward.layer_ensemble import train_layer_ensemble
 from robust_rlhf.reward.model import RewardModel, RewardModelConfig
-from robust_rlhf.reward.train import RewardTrainConfig
+from robust_rlhf.reward.train_config import RewardTrainConfig
 
 lin_dir = sys.argv[1]; overrides = sys.argv[2:]
 test = load_preferences("builtin:test")

@@ -13,7 +13,8 @@ from robust_rlhf.config import load_config
 from robust_rlhf.reward.evaluate import uncertainty_quality, wilson_interval, auroc, spearman, pair_uncertainty
 from robust_rlhf.reward.heads import RewardHeads
 from robust_rlhf.reward.output import RewardOutput
-from robust_rlhf.reward.train import RewardTrainConfig, train_stage2
+from robust_rlhf.reward.stage2 import train_stage2
+from robust_rlhf.reward.train_config import RewardTrainConfig
 
 fd = Path(sys.argv[1]); name = sys.argv[2]; args = sys.argv[3:]
 wd = 0.0; use_head0 = True; sub = None

@@ -24,11 +24,13 @@ from safetensors.torch import load_file
 from robust_rlhf.config import config_to_dict, load_config
 from robust_rlhf.data.preferences import load_preferences
 from robust_rlhf.gold import load_gold
-from robust_rlhf.reward.evaluate import evaluate_rewards, write_eval_report
+from robust_rlhf.report.reward_eval import write_eval_report
+from robust_rlhf.reward.evaluate import evaluate_rewards
 from robust_rlhf.reward.heads import RewardHeads
 from robust_rlhf.reward.model import RewardModel, RewardModelConfig
 from robust_rlhf.reward.output import RewardOutput
-from robust_rlhf.reward.train import RewardTrainConfig, train_stage2
+from robust_rlhf.reward.stage2 import train_stage2
+from robust_rlhf.reward.train_config import RewardTrainConfig
 
 
 def main(argv: list[str]) -> int:

@@ -7,7 +7,6 @@ import shutil
 
 import pytest
 
-from robust_rlhf.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -154,22 +153,13 @@ CASES = [
 
 
 @pytest.mark.parametrize("case_id, argv, expected", CASES, ids=[c[0] for c in CASES])
-def test_bad_input_gives_one_clear_line(files, tmp_path, capsys, case_id, argv, expected):
+def test_bad_input_gives_one_clear_line(files, tmp_path, cli_error, case_id, argv, expected):
     argv = argv(files)
     out = tmp_path / "out"
     if argv[1] in ("train", "eval"):
         argv = argv + ["--output-dir", str(out)]
     else:
         argv = argv + ["--output", str(out)]
-    rc = main(argv)
-    err = capsys.readouterr().err
-    assert rc == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("robust-rlhf: error:"), err
-    assert "Traceback" not in err
-    assert expected in lines[0], lines[0]
+    cli_error(argv, expected)
     assert not out.exists(), f"partial output left behind: {list(out.iterdir()) if out.is_dir() else out}"
 
-
-def test_there_are_at_least_40_cases():
-    assert len(CASES) >= 40

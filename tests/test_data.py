@@ -9,13 +9,8 @@ from robust_rlhf.data.preferences import load_preferences, load_scoring_inputs
 from robust_rlhf.errors import UserError
 
 
-def _jsonl(path, rows):
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
-def test_standard_implicit_and_extra_columns(tmp_path):
-    f = _jsonl(tmp_path / "p.jsonl", [
+def test_standard_implicit_and_extra_columns(tmp_path, write_jsonl):
+    f = write_jsonl(tmp_path / "p.jsonl", [
         {"prompt": "Q", "chosen": " good", "rejected": " bad", "subset": "chat", "score": 3},
         {"chosen": "Q good", "rejected": "Q bad"},
     ])
@@ -25,22 +20,22 @@ def test_standard_implicit_and_extra_columns(tmp_path):
     assert (pairs[1].prompt, pairs[1].chosen) == ("", "Q good")
 
 
-def test_conversational_rendered_with_chat_template(tmp_path):
+def test_conversational_rendered_with_chat_template(tmp_path, write_jsonl):
     from robust_rlhf.models.hub import load_tokenizer
 
     tok = load_tokenizer("smollm2-135m")
     row = {"prompt": [{"role": "user", "content": "Review this film."}],
            "chosen": [{"role": "assistant", "content": "Wonderful!"}],
            "rejected": [{"role": "assistant", "content": "Awful."}]}
-    f = _jsonl(tmp_path / "c.jsonl", [row])
+    f = write_jsonl(tmp_path / "c.jsonl", [row])
     (pair,) = load_preferences(f, tok)
     full = tok.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
     assert pair.prompt + pair.chosen == full
     assert "Wonderful!" in pair.chosen and "Review this film." in pair.prompt
 
 
-def test_conversational_without_template_uses_plain_roles(tmp_path):
-    f = _jsonl(tmp_path / "c.jsonl", [{"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+def test_conversational_without_template_uses_plain_roles(tmp_path, write_jsonl):
+    f = write_jsonl(tmp_path / "c.jsonl", [{"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
                                        "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no"}]}])
     (pair,) = load_preferences(f)
     assert pair.chosen == "user: hi\nassistant: yo"
@@ -101,8 +96,8 @@ def test_unreadable_and_unsupported_files(tmp_path):
         load_preferences(tmp_path / "broken.parquet")
 
 
-def test_scoring_inputs_validation(tmp_path):
-    f = _jsonl(tmp_path / "s.jsonl", [{"prompt": "p", "response": "r", "id": 1}, {"prompt": "p"}])
+def test_scoring_inputs_validation(tmp_path, write_jsonl):
+    f = write_jsonl(tmp_path / "s.jsonl", [{"prompt": "p", "response": "r", "id": 1}, {"prompt": "p"}])
     with pytest.raises(UserError, match="line 2: missing field 'response'"):
         load_scoring_inputs(f)
 
@@ -136,7 +131,7 @@ def test_unicode_line_separators_inside_json_strings(tmp_path, sep):
     assert pairs[1].source.endswith("line 2")
 
 
-def test_mixed_formats_are_errors(tmp_path):
+def test_mixed_formats_are_errors(tmp_path, write_jsonl):
     conv = [{"role": "assistant", "content": "x"}]
     for rows, match in [
         ([{"chosen": conv, "rejected": "y"}], r"line 1: fields 'chosen' and 'rejected' must have the same format"),
@@ -144,13 +139,13 @@ def test_mixed_formats_are_errors(tmp_path):
         ([{"chosen": "x", "rejected": "y"}, {"chosen": conv, "rejected": conv}], r"line 2: this row is conversational"),
     ]:
         with pytest.raises(UserError, match=match):
-            load_preferences(_jsonl(tmp_path / "m.jsonl", rows))
+            load_preferences(write_jsonl(tmp_path / "m.jsonl", rows))
 
 
-def test_identical_pairs_all_error_some_warn(tmp_path, caplog):
+def test_identical_pairs_all_error_some_warn(tmp_path, caplog, write_jsonl):
     with pytest.raises(UserError, match="every pair has chosen == rejected"):
-        load_preferences(_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "chosen": " x", "rejected": " x "}] * 2))
+        load_preferences(write_jsonl(tmp_path / "a.jsonl", [{"prompt": "p", "chosen": " x", "rejected": " x "}] * 2))
     rows = [{"prompt": "p", "chosen": " x", "rejected": " y"}, {"prompt": "p", "chosen": " z", "rejected": " z"}]
     with caplog.at_level("WARNING"):
-        assert len(load_preferences(_jsonl(tmp_path / "b.jsonl", rows))) == 2
+        assert len(load_preferences(write_jsonl(tmp_path / "b.jsonl", rows))) == 2
     assert "1 of 2 pairs have chosen == rejected (first: " in caplog.text and "line 2" in caplog.text

@@ -15,13 +15,12 @@ import pytest
 import torch
 
 from robust_rlhf.errors import UserError
+from robust_rlhf.experiments.analysis import _best_of_n_curve
+from robust_rlhf.experiments.calibration import calibrate_kl_coef
+from robust_rlhf.experiments.config import load_experiment_config
 from robust_rlhf.experiments.fits import fit_gao, interpolate_at, t_interval, welch_difference
-from robust_rlhf.experiments.overopt import (
-    _best_of_n_curve,
-    calibrate_kl_coef,
-    load_experiment_config,
-    run_experiment,
-)
+from robust_rlhf.experiments.overopt import run_experiment
+from robust_rlhf.policy.best_of_n import best_of_n_curve
 
 
 # ----------------------------------------------------------------------------- fits
@@ -118,7 +117,18 @@ def test_kl_calibration_respects_bounds():
 
 
 # ----------------------------------------------------------------------------- best-of-n
-def test_best_of_n_curve_equals_brute_force():
+def test_best_of_n_curve_by_hand_and_by_brute_force():
+    """`best_of_n_curve` (library) and the lab's `_best_of_n_curve` columns built on it."""
+    # one prompt, pool of 3 with proxy [1, 3, 2] and gold [10, 0, 5]:
+    # n=1: E[proxy] = 2, E[gold] = 5;  n=3: the proxy's max (3) is taken: proxy 3, gold 0;
+    # n=2: pairs {1,3}->3/0, {1,2}->2/5, {3,2}->3/0: proxy 8/3, gold 5/3; KL(n) = log n - (n-1)/n
+    rows = best_of_n_curve(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[10.0, 0.0, 5.0]]), [1, 2, 3])
+    assert [r["proxy_reward"] for r in rows] == pytest.approx([2.0, 8 / 3, 3.0])
+    assert [r["gold_reward"] for r in rows] == pytest.approx([5.0, 5 / 3, 0.0])
+    assert [r["kl"] for r in rows] == pytest.approx([0.0, math.log(2) - 0.5, math.log(3) - 2 / 3])
+    with pytest.raises(ValueError, match=r"must both be \(P, N\)"):
+        best_of_n_curve(torch.zeros(1, 3), torch.zeros(1, 2), [1])
+    # the lab's columns: several prompts, against the exact expectation over every n-subset
     rng = np.random.default_rng(1)
     P, N = 3, 5
     proxy = rng.normal(size=(P, N))
@@ -130,7 +140,12 @@ def test_best_of_n_curve_equals_brute_force():
         brute = np.mean([np.mean([gold[p][max(s, key=lambda i: proxy[p][i])] for s in itertools.combinations(range(N), n)])
                          for p in range(P)])
         assert g == pytest.approx(brute)
+    for n, p_ in zip(curve["n"], curve["proxy"]):
+        brute = np.mean([np.mean([max(proxy[p][i] for i in s) for s in itertools.combinations(range(N), n)])
+                         for p in range(P)])
+        assert p_ == pytest.approx(brute)
     assert curve["kl"][0] == 0.0 and curve["kl"][-1] == pytest.approx(math.log(5) - 4 / 5)
+    assert curve["d"] == pytest.approx([math.sqrt(k) for k in curve["kl"]])
 
 
 # ----------------------------------------------------------------------------- config errors
@@ -144,7 +159,7 @@ def test_config_errors_are_user_errors(tmp_path):
     with pytest.raises(UserError, match="calibrate_kl"):
         load_experiment_config("experiment_tiny", ["methods=[{name: a, type: best_of_n, reward_model: bt, calibrate_kl: true}]",
                                                   "baseline=null"])
-    cfg = load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: ens, overrides: {train.seed: 3}}]",
+    cfg = load_experiment_config("experiment_tiny", ["methods=[{name: a, type: ppo, reward_model: ens, overrides: {seed: 3}}]",
                                                         "baseline=null"])
     with pytest.raises(UserError, match="set by the experiment"):
         run_experiment(cfg, tmp_path / "x", progress=False)
@@ -176,7 +191,7 @@ def _parser():
     return p
 
 
-def test_pipeline_crash_resume_and_rerender(tmp_path, one_thread, monkeypatch, caplog):
+def test_pipeline_crash_resume_and_rerender(tmp_path, one_thread, monkeypatch, caplog, read_jsonl):
     """Tiny experiment end to end. A crash injected inside the second policy run, right after
     its step-1 checkpoint; the re-run must redo only the unfinished units and continue that run
     from its checkpoint; a third run only re-renders; deleting one unit's marker re-runs that
@@ -209,7 +224,7 @@ def test_pipeline_crash_resume_and_rerender(tmp_path, one_thread, monkeypatch, c
     assert second.executed == ["runs/ppo-lcb/s0", "runs/rloo-mean/s0"]
     assert "runs/ppo-mean/s0" in second.skipped and "data" in second.skipped and "rm/ens" in second.skipped
     assert any("resuming from" in r.getMessage() and "step_000001" in r.getMessage() for r in caplog.records)
-    rows = [json.loads(x) for x in (out / "units/runs/ppo-lcb/s0/metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "units/runs/ppo-lcb/s0/metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
 
     # a crash before a unit starts (the runner's own hook) leaves everything finished intact

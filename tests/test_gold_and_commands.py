@@ -59,7 +59,7 @@ def test_hf_classifier_gold_spec(tmp_path, num_labels):
     assert scores == pytest.approx(expected, abs=1e-5)
 
 
-def test_data_build_task_command(tmp_path, monkeypatch):
+def test_data_build_task_command(tmp_path, monkeypatch, read_jsonl):
     import robust_rlhf.data.builtin_task as bt
     from robust_rlhf.gold import VaderGold
 
@@ -76,7 +76,7 @@ def test_data_build_task_command(tmp_path, monkeypatch):
     vader = VaderGold()
     n_prompts = 0
     for split in ("train", "validation", "test"):
-        rows = [json.loads(line) for line in (out / f"builtin_{split}.jsonl").read_text().splitlines()]
+        rows = read_jsonl(out / f"builtin_{split}.jsonl")
         assert rows, split
         for r in rows:  # every label agrees with the gold reward computed here (no label noise)
             g_c, g_r = vader([r["prompt"]], [r["chosen"]])[0], vader([r["prompt"]], [r["rejected"]])[0]

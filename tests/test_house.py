@@ -36,29 +36,16 @@ def test_reward_output_carries_aggregate_slices_and_round_trips_json():
         RewardOutput(per_head, reward=torch.zeros(2))
 
 
-def test_deprecated_containers_still_work_and_warn():
+def test_client_score_result_converts_to_reward_output():
     from robust_rlhf.integrations.client import ScoreResult
-    from robust_rlhf.integrations.server import ScoreBatch
-    from robust_rlhf.policy.rewards import RewardBatch
 
-    per_head = torch.tensor([[1.0, 3.0]])
-    with pytest.warns(DeprecationWarning, match="ScoreBatch"):
-        sb = ScoreBatch(torch.tensor([2.0]), torch.tensor([math.sqrt(2)]), per_head)
-    assert isinstance(sb, RewardOutput) and sb.rewards.tolist() == [2.0]
-    assert sb.reward_std.tolist() == pytest.approx([math.sqrt(2)])
-    with pytest.warns(DeprecationWarning, match="RewardBatch"):
-        rb = RewardBatch(training=torch.tensor([5.0]), proxy=torch.tensor([2.0]), mean=per_head.mean(1),
-                         var=per_head.var(1), per_head=per_head)
-    assert isinstance(rb, RewardOutput) and rb.proxy.tolist() == [2.0] and rb.training.tolist() == [5.0]
-    assert rb.var.tolist() == [2.0]
-    with pytest.warns(DeprecationWarning, match="proxy"):
-        assert RewardOutput(per_head, reward=torch.tensor([2.0])).proxy.tolist() == [2.0]
     res = ScoreResult([2.0], [math.sqrt(2)], [[1.0, 3.0]])
     assert res.to_output().per_head.tolist() == [[1.0, 3.0]] and res.to_output().reward.tolist() == [2.0]
 
 
 def test_training_reward_returns_reward_output_without_warnings():
-    from robust_rlhf.policy.rewards import FunctionEnsemble, RewardConfig, TrainingReward, reward_metrics
+    from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, reward_metrics
+    from robust_rlhf.reward.sources import FunctionEnsemble
 
     source = FunctionEnsemble([lambda p, r: [1.0, 2.0], lambda p, r: [3.0, 2.0]])
     with warnings.catch_warnings():
@@ -72,7 +59,7 @@ def test_training_reward_returns_reward_output_without_warnings():
 
 # ---- whitening ------------------------------------------------------------------------------
 def test_whiten_matches_numpy():
-    from robust_rlhf.policy.rewards import whiten
+    from robust_rlhf.policy.losses import whiten
 
     x = np.array([1.0, 2.0, 4.0, 7.0])
     expected = (x - x.mean()) / np.sqrt(x.var(ddof=1) + 1e-8)  # unbiased variance, as masked_whiten
@@ -80,21 +67,6 @@ def test_whiten_matches_numpy():
     # hand-worked: [1, 3] -> mean 2, var 2 -> [-1/sqrt2, 1/sqrt2]
     np.testing.assert_allclose(whiten(torch.tensor([1.0, 3.0])).numpy(), [-1 / math.sqrt(2), 1 / math.sqrt(2)], rtol=1e-6)
     assert whiten(torch.tensor([5.0])).tolist() == [5.0]  # one sample: unchanged
-
-
-# ---- the lab's best-of-n curve is the library's ---------------------------------------------
-def test_lab_best_of_n_curve_is_the_library_function_hand_worked():
-    from robust_rlhf.experiments.analysis import _best_of_n_curve
-
-    # one prompt, N = 2 samples: proxy [0, 1], gold [10, 20].
-    # n=1: a uniformly random sample -> proxy 0.5, gold 15; n=2: the proxy-best (index 1) -> proxy 1, gold 20.
-    # KL(n) = log n - (n-1)/n -> 0 and log 2 - 1/2.
-    pool = {"pool_size": 2, "prompts": ["p"], "gold": [[10.0, 20.0]]}
-    c = _best_of_n_curve(pool, torch.tensor([0.0, 1.0], dtype=torch.float64), [1, 2])
-    assert c["n"] == [1, 2]
-    assert c["proxy"] == pytest.approx([0.5, 1.0]) and c["gold"] == pytest.approx([15.0, 20.0])
-    assert c["kl"] == pytest.approx([0.0, math.log(2) - 0.5])
-    assert c["d"] == pytest.approx([0.0, math.sqrt(math.log(2) - 0.5)])
 
 
 # ---- one pair-sampling config ----------------------------------------------------------------
@@ -144,14 +116,11 @@ def test_experiment_run_prints_its_summary(tmp_path, monkeypatch, capsys):
     ("--temperature", "nan", "--temperature must be a finite number > 0"),
     ("--max-new-tokens", "0", "--max-new-tokens must be >= 1"),
 ])
-def test_policy_sample_rejects_bad_options(tmp_path, capsys, flag, value, message):
+def test_policy_sample_rejects_bad_options(tmp_path, cli_error, flag, value, message):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("Hello\n")
-    code = main(["policy", "sample", "--policy", "nonexistent", "--prompts", str(prompts),
-                 "--output", str(tmp_path / "out.jsonl"), flag, value])
-    assert code == 2
-    assert message in capsys.readouterr().err
-    assert not (tmp_path / "out.jsonl").exists()
+    cli_error(["policy", "sample", "--policy", "nonexistent", "--prompts", prompts,
+               "--output", tmp_path / "out.jsonl", flag, value], message, watch=tmp_path)
 
 
 # ---- stage-1 stopping -------------------------------------------------------------------------
@@ -166,7 +135,8 @@ def _stage1_rows(out):
 @pytest.mark.slow  # ~23 s on 2 CPU cores (two tiny MiniLM runs)
 def test_stage1_loss_threshold_patience_and_warmup(tmp_path, monkeypatch):
     from robust_rlhf.config import load_config
-    from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+    from robust_rlhf.reward.train import train_reward_model
+    from robust_rlhf.reward.train_config import RewardTrainConfig
 
     lrs = []
 

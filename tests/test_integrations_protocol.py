@@ -38,7 +38,8 @@ import torch
 from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.errors import UserError
 from robust_rlhf.integrations.chat import render_conversation, untemplate
-from robust_rlhf.integrations.server import BackgroundServer, RewardService, ServerConfig, create_app
+from robust_rlhf.integrations.protocol import ServerConfig
+from robust_rlhf.integrations.server import BackgroundServer, RewardService, create_app
 from robust_rlhf.reward.output import RewardOutput
 
 K = 3

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 
@@ -26,14 +25,14 @@ def test_help_texts_everywhere():
                 assert a.help, f"{action.prog} {a.dest} has no help"
 
 
-def test_train_then_sample(tmp_path, capsys):
+def test_train_then_sample(tmp_path, capsys, read_jsonl):
     p = _parser()
     run = tmp_path / "run"
     args = p.parse_args(["policy", "train", "--config", "policy_tiny", "--output-dir", str(run),
                          "sampling.max_new_tokens=4", "log.progress=false", "log.eval_prompts=2"])
     assert args.func(args) == 0
     assert "proxy reward" in capsys.readouterr().out
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(run / "metrics.jsonl")
     assert len(rows) == 2 and "gold_reward" in rows[-1]
 
     prompts = tmp_path / "prompts.txt"
@@ -42,7 +41,7 @@ def test_train_then_sample(tmp_path, capsys):
     args = p.parse_args(["policy", "sample", "--policy", str(run), "--prompts", str(prompts), "--output", str(out),
                          "--num-samples", "2", "--max-new-tokens", "4"])
     assert args.func(args) == 0
-    samples = [json.loads(x) for x in out.read_text().splitlines()]
+    samples = read_jsonl(out)
     assert len(samples) == 4
     assert {"prompt", "response", "proxy_reward", "proxy_std", "gold_reward"} <= set(samples[0])
     # the run's proxy was gold:vader, so proxy == gold here

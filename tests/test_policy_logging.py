@@ -9,9 +9,10 @@ import numpy as np
 import pytest
 import torch
 
+from robust_rlhf.checkpoint import capture_rng, restore_rng
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.tracking import LogConfig, Run, capture_rng, restore_rng
 from robust_rlhf.policy.ppo import PPOConfig
+from robust_rlhf.policy.tracking import LogConfig, Run
 
 
 @pytest.mark.parametrize("sink,module", [("tensorboard", "tensorboard"), ("wandb", "wandb")])

@@ -11,15 +11,19 @@ import pytest
 import torch
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.losses import (
+from robust_rlhf.policy.kl import (
     AdaptiveKLController,
     FixedKLController,
+    kl_estimate,
+    token_level_rewards,
+    variance_aware_kl_weight,
+)
+from robust_rlhf.policy.losses import (
     best_of_n_expected_reward,
     best_of_n_kl,
     compute_gae,
     entropy_from_logits,
     explained_variance,
-    kl_estimate,
     masked_mean,
     masked_var,
     masked_whiten,
@@ -27,8 +31,6 @@ from robust_rlhf.policy.losses import (
     ppo_policy_loss,
     ppo_value_loss,
     rloo_advantages,
-    token_level_rewards,
-    variance_aware_kl_weight,
 )
 
 F64 = torch.float64

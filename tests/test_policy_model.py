@@ -5,18 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
+from robust_rlhf.data.prompts import PromptDataConfig, load_prompts_file, train_eval_prompts
+from robust_rlhf.models.generation import SamplingConfig, encode_prompts, generate, response_mask_after_eos
 from robust_rlhf.models.hub import load_causal_lm
 from robust_rlhf.policy.model import ModelConfig, _forward, load_policy
-from robust_rlhf.policy.sampling import (
-    DataConfig,
-    SamplingConfig,
-    encode_prompts,
-    generate,
-    load_prompts_file,
-    prompt_batch,
-    response_mask_after_eos,
-    train_eval_prompts,
-)
+from robust_rlhf.policy.sampling import prompt_batch
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +115,7 @@ def test_prompts_file_and_batches(tmp_path):
     b0, b1, b2 = (prompt_batch(prompts, s, 2, seed=3) for s in range(3))
     assert sorted(b0 + b1 + b2[:1]) == sorted(prompts)  # one pass covers every prompt once
     assert prompt_batch(prompts, 1, 2, seed=3) == b1  # pure function of (step, seed)
-    train, held = train_eval_prompts(DataConfig())
+    train, held = train_eval_prompts(PromptDataConfig())
     assert not set(train) & set(held) and len(held) > 0
 
 

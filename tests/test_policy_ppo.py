@@ -12,7 +12,7 @@ from robust_rlhf.config import load_config
 from robust_rlhf.errors import UserError
 from robust_rlhf.gold import load_gold
 from robust_rlhf.policy.ppo import PPOConfig, train_ppo
-from robust_rlhf.policy.rewards import FunctionEnsemble
+from robust_rlhf.reward.sources import FunctionEnsemble
 
 TINY = [
     "train.batch_size=4", "sampling.max_new_tokens=6", "train.steps=2", "ppo.epochs=1",

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import subprocess
 import sys
-import warnings
 
 import pytest
 import torch
@@ -16,11 +14,12 @@ import torch
 from robust_rlhf.checkpoint import StageCheckpoint, StepCheckpoints
 from robust_rlhf.config import load_config
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.best_of_n import BestOfNConfig, best_of_n_curve
+from robust_rlhf.policy.best_of_n import BestOfNConfig
 from robust_rlhf.policy.ppo import PPOConfig
 from robust_rlhf.policy.rloo import RLOOConfig
 from robust_rlhf.policy.tracking import LogConfig, Run
-from robust_rlhf.reward.train import RewardTrainConfig
+from robust_rlhf.reward.train_config import RewardTrainConfig
+from robust_rlhf.utils import resolve_device
 
 
 @pytest.mark.parametrize("cls", [PPOConfig, RLOOConfig, BestOfNConfig, RewardTrainConfig])
@@ -29,32 +28,19 @@ def test_seed_device_resume_in_one_place(cls):
     assert (cfg.seed, cfg.device) == (7, "cpu")
     if cls is not BestOfNConfig:  # best-of-n trains nothing, so has nothing to resume
         assert cls().resume is True
+    # `device: auto` means the same for reward models and policies: cuda if available, else cpu
+    auto = load_config(cls, None, ["device=auto"]).device
+    assert resolve_device(auto) == torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(UserError, match="not a device name"):
+        resolve_device(load_config(cls, None, ["device=gpu0"]).device)
 
 
 @pytest.mark.parametrize("cls", [PPOConfig, RLOOConfig])
-def test_old_train_seed_and_device_still_read_with_a_warning(cls):
-    with pytest.warns(FutureWarning, match="'train.seed' is deprecated; use 'seed'"):
-        cfg = load_config(cls, None, ["train.seed=5", "train.device=cpu"])
-    assert (cfg.seed, cfg.device) == (5, "cpu")
-    with pytest.raises(UserError, match="deprecated name of 'seed'; set only 'seed'"):
-        load_config(cls, None, ["train.seed=5", "seed=6"])
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # the new keys warn about nothing
-        load_config(cls, None, ["seed=5"])
-
-
-def test_resume_accepts_a_run_saved_under_the_old_layout(tmp_path):
-    import yaml
-
-    old = PPOConfig()
-    d = yaml.safe_load(yaml.safe_dump(__import__("dataclasses").asdict(old)))
-    d["train"]["seed"], d["train"]["device"] = d.pop("seed"), d.pop("device")  # the pre-0.2 layout
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(d))
-    (tmp_path / "checkpoints" / "step_000001").mkdir(parents=True)
-    (tmp_path / "checkpoints" / "step_000001" / "state.json").write_text("{}")
-    Run(tmp_path, PPOConfig(), True, LogConfig(progress=False), 2)  # no "config differs" error
-    with pytest.raises(UserError, match="config differs .* in seed"):
-        Run(tmp_path, load_config(PPOConfig, None, ["seed=1"]), True, LogConfig(progress=False), 2)
+def test_moved_train_seed_and_device_are_refused_naming_the_new_key(cls):
+    with pytest.raises(UserError, match="unknown key 'train.seed'; use top-level seed"):
+        load_config(cls, None, ["train.seed=5"])
+    with pytest.raises(UserError, match="unknown key 'train.device'; use top-level device"):
+        load_config(cls, None, ["train.device=cpu"])
 
 
 def test_step_checkpoints_rotate_and_ignore_incomplete(tmp_path):
@@ -81,29 +67,13 @@ def test_stage_checkpoint_replaces_in_place(tmp_path):
     assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["stage1"]
 
 
-def test_each_metric_has_one_name_unless_legacy_names_asked(tmp_path):
+def test_each_metric_has_one_name(tmp_path):
     run = Run(tmp_path / "a", PPOConfig(), False, LogConfig(progress=False), 1)
     run.log({"step": 1, "kl": 0.5, "gold_reward": 0.25})
     assert json.loads((tmp_path / "a" / "metrics.jsonl").read_text()) == {"step": 1, "kl": 0.5, "gold_reward": 0.25}
-    run = Run(tmp_path / "b", PPOConfig(), False, LogConfig(progress=False, legacy_metric_names=True), 1)
-    run.log({"step": 1, "kl": 0.5, "gold_reward": 0.25})
-    row = json.loads((tmp_path / "b" / "metrics.jsonl").read_text())
-    assert row["policy/kl"] == 0.5 and row["gold/reward"] == 0.25
 
 
-def test_best_of_n_curve_by_hand():
-    # one prompt, pool of 3 with proxy [1, 3, 2] and gold [10, 0, 5]:
-    # n=1: E[proxy] = 2, E[gold] = 5;  n=3: the proxy's max (3) is taken: proxy 3, gold 0;
-    # n=2: pairs {1,3}->3/0, {1,2}->2/5, {3,2}->3/0: proxy 8/3, gold 5/3
-    rows = best_of_n_curve(torch.tensor([[1.0, 3.0, 2.0]]), torch.tensor([[10.0, 0.0, 5.0]]), [1, 2, 3])
-    assert [r["proxy_reward"] for r in rows] == pytest.approx([2.0, 8 / 3, 3.0])
-    assert [r["gold_reward"] for r in rows] == pytest.approx([5.0, 5 / 3, 0.0])
-    assert [r["kl"] for r in rows] == pytest.approx([0.0, math.log(2) - 0.5, math.log(3) - 2 / 3])
-    with pytest.raises(ValueError, match=r"must both be \(P, N\)"):
-        best_of_n_curve(torch.zeros(1, 3), torch.zeros(1, 2), [1])
-
-
-def test_public_api_and_deprecated_logging_module():
+def test_public_api():
     import robust_rlhf
 
     from robust_rlhf import RewardModel, RewardOutput, aggregate  # noqa: F401  (the documented names)
@@ -113,10 +83,6 @@ def test_public_api_and_deprecated_logging_module():
     for pkg in ("data", "experiments", "gold", "integrations", "models", "policy", "report", "reward"):
         mod = importlib.import_module(f"robust_rlhf.{pkg}")
         assert mod.__all__ and all(getattr(mod, n) is not None for n in mod.__all__), pkg
-    sys.modules.pop("robust_rlhf.policy.logging", None)
-    with pytest.warns(FutureWarning, match="import robust_rlhf.policy.tracking instead"):
-        old = importlib.import_module("robust_rlhf.policy.logging")
-    assert old.Run is Run
 
 
 def test_import_robust_rlhf_does_not_load_torch():

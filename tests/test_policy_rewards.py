@@ -8,9 +8,9 @@ import torch
 from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.config import load_config
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.losses import token_level_rewards, variance_aware_kl_weight
+from robust_rlhf.policy.kl import KLConfig, token_level_rewards, variance_aware_kl_weight
 from robust_rlhf.policy.ppo import PPOConfig
-from robust_rlhf.policy.rewards import KLConfig, RewardConfig, TrainingReward
+from robust_rlhf.policy.rewards import RewardConfig, TrainingReward
 from robust_rlhf.reward.output import RewardOutput
 
 # 3 samples, 2 Gaussian heads: mu and s chosen by hand
@@ -129,14 +129,9 @@ def test_validation_scale_is_read_once_from_the_reward_model():
                        KLConfig(variance_aware=True, variance_scale="validation"))
 
 
-def test_deprecated_variance_normalize_alias():
-    with pytest.warns(FutureWarning, match="variance_scale=batch_mean"):
-        cfg = load_config(PPOConfig, None, ["kl.variance_aware=true", "kl.variance_normalize=true"])
-    assert cfg.kl.variance_scale == "batch_mean" and cfg.kl.variance_normalize is None
-    with pytest.warns(FutureWarning, match="variance_scale=none"):
-        assert KLConfig(variance_normalize=False).variance_scale == "none"
-    with pytest.raises(UserError, match="contradicts"):
-        load_config(PPOConfig, None, ["kl.variance_normalize=true", "kl.variance_scale=validation"])
+def test_moved_variance_normalize_is_refused_naming_variance_scale():
+    with pytest.raises(UserError, match="unknown key 'kl.variance_normalize'; use kl.variance_scale"):
+        load_config(PPOConfig, None, ["kl.variance_aware=true", "kl.variance_normalize=true"])
 
 
 def test_bad_kl_settings_rejected():

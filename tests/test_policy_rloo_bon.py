@@ -10,12 +10,12 @@ import torch
 
 from robust_rlhf.config import load_config
 from robust_rlhf.errors import UserError
+from robust_rlhf.models.generation import SamplingConfig
 from robust_rlhf.policy.best_of_n import BestOfNConfig, best_of_n, run_best_of_n
 from robust_rlhf.policy.losses import best_of_n_kl
 from robust_rlhf.policy.model import ModelConfig, load_policy
 from robust_rlhf.policy.rewards import RewardConfig, TrainingReward
 from robust_rlhf.policy.rloo import RLOOConfig, train_rloo
-from robust_rlhf.policy.sampling import SamplingConfig
 from robust_rlhf.reward.output import RewardOutput
 
 
@@ -24,13 +24,13 @@ def _length_reward(prompts, responses):
     return RewardOutput(torch.tensor([[float(len(r))] for r in responses]))
 
 
-def test_rloo_smoke(tmp_path):
+def test_rloo_smoke(tmp_path, read_jsonl):
     cfg = load_config(RLOOConfig, None, [
         "train.batch_size=2", "rloo.k=2", "sampling.max_new_tokens=6", "train.steps=2", "log.eval_every=2",
         "log.eval_prompts=2", "log.progress=false", "reward.model=gold:vader", "log.checkpoint_every=2",
     ])
     out = train_rloo(cfg, tmp_path / "rloo")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["step"] for r in rows] == [1, 2]
     assert {"kl", "proxy_reward", "policy/entropy", "losses/policy", "reward/kl_penalised"} <= set(rows[0])
     assert "gold_reward" in rows[1]
@@ -72,7 +72,7 @@ def test_best_of_n_kl_formula():
     assert best_of_n_kl(16) == pytest.approx(math.log(16) - 15 / 16)  # 1.8351
 
 
-def test_best_of_n_selects_max_of_n_and_run(tmp_path):
+def test_best_of_n_selects_max_of_n_and_run(tmp_path, read_jsonl):
     policy = load_policy(ModelConfig(), with_value_head=False).eval()
     reward = TrainingReward(_length_reward, RewardConfig())
     torch.manual_seed(0)
@@ -88,11 +88,11 @@ def test_best_of_n_selects_max_of_n_and_run(tmp_path):
     cfg = load_config(BestOfNConfig, None, ["best_of_n.n_max=4", "best_of_n.n_values=[1,2,4]",
                                             "best_of_n.num_prompts=2", "sampling.max_new_tokens=6"])
     out = run_best_of_n(cfg, tmp_path / "bon", reward_source=_length_reward)
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = read_jsonl(out / "metrics.jsonl")
     assert [r["n"] for r in rows] == [1, 2, 4]
     # KL_bon = log n - (n - 1) / n, by hand: 0, log 2 - 1/2, log 4 - 3/4
     assert [r["kl"] for r in rows] == pytest.approx([0.0, 0.19314718056, 0.63629436112])
-    samples = [json.loads(x) for x in (out / "samples.jsonl").read_text().splitlines()]
+    samples = read_jsonl(out / "samples.jsonl")
     # best-of-4 on a pool of 4 is exactly the mean over prompts of the max proxy
     by_prompt = {}
     for s in samples:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import robust_rlhf.utils as utils_mod
-from robust_rlhf.policy.sampler import SamplingCopy, contiguous_lm_head, sampling_dtype, sampling_model
-from robust_rlhf.policy.sampling import SamplingConfig
+from robust_rlhf.models.generation import SamplingConfig
+from robust_rlhf.models.sampler import SamplingCopy, contiguous_lm_head, sampling_dtype, sampling_model
 
 
 def _tiny_llama(seed: int = 0):
@@ -136,8 +136,8 @@ def test_sampling_model_is_cached_per_model_and_fp32_is_the_model_itself():
 def test_bf16_copy_samples_nearly_the_policys_distribution():
     """On the real SmolLM2 policy: per-token KL(fp32 policy || bf16 copy) over sampled responses is tiny
     next to the KL a policy run moves (docs/policy.md gives the measured figures)."""
+    from robust_rlhf.models.generation import generate
     from robust_rlhf.policy.model import ModelConfig, load_policy
-    from robust_rlhf.policy.sampling import generate
 
     torch.manual_seed(0)
     p = load_policy(ModelConfig(), with_value_head=False)

@@ -67,7 +67,7 @@ def test_cuda_without_bf16_refuses_forced_bf16(monkeypatch):
 def test_bad_precision_in_config_is_one_user_error():
     from robust_rlhf.config import load_config
     from robust_rlhf.reward.model import RewardModelConfig
-    from robust_rlhf.reward.train import RewardTrainConfig
+    from robust_rlhf.reward.train_config import RewardTrainConfig
 
     with pytest.raises(ValueError, match="precision must be one of auto, fp32, bf16"):
         RewardModelConfig(precision="fp16")

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from robust_rlhf.data.preferences import PreferencePair
+from robust_rlhf.report.reward_eval import write_eval_report
 from robust_rlhf.reward.evaluate import (
     affine_match,
     auroc,
@@ -20,7 +21,6 @@ from robust_rlhf.reward.evaluate import (
     text_uncertainty,
     uncertainty_quality,
     wilson_interval,
-    write_eval_report,
 )
 from robust_rlhf.reward.output import RewardOutput
 
@@ -74,7 +74,7 @@ def test_evaluate_rewards_against_numpy(tmp_path):
     assert m["difference_variance"]["median"] == pytest.approx(np.median(np.var(cn - rn, axis=1, ddof=1)), rel=1e-5)
     d = cn - rn
     u = d.std(1, ddof=0)  # the heads' std of the margin (pair_uncertainty for point heads)
-    assert m["uncertainty_auroc_misranked"] == pytest.approx(_brute_auroc(u, ~(cn.mean(1) > rn.mean(1))), rel=1e-5)
+    assert m["uncertainty/auroc_misranked"] == pytest.approx(_brute_auroc(u, ~(cn.mean(1) > rn.mean(1))), rel=1e-5)
     assert m["accuracy_per_subset"]["a"]["num_pairs"] == 40
     # length baseline: chosen longer than rejected ("rr") when i % 3 == 2; equal when i % 3 == 1 (half credit)
     expected_len = np.mean([1.0 if i % 3 == 2 else 0.5 if i % 3 == 1 else 0.0 for i in range(n)])
@@ -170,7 +170,7 @@ def test_single_point_head_reports_the_margin_baseline_only(tmp_path):
     c, r = RewardOutput(torch.tensor([[2.0], [-0.1], [1.0]])), RewardOutput(torch.zeros(3, 1))
     pairs = [PreferencePair("", "a", "b")] * 3
     m, arrays = evaluate_rewards(c, r, pairs)
-    assert m["uncertainty/auroc_misranked"] is None and m["uncertainty_auroc_misranked"] is None
+    assert m["uncertainty/auroc_misranked"] is None and "uncertainty_auroc_misranked" not in m
     assert m["uncertainty/auroc_misranked_small_margin"] == 1.0  # the misranked pair has the smallest |margin|
     write_eval_report(m, arrays, tmp_path)
     assert (tmp_path / "uncertainty.png").stat().st_size > 1000

@@ -115,7 +115,7 @@ def test_non_bert_backbones_and_too_many_top_layers_are_refused(minilm_rm_factor
 
 def _tiny_cfg(overrides):
     from robust_rlhf.config import load_config
-    from robust_rlhf.reward.train import RewardTrainConfig
+    from robust_rlhf.reward.train_config import RewardTrainConfig
 
     base = ["model.num_heads=3", "model.max_length=48", "data.limit=16", "stage1.max_steps=1", "stage1.eval_every=0",
             "stage1.loss_threshold=null", "layer_ensemble.epochs=2", "layer_ensemble.batch_size=8"]

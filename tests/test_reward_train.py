@@ -6,20 +6,22 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from robust_rlhf.checkpoint import BackboneHeadCheckpoint
 from robust_rlhf.cli import main
 from robust_rlhf.config import load_config
 from robust_rlhf.reward.model import RewardModel
-from robust_rlhf.reward.train import RewardTrainConfig, _Checkpoint, train_reward_model
+from robust_rlhf.reward.train import train_reward_model
+from robust_rlhf.reward.train_config import RewardTrainConfig
 
 
-def test_tiny_ensemble_trains_saves_and_reloads(tiny_trained_rm):
+def test_tiny_ensemble_trains_saves_and_reloads(tiny_trained_rm, read_jsonl):
     out = tiny_trained_rm
     rm = RewardModel.from_pretrained(out)
     assert rm.config.num_heads == 3 and rm.config.head_type == "ensemble"
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["stage1"]["steps"] == 8
     assert (out / "config.yaml").exists() and (out / "train_log.jsonl").exists()
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    log = read_jsonl(out / "train_log.jsonl")
     assert any(r["stage"] == 1 and "eval/val_accuracy" in r for r in log)
     # seed 001's hidden-state statistics are tracked at every stage-1 evaluation
     evals = [r for r in log if r["stage"] == 1 and "eval/val_accuracy" in r]
@@ -39,16 +41,16 @@ def test_resume_after_interruption_reaches_the_same_weights(tmp_path, monkeypatc
     cfg = load_config(RewardTrainConfig, "rm_tiny", overrides)
     train_reward_model(cfg, tmp_path / "full")
 
-    original = _Checkpoint.save
+    original = BackboneHeadCheckpoint.save
     def crash_after_step_4(self, backbone, head, opt, sched, progress, cfg_dict):
         original(self, backbone, head, opt, sched, progress, cfg_dict)
         if progress["step"] == 4:
             raise RuntimeError("simulated crash")
-    monkeypatch.setattr(_Checkpoint, "save", crash_after_step_4)
+    monkeypatch.setattr(BackboneHeadCheckpoint, "save", crash_after_step_4)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_reward_model(cfg, tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "reward_config.json").exists()  # no half model
-    monkeypatch.setattr(_Checkpoint, "save", original)
+    monkeypatch.setattr(BackboneHeadCheckpoint, "save", original)
     train_reward_model(cfg, tmp_path / "resumed")
 
     a, b = load_file(str(tmp_path / "full" / "heads.safetensors")), load_file(str(tmp_path / "resumed" / "heads.safetensors"))
@@ -72,7 +74,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path, monkeypatch):
         train_reward_model(other, tmp_path)
 
 
-def test_cli_eval_and_score(tiny_trained_rm, tmp_path, capsys):
+def test_cli_eval_and_score(tiny_trained_rm, tmp_path, capsys, read_jsonl):
     assert main(["rm", "eval", "--model", str(tiny_trained_rm), "--data", "builtin:test",
                  "--output-dir", str(tmp_path / "ev")]) == 0
     m = json.loads((tmp_path / "ev" / "metrics.json").read_text())
@@ -94,7 +96,7 @@ def test_cli_eval_and_score(tiny_trained_rm, tmp_path, capsys):
                    '{"prompt": "The film was", "response": " awful"}\n')
     assert main(["rm", "score", "--model", str(tiny_trained_rm), "--input", str(inp),
                  "--output", str(tmp_path / "out.jsonl")]) == 0
-    rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
+    rows = read_jsonl(tmp_path / "out.jsonl")
     assert rows[0]["id"] == 7 and len(rows[0]["rewards_per_head"]) == 3
     rm = RewardModel.from_pretrained(tiny_trained_rm)
     direct = rm.score(["The film was"] * 2, [" wonderful", " awful"])  # one batch, as the CLI scores it
@@ -102,14 +104,11 @@ def test_cli_eval_and_score(tiny_trained_rm, tmp_path, capsys):
     assert rows[0]["reward_std"] == pytest.approx(direct.std[0].item(), abs=1e-5)
 
 
-def test_cli_user_errors_are_one_line(tmp_path, capsys):
-    assert main(["rm", "train", "--output-dir", str(tmp_path), "stage1.nope=1"]) == 2
-    err = capsys.readouterr().err
-    assert "unknown key 'stage1.nope'" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
-    assert main(["rm", "train", "--output-dir", str(tmp_path), "loss.bsr_coef=-1"]) == 2
-    assert "bsr_coef must be a finite number >= 0" in capsys.readouterr().err
-    assert main(["rm", "eval", "--model", str(tmp_path), "--data", "builtin:test", "--output-dir", str(tmp_path / "e")]) == 2
-    assert "not a robust-rlhf reward model" in capsys.readouterr().err
+def test_cli_user_errors_are_one_line(tmp_path, cli_error):
+    cli_error(["rm", "train", "--output-dir", tmp_path, "stage1.nope=1"], "unknown key 'stage1.nope'")
+    cli_error(["rm", "train", "--output-dir", tmp_path, "loss.bsr_coef=-1"], "bsr_coef must be a finite number >= 0")
+    cli_error(["rm", "eval", "--model", tmp_path, "--data", "builtin:test", "--output-dir", tmp_path / "e"],
+              "not a robust-rlhf reward model")
 
 
 def test_bt_minilm_held_out_accuracy_well_above_chance(tmp_path):
@@ -134,7 +133,7 @@ def test_bt_minilm_held_out_accuracy_well_above_chance(tmp_path):
     ["loss.bsr_coef=1e-3", "loss.center_coef=1e-2", "model.head_type=scalar"],
     ["stage1.enabled=false"],
 ], ids=["brme-marginal", "brme-bt-reparam", "brme-regression", "lora-stage1", "bsr-and-centering", "frozen-pretrained-heads-only"])
-def test_recipe_variants_train_save_and_reload(tmp_path, overrides):
+def test_recipe_variants_train_save_and_reload(tmp_path, overrides, read_jsonl):
     cfg = load_config(RewardTrainConfig, "rm_tiny", ["stage1.max_steps=2", "stage2.epochs=2", "data.limit=32",
                                                      "model.max_length=32", *overrides])
     train_reward_model(cfg, tmp_path)
@@ -149,7 +148,7 @@ def test_recipe_variants_train_save_and_reload(tmp_path, overrides):
     if cfg.stage1.lora:  # LoRA merged into an ordinary backbone folder
         assert (tmp_path / "backbone" / "model.safetensors").exists()
         assert not any("lora" in k for k in load_file(str(tmp_path / "backbone" / "model.safetensors")))
-    log = [json.loads(line) for line in (tmp_path / "train_log.jsonl").read_text().splitlines()]
+    log = read_jsonl(tmp_path / "train_log.jsonl")
     if cfg.loss.bsr_coef > 0:
         assert all("losses/bsr_penalty" in r and "losses/center_penalty" in r for r in log if r["stage"] == 1)
 
@@ -170,7 +169,8 @@ def _train_synthetic_brme(loss: str, **stage2):
     import types
 
     from robust_rlhf.reward.heads import RewardHeads
-    from robust_rlhf.reward.train import Stage2Config, train_stage2
+    from robust_rlhf.reward.stage2 import train_stage2
+    from robust_rlhf.reward.train_config import Stage2Config
 
     feats, amb = _synthetic_pairs()
     cfg = load_config(RewardTrainConfig, "rm_brme_minilm", ["model.num_heads=3"])

@@ -32,14 +32,8 @@ from aiohttp import web
 from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.errors import UserError
 from robust_rlhf.integrations.client import RewardClient, RewardServerError
-from robust_rlhf.integrations.server import (
-    BackgroundServer,
-    RewardService,
-    ServerConfig,
-    create_app,
-    load_service,
-    split_query,
-)
+from robust_rlhf.integrations.protocol import ServerConfig, split_query
+from robust_rlhf.integrations.server import BackgroundServer, RewardService, create_app, load_service
 from robust_rlhf.reward.output import RewardOutput
 
 K = 3
@@ -245,24 +239,33 @@ def test_a_failing_request_does_not_fail_its_batch_neighbours():
 
 
 def test_concurrent_requests_are_gathered_into_batches():
+    """The first batch holds the worker (an event) until every other request is queued (counted
+    by /health's queue_depth); then the queue drains in full batches of max_batch_size."""
     sizes = []
+    started, release = threading.Event(), threading.Event()
 
     def recording(prompts, responses):
         sizes.append(len(prompts))
-        time.sleep(0.05)
+        started.set()
+        assert release.wait(120), "never released"
         return fake_score(prompts, responses)
 
     with BackgroundServer(create_app(make_service(recording), ServerConfig(max_batch_size=8, max_wait_ms=50))) as srv:
         client = RewardClient(srv.url)
         jobs = [(["p" * i], ["r" * (2 * i)]) for i in range(32)]
         with ThreadPoolExecutor(32) as pool:
-            results = list(pool.map(lambda j: client.score(*j), jobs))
+            futures = [pool.submit(client.score, *j) for j in jobs]
+            assert started.wait(120)
+            while client.health()["queue_depth"] < 32 - sizes[0]:  # the other requests arrive
+                assert not any(f.done() for f in futures)
+            release.set()
+            results = [f.result(timeout=120) for f in futures]
         health = client.health()
     for i, res in enumerate(results):  # each request got its own slice back
         assert res.rewards == pytest.approx([i + 0.2 * 2 * i])
-    assert sum(sizes) == 32 and max(sizes) <= 8
-    assert len(sizes) < 32 / 2, sizes  # gathered, not one batch per request
-    assert health["stats"]["items_scored"] == 32 and health["stats"]["mean_batch_size"] > 2
+    rest = 32 - sizes[0]
+    assert sizes[1:] == [8] * (rest // 8) + ([rest % 8] if rest % 8 else []), sizes  # gathered in full batches
+    assert health["stats"]["items_scored"] == 32
 
 
 def test_large_request_is_scored_as_one_batch_and_queue_full_gives_503():

@@ -168,7 +168,8 @@ def test_tiny_study_claims_end_to_end(tmp_path, one_thread):
     """The study's pieces on the tiny configuration: the max aggregator, variance-aware PPO per head
     (validation-scaled), the shifted sets (Kendall tau, norms), early warning, the claims list with
     verdicts that follow the rule, the claims table first in the report, and a cached re-run."""
-    from robust_rlhf.experiments.overopt import load_experiment_config, run_experiment
+    from robust_rlhf.experiments.config import load_experiment_config
+    from robust_rlhf.experiments.overopt import run_experiment
 
     overrides = one_thread + [
         "methods=[{name: ppo-heads, type: ppo, reward_model: ens, train_on: each_head, heads: [0, 1],"

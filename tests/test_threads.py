@@ -219,12 +219,8 @@ def test_unit_runner_rechecks_before_each_unit_that_runs(tmp_path):
 
 @pytest.mark.parametrize("command", [["rm", "train", "--config", "rm_tiny"],
                                      ["policy", "train", "--config", "policy_tiny"]])
-def test_cli_bad_omp_num_threads_is_one_line_exit_2(command, tmp_path, monkeypatch, capsys):
+def test_cli_bad_omp_num_threads_is_one_line_exit_2(command, tmp_path, monkeypatch, cli_error):
     """rm / policy train choose their threads at start; a bad OMP_NUM_THREADS stops them before any work."""
-    from robust_rlhf.cli import main
-
     monkeypatch.setenv("OMP_NUM_THREADS", "lots")
-    assert main([*command, "--output-dir", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err == "robust-rlhf: error: OMP_NUM_THREADS must be a positive integer, got 'lots'"
-    assert not (tmp_path / "out").exists()
+    line = cli_error([*command, "--output-dir", tmp_path / "out"], "OMP_NUM_THREADS", watch=tmp_path)
+    assert line == "robust-rlhf: error: OMP_NUM_THREADS must be a positive integer, got 'lots'"

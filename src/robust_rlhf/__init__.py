@@ -3,7 +3,7 @@ without reward hacking.
 
 Public API (stable; imported lazily, so ``import robust_rlhf`` does not load torch):
     RewardModel, RewardOutput, RewardModelConfig    -- robust_rlhf.reward
-    RewardTrainConfig, train_reward_model           -- robust_rlhf.reward.train
+    RewardTrainConfig, train_reward_model           -- robust_rlhf.reward.train_config, .train
     AGGREGATORS, AggregatorConfig, aggregate        -- robust_rlhf.aggregate
     PPOConfig, train_ppo, RLOOConfig, train_rloo,
     BestOfNConfig, run_best_of_n                    -- robust_rlhf.policy
@@ -23,7 +23,7 @@ _EXPORTS = {
     "RewardModel": "robust_rlhf.reward.model",
     "RewardModelConfig": "robust_rlhf.reward.model",
     "RewardOutput": "robust_rlhf.reward.output",
-    "RewardTrainConfig": "robust_rlhf.reward.train",
+    "RewardTrainConfig": "robust_rlhf.reward.train_config",
     "train_reward_model": "robust_rlhf.reward.train",
     "AGGREGATORS": "robust_rlhf.aggregate",
     "AggregatorConfig": "robust_rlhf.aggregate",

@@ -17,7 +17,6 @@ import dataclasses
 import math
 import types
 import typing
-import warnings
 from pathlib import Path
 from typing import Any, Sequence, TypeVar
 
@@ -147,37 +146,17 @@ def _merge(base: dict, extra: dict) -> dict:
     return merged
 
 
-def migrate_deprecated_keys(data: dict, aliases: dict[str, str], warn: bool = True) -> dict:
-    """Move values from deprecated dotted keys to their new keys (``aliases``: old -> new), with
-    a `FutureWarning` per key used when ``warn``. Setting both an old key and its new key is an error."""
-    if not aliases:
-        return data
-    data = _merge({}, data)  # a copy of the nested dicts
-    for old, new in aliases.items():
-        *parents, leaf = old.split(".")
-        node = data
-        for p in parents:
-            node = node.get(p) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or leaf not in node:
-            continue
-        value = node.pop(leaf)
-        *new_parents, new_leaf = new.split(".")
-        target = data
-        for p in new_parents:
-            target = target.setdefault(p, {})
-        if new_leaf in target:
-            raise UserError(f"config: {old!r} is a deprecated name of {new!r}; set only {new!r}")
-        target[new_leaf] = value
-        if warn:
-            warnings.warn(f"config key {old!r} is deprecated; use {new!r}", FutureWarning, stacklevel=3)
-    return data
-
-
 def build_dataclass(cls: type[T], data: dict, where: str = "") -> T:
     """Construct dataclass `cls` from a (nested) dict, rejecting unknown keys and bad types."""
     if not isinstance(data, dict):
         raise UserError(f"config {where or 'root'}: expected a mapping, got {type(data).__name__}")
-    data = migrate_deprecated_keys(data, getattr(cls, "deprecated_keys", {}), warn=True)
+    for old, new in getattr(cls, "renamed_keys", {}).items():
+        *parents, leaf = old.split(".")
+        node = data
+        for p in parents:
+            node = node.get(p) if isinstance(node, dict) else None
+        if isinstance(node, dict) and leaf in node:
+            raise UserError(f"config: unknown key {old!r}; use {new}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))

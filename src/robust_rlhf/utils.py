@@ -293,14 +293,14 @@ def is_inside(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
 
 
 def resolve_device(spec: str | None) -> torch.device:
-    """A device string from a config (cpu, cuda, cuda:1, mps; None = cuda if available), checked
-    against this machine."""
-    if spec is None:
+    """A device string from a config (cpu, cuda, cuda:1, mps; None or ``auto`` = cuda if available),
+    checked against this machine. Every recipe (reward models, policies) resolves its ``device`` here."""
+    if spec is None or spec == "auto":
         return default_device()
     try:
         dev = torch.device(spec)
     except (RuntimeError, TypeError, ValueError):
-        raise UserError(f"device {spec!r}: not a device name (use cpu, cuda, cuda:N or null)") from None
+        raise UserError(f"device {spec!r}: not a device name (use cpu, cuda, cuda:N, auto or null)") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"device {spec!r}: no CUDA GPU is available on this machine (use device=cpu or null)")
@@ -310,7 +310,7 @@ def resolve_device(spec: str | None) -> torch.device:
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise UserError(f"device {spec!r}: MPS is not available on this machine")
     elif dev.type != "cpu":
-        raise UserError(f"device {spec!r}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N or null)")
+        raise UserError(f"device {spec!r}: unsupported device type {dev.type!r} (use cpu, cuda, cuda:N, auto or null)")
     return dev
 
 

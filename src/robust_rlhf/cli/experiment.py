@@ -46,7 +46,8 @@ def register(sub) -> None:
 
 
 def cmd_run(args) -> int:
-    from robust_rlhf.experiments.overopt import load_experiment_config, run_experiment
+    from robust_rlhf.experiments.config import load_experiment_config
+    from robust_rlhf.experiments.overopt import run_experiment
 
     from robust_rlhf.utils import check_output_dir
 

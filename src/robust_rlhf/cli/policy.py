@@ -116,18 +116,18 @@ def cmd_train(args) -> int:
 
 
 def _run_config(policy_dir: Path) -> dict:
-    import yaml
+    """The config of the policy run ``policy_dir`` belongs to (itself, or up to two folders up), read
+    by `robust_rlhf.config.saved_run_config`; {} when there is none or it cannot be read."""
+    from robust_rlhf.config import saved_run_config
 
     for cand in (policy_dir, policy_dir.parent, policy_dir.parent.parent):
-        f = cand / "config.yaml"
-        if f.exists():
-            try:
-                data = yaml.safe_load(f.read_text(encoding="utf-8")) or {}
-            except yaml.YAMLError:
-                return {}
-            if isinstance(data, dict) and "method" in data:
-                data["_dir"] = str(cand)
-                return data
+        try:
+            data = saved_run_config(cand, "a policy run's")
+        except UserError:
+            return {}
+        if data is not None and "method" in data:
+            data["_dir"] = str(cand)
+            return data
     return {}
 
 
@@ -135,10 +135,12 @@ def cmd_sample(args) -> int:
     import torch
 
     from robust_rlhf.aggregate import AggregatorConfig
+    from robust_rlhf.data.prompts import load_prompts_file
     from robust_rlhf.gold import load_gold
+    from robust_rlhf.models.generation import SamplingConfig, generate
     from robust_rlhf.policy.model import ModelConfig, load_policy, load_saved_policy
-    from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, load_reward_source
-    from robust_rlhf.policy.sampling import SamplingConfig, generate, load_prompts_file
+    from robust_rlhf.policy.rewards import RewardConfig, TrainingReward
+    from robust_rlhf.reward.sources import load_reward_source
     from robust_rlhf.utils import atomic_write_jsonl
 
     from robust_rlhf.utils import check_output_file, check_seed

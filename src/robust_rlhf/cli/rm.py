@@ -29,7 +29,8 @@ def register(sub) -> None:
             f"on minilm-l6 over the built-in task (preset {DEFAULT_PRESET!r}).\n\n"
             "Override any config key with key=value, e.g.\n"
             "  robust-rlhf rm train --output-dir runs/rm model.num_heads=5 loss.bsr_coef=1e-3 stage1.max_steps=100\n\n"
-            "Presets: rm_ensemble_minilm, rm_bt_minilm, rm_bsr_minilm, rm_brme_minilm, rm_ensemble_smollm2_lora, rm_tiny."),
+            "Presets: rm_ensemble_minilm, rm_bt_minilm, rm_bsr_minilm, rm_brme_minilm, rm_layer_ensemble_minilm, "
+            "rm_ensemble_smollm2_lora, rm_tiny."),
     )
     t.add_argument("--config", help="YAML file or built-in preset name (default: %(default)s)", default=DEFAULT_PRESET)
     t.add_argument("--output-dir", required=True, help="folder for the model, its config, logs and checkpoints")
@@ -65,7 +66,8 @@ def cmd_train(args) -> int:
     from robust_rlhf.utils import check_output_dir
 
     check_output_dir(args.output_dir)  # before the heavy imports: an unset variable fails at once
-    from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+    from robust_rlhf.reward.train import train_reward_model
+    from robust_rlhf.reward.train_config import RewardTrainConfig
     from robust_rlhf.threads import apply_threads
 
     cfg = load_config(RewardTrainConfig, args.config, args.overrides)
@@ -90,7 +92,8 @@ def _check_batch_size(n: int) -> None:
 
 def cmd_eval(args) -> int:
     from robust_rlhf.data.preferences import check_prompt_lengths, load_preferences
-    from robust_rlhf.reward.evaluate import evaluate_reward_model, write_eval_report
+    from robust_rlhf.report.reward_eval import write_eval_report
+    from robust_rlhf.reward.evaluate import evaluate_reward_model
     from robust_rlhf.reward.model import RewardModel
 
     from robust_rlhf.utils import check_output_dir

@@ -62,7 +62,7 @@ def register(sub) -> None:
 def config_from_args(args):
     """(ServerConfig, AggregatorConfig) from parsed arguments; `UserError` for invalid values."""
     from robust_rlhf.aggregate import AggregatorConfig
-    from robust_rlhf.integrations.server import ServerConfig
+    from robust_rlhf.integrations.protocol import ServerConfig
 
     aggregator = AggregatorConfig(name=args.aggregator, lam=args.lam, beta=args.beta, normalize=args.normalize)
     if not args.max_body_mb > 0:

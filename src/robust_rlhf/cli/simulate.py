@@ -1,6 +1,6 @@
 """`robust-rlhf simulate {bandit,softmax,scoring}`: the theory checks of seeds 002 and 000.
 
-Thin: parse arguments into the config dataclass of `robust_rlhf.experiments.theory`, run it,
+Thin: parse arguments into the config dataclass of `robust_rlhf.experiments.{bandit,kl_policies,scoring}`, run it,
 write results.json + a PNG (`robust_rlhf.report.theory_plots`), print a short summary. See docs/theory.md.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.experiments import theory
+from robust_rlhf.experiments import bandit, kl_policies, scoring
 from robust_rlhf.report import theory_plots
 from robust_rlhf.utils import MAX_SEED, atomic_write_json, atomic_write_text, check_output_dir
 
@@ -94,9 +94,9 @@ def _p_line(name: str, r: dict) -> str:
 
 
 def _bandit(args: argparse.Namespace) -> int:
-    cfg = theory.BanditConfig()
+    cfg = bandit.BanditConfig()
     if args.preset is not None:
-        _apply(cfg, theory.BANDIT_PRESETS[args.preset])
+        _apply(cfg, bandit.BANDIT_PRESETS[args.preset])
         cfg.preset = args.preset
     if args.variances is not None and args.var_range is not None:
         raise UserError("give either --var-range or --variances, not both")
@@ -108,7 +108,7 @@ def _bandit(args: argparse.Namespace) -> int:
     ))
     cfg.dim_explicit = args.dim is not None
     out = check_output_dir(args.out if args.out is not None else f"runs/simulate/bandit-{cfg.preset or 'custom'}", "--out")
-    results, arrays = theory.run_bandit(cfg)
+    results, arrays = bandit.run_bandit(cfg)
     paths = _write_outputs(out, "bandit", results, arrays, vectors=("r_star", "variances", "pi0"))
     r = results
     lines = [
@@ -131,14 +131,14 @@ def _softmax(args: argparse.Namespace) -> int:
     if args.variances is not None and args.var_range is not None:
         raise UserError("give either --var-range or --variances, not both")
     low, high = args.var_range if args.var_range is not None else (None, None)
-    cfg = _apply(theory.SoftmaxConfig(), dict(
+    cfg = _apply(kl_policies.SoftmaxConfig(), dict(
         actions=args.actions, var_low=low, var_high=high, r_star_scale=args.r_star_scale, kl=args.kl,
         trials=args.trials, seed=args.seed, variances_file=args.variances, r_star_file=args.r_star,
         pi0_file=args.pi0,
     ))
     cfg.dim_explicit = args.actions is not None
     out = check_output_dir(args.out if args.out is not None else "runs/simulate/softmax", "--out")
-    results, arrays = theory.run_softmax(cfg)
+    results, arrays = kl_policies.run_softmax(cfg)
     paths = _write_outputs(out, "softmax", results, arrays)
     r = results
     lines = [
@@ -169,12 +169,12 @@ def _softmax(args: argparse.Namespace) -> int:
 
 
 def _scoring(args: argparse.Namespace) -> int:
-    cfg = _apply(theory.ScoringConfig(), dict(
+    cfg = _apply(scoring.ScoringConfig(), dict(
         actions=args.actions, fraction=args.fraction, delta=args.delta, beta=args.beta, trials=args.trials,
         seed=args.seed, beta_min=args.beta_min, beta_max=args.beta_max, sweep_points=args.sweep_points,
     ))
     out = check_output_dir(args.out if args.out is not None else "runs/simulate/scoring", "--out")
-    results, arrays = theory.run_scoring(cfg)
+    results, arrays = scoring.run_scoring(cfg)
     paths = _write_outputs(out, "scoring", results, arrays)
     r = results
     lines = [
@@ -228,7 +228,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "P(piᵀr* <= pi0ᵀr*) empirical vs Theorem 3.3. Explicit flags override the preset.",
     )
     b.add_argument(
-        "--preset", choices=sorted(theory.BANDIT_PRESETS), default=None,
+        "--preset", choices=sorted(bandit.BANDIT_PRESETS), default=None,
         help="the paper's settings (d=1000, 10,000 trials, variances in (3,100) or (70,100), "
              "r*_i ~ N(0, 0.13^2) seed 0, uniform pi0, eps=1); without it the defaults equal high-variability",
     )

@@ -9,6 +9,8 @@ _EXPORTS = {
     "save_preferences_jsonl": ".preferences",
     "builtin_prompts": ".prompts",
     "split_prompts": ".prompts",
+    "PromptDataConfig": ".prompts",
+    "load_prompts_file": ".prompts",
     "TaskConfig": ".builtin_task",
     "build_task": ".builtin_task",
 }

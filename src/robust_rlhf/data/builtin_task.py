@@ -1,7 +1,7 @@
 """The built-in gold-labelled task: positive-sentiment review continuation.
 
 Short review openings (`prompts.builtin_prompts`) are completed by the base policy
-(`smollm2-135m` by default); completions of the same prompt are paired and labelled by a gold
+(`smollm2-135m` by default, sampled with `robust_rlhf.models.generation`); completions of the same prompt are paired and labelled by a gold
 reward (VADER compound by default): the completion with the higher gold score is `chosen`,
 optionally with Bradley-Terry sampling of the label and a label-noise rate (Gao et al. 2022;
 Coste et al. 2023). Pairs whose gold scores tie are skipped, because they carry no preference
@@ -25,21 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from robust_rlhf.data.preferences import PreferencePair, save_preferences_jsonl
+from robust_rlhf.data.preferences import SPLITS, PreferencePair, save_preferences_jsonl
 from robust_rlhf.data.prompts import builtin_prompts, split_prompts
 
 log = logging.getLogger(__name__)
-
-FIXTURE_DIR = Path(__file__).parent / "fixtures"
-SPLITS = ("train", "validation", "test")
-
-
-def builtin_split_path(split: str) -> Path:
-    from robust_rlhf.errors import UserError
-
-    if split not in SPLITS:
-        raise UserError(f"builtin:{split}: unknown split; use one of {', '.join(SPLITS)}")
-    return FIXTURE_DIR / f"builtin_{split}.jsonl"
 
 
 @dataclass
@@ -107,26 +96,25 @@ class TaskConfig(PairSamplingConfig):
 
 def sample_completions(policy_name: str, prompts: Sequence[str], n: int, max_new_tokens: int,
                        temperature: float, batch_size: int, seed: int) -> list[list[str]]:
-    """n sampled completions per prompt from a causal LM (left-padded, KV-cached generate)."""
+    """n sampled completions per prompt from a causal LM, drawn by the package's one LM sampler
+    (`robust_rlhf.models.generation.generate`, the policies' too) from the model itself in fp32;
+    each batch reseeds from ``seed``."""
     import torch
     from tqdm.auto import tqdm
 
+    from robust_rlhf.models.generation import SamplingConfig, generate
     from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(policy_name).eval()
     tok = load_tokenizer(policy_name)
-    tok.padding_side = "left"
+    cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0,
+                         max_prompt_tokens=512, generation_batch_size=batch_size, precision="fp32")
     flat = [p for p in prompts for _ in range(n)]
     out: list[str] = []
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for i in tqdm(range(0, len(flat), batch_size), desc="sampling completions", unit="batch"):
-            batch = flat[i : i + batch_size]
-            enc = tok(batch, return_tensors="pt", padding=True)
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            ids = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=True, temperature=temperature,
-                                 top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id)
-            out.extend(tok.batch_decode(ids[:, enc.input_ids.shape[1]:], skip_special_tokens=True))
+    for i in tqdm(range(0, len(flat), batch_size), desc="sampling completions", unit="batch"):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        out.extend(generate(model, tok, flat[i : i + batch_size], cfg, device=torch.device("cpu")).responses)
     return [out[j * n : (j + 1) * n] for j in range(len(prompts))]
 
 

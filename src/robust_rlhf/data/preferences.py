@@ -31,6 +31,18 @@ Renderer = Callable[[list[dict]], str]
 log = logging.getLogger(__name__)
 
 
+FIXTURE_DIR = Path(__file__).parent / "fixtures"
+"""The built-in task's shipped splits (``builtin:<split>``; `robust_rlhf.data.builtin_task` builds them)."""
+SPLITS = ("train", "validation", "test")
+
+
+def builtin_split_path(split: str) -> Path:
+    """The fixture file of ``builtin:<split>``."""
+    if split not in SPLITS:
+        raise UserError(f"builtin:{split}: unknown split; use one of {', '.join(SPLITS)}")
+    return FIXTURE_DIR / f"builtin_{split}.jsonl"
+
+
 @dataclass
 class PreferencePair:
     prompt: str
@@ -235,8 +247,6 @@ def parse_pair(row: Any, where: str, render: Renderer = plain_chat_renderer) -> 
 def load_preferences(source: str | Path, tokenizer=None, limit: int | None = None) -> list[PreferencePair]:
     """Load and validate every row of `source`. Raises `UserError` on the first bad row."""
     if str(source) == "builtin" or str(source).startswith("builtin:"):
-        from robust_rlhf.data.builtin_task import builtin_split_path
-
         split = str(source).partition(":")[2] or "train"
         source = builtin_split_path(split)
     render = tokenizer_chat_renderer(tokenizer) if tokenizer is not None else plain_chat_renderer

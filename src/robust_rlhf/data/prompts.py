@@ -1,7 +1,10 @@
-"""Built-in prompts: short movie-review openings (2-8 tokens), like the IMDB prompts that
-seed 002 and Ziegler et al. continue with a policy. Deterministic, offline, no download."""
+"""Prompts: the built-in short movie-review openings (2-8 tokens), like the IMDB prompts that
+seed 002 and Ziegler et al. continue with a policy (deterministic, offline, no download); prompt
+files; the policy recipes' ``data:`` section (`PromptDataConfig`) and its train / held-out split."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 _SUBJECTS = [
     "This movie", "The film", "This film", "The acting", "The plot", "The story",
@@ -41,3 +44,73 @@ def split_prompts(prompts: list[str], fractions: tuple[float, ...], seed: int) -
         parts.append(order[start:end])
         start = end
     return parts
+
+
+@dataclass
+class PromptDataConfig:
+    """Where prompts come from and how they are split."""
+
+    prompts: str | None = None
+    """prompt file (JSONL with a `prompt` field, or plain text one per line); null = the 162 built-in review openings"""
+    eval_fraction: float = 0.2
+    """share of prompts held out for the gold evaluation (never trained on)"""
+    split_seed: int = 0
+    """seed of the train / held-out split"""
+
+    def __post_init__(self) -> None:
+        if not 0 < self.eval_fraction < 1:
+            raise ValueError(f"data.eval_fraction must be in (0, 1), got {self.eval_fraction}")
+
+
+def load_prompts_file(path: str) -> list[str]:
+    """Prompts from rows with a ``prompt`` text field (JSONL, JSON, CSV, Parquet, a datasets folder or
+    ``hf:org/name[:split]``) or from plain text, one prompt per line (blank lines skipped).
+
+    The reading rules are those of the preference data (`robust_rlhf.data.preferences`): a byte-order
+    mark is dropped, JSON Lines are split on "\\n" only (U+2028 inside a string is an ordinary
+    character), and every error names the file and the line. An empty prompt is refused."""
+    from pathlib import Path
+
+    from robust_rlhf.data.preferences import _json_loads, _read_text, _text_field, iter_source, plain_chat_renderer
+    from robust_rlhf.errors import UserError
+
+    p = Path(path)
+    if str(path).startswith("hf:") or p.is_dir() or p.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
+        if not str(path).startswith("hf:") and not p.exists():
+            raise UserError(f"prompts file {str(path)!r} does not exist")
+        name, rows = iter_source(path)
+    else:
+        if not p.is_file():
+            raise UserError(f"prompts file {str(path)!r} does not exist")
+        name, lines = str(p), _read_text(p).split("\n")
+        numbered = [(i, line.removesuffix("\r")) for i, line in enumerate(lines, 1) if line.strip()]
+        if numbered and numbered[0][1].lstrip().startswith("{"):  # JSON Lines under another suffix
+            rows = ((f"line {i}", _json_loads(line, p, f"line {i}")) for i, line in numbered)
+        else:  # plain text: the line is the prompt
+            rows = ((f"line {i}", {"prompt": line}) for i, line in numbered)
+    prompts: list[str] = []
+    for where, row in rows:
+        if not isinstance(row, dict):
+            raise UserError(f"{name}: {where}: expected an object with a text field 'prompt'")
+        if "prompt" not in row:
+            raise UserError(f"{name}: {where}: missing field 'prompt' (fields: {', '.join(map(str, row)) or 'none'})")
+        if isinstance(row["prompt"], list):
+            raise UserError(f"{name}: {where}: field 'prompt': expected text, got a list of messages "
+                            "(the policy recipes sample from plain-text prompts)")
+        prompts.append(_text_field(row["prompt"], f"{name}: {where}", "prompt", plain_chat_renderer))
+    if not prompts:
+        raise UserError(f"prompts file {str(path)!r} holds no prompts")
+    return prompts
+
+
+def train_eval_prompts(cfg: PromptDataConfig) -> tuple[list[str], list[str]]:
+    """(training prompts, held-out evaluation prompts)."""
+    from robust_rlhf.errors import UserError
+
+    prompts = load_prompts_file(cfg.prompts) if cfg.prompts else builtin_prompts()
+    if len(prompts) < 2:
+        raise UserError("need at least 2 prompts (one to train on, one held out)")
+    train, held_out = split_prompts(prompts, (1 - cfg.eval_fraction, cfg.eval_fraction), cfg.split_seed)
+    if not train or not held_out:
+        raise UserError(f"data.eval_fraction={cfg.eval_fraction} leaves an empty split of {len(prompts)} prompts")
+    return train, held_out

@@ -3,7 +3,7 @@
 from robust_rlhf._lazy import lazy_exports
 
 _EXPORTS = {
-    "load_experiment_config": ".overopt",
+    "load_experiment_config": ".config",
     "run_experiment": ".overopt",
     "fit_gao": ".fits",
 }

@@ -32,22 +32,9 @@ from typing import Callable
 
 from robust_rlhf.config import build_dataclass, config_to_dict
 from robust_rlhf.errors import UserError
-from robust_rlhf.experiments.analysis import _best_of_n_curve, analyse  # noqa: F401  (re-exported)
-from robust_rlhf.experiments.calibration import calibrate_all, calibrate_kl_coef  # noqa: F401
-from robust_rlhf.experiments.config import (  # noqa: F401  (re-exported: tests and the CLI import them from here)
-    CalibrationConfig,
-    EvaluationConfig,
-    ExperimentConfig,
-    LambdaSweepConfig,
-    MethodSpec,
-    PerturbationConfig,
-    PreferenceDataConfig,
-    PromptsConfig,
-    RewardModelSpec,
-    expanded_methods,
-    heads_of,
-    load_experiment_config,
-)
+from robust_rlhf.experiments.analysis import analyse
+from robust_rlhf.experiments.calibration import calibrate_all
+from robust_rlhf.experiments.config import ExperimentConfig, expanded_methods, heads_of
 from robust_rlhf.experiments.stages import (
     data_unit,
     load_prompts,
@@ -61,8 +48,7 @@ from robust_rlhf.experiments.stages import (
     shift_sets_unit,
     trainer,
 )
-from robust_rlhf.experiments.summary import summary_lines  # noqa: F401
-from robust_rlhf.experiments.units import DONE_FILE, Unit, UnitRunner, read_json, units_root  # noqa: F401
+from robust_rlhf.experiments.units import DONE_FILE, UnitRunner, read_json, units_root
 from robust_rlhf.utils import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)

@@ -19,8 +19,7 @@ from robust_rlhf.utils import atomic_write_json, atomic_write_jsonl
 def load_prompts(cfg: PromptsConfig) -> list[str]:
     import random
 
-    from robust_rlhf.data.prompts import builtin_prompts
-    from robust_rlhf.policy.sampling import load_prompts_file
+    from robust_rlhf.data.prompts import builtin_prompts, load_prompts_file
 
     prompts = load_prompts_file(cfg.source) if cfg.source else builtin_prompts()
     if cfg.limit is not None:
@@ -39,7 +38,7 @@ def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
         atomic_write_jsonl(folder / "prompts.jsonl", ({"prompt": p} for p in prompts))
         d = cfg.data
         if d.source == "builtin":
-            from robust_rlhf.data.builtin_task import FIXTURE_DIR, SPLITS
+            from robust_rlhf.data.preferences import FIXTURE_DIR, SPLITS
 
             if cfg.gold != "vader":
                 raise UserError("data.source=builtin holds VADER labels; use gold: vader or data.source: generate")
@@ -61,7 +60,7 @@ def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
 
 
 def rm_config(spec: RewardModelSpec, data_dir: Path, seed: int, device: str):
-    from robust_rlhf.reward.train import RewardTrainConfig
+    from robust_rlhf.reward.train_config import RewardTrainConfig
 
     raw = _merge(read_config_source(spec.preset), nest_dotted(spec.overrides))
     raw = _merge(raw, {"data": {"train": str(data_dir / "builtin_train.jsonl"),
@@ -76,7 +75,8 @@ def rm_unit(spec: RewardModelSpec, data: Unit, data_dir: Path, cfg: ExperimentCo
 
     def run(folder: Path) -> dict:
         from robust_rlhf.data.preferences import load_preferences
-        from robust_rlhf.reward.evaluate import evaluate_reward_model, write_eval_report
+        from robust_rlhf.report.reward_eval import write_eval_report
+        from robust_rlhf.reward.evaluate import evaluate_reward_model
         from robust_rlhf.reward.model import RewardModel
         from robust_rlhf.reward.train import train_reward_model
 
@@ -94,10 +94,10 @@ def rm_unit(spec: RewardModelSpec, data: Unit, data_dir: Path, cfg: ExperimentCo
 
 
 def eval_prompts(cfg: ExperimentConfig, prompts_file: Path) -> list[str]:
-    from robust_rlhf.policy.sampling import DataConfig, train_eval_prompts
+    from robust_rlhf.data.prompts import PromptDataConfig, train_eval_prompts
 
     ev = cfg.evaluation
-    _, held_out = train_eval_prompts(DataConfig(prompts=str(prompts_file), eval_fraction=ev.eval_fraction,
+    _, held_out = train_eval_prompts(PromptDataConfig(prompts=str(prompts_file), eval_fraction=ev.eval_fraction,
                                                 split_seed=ev.split_seed))
     return held_out[: ev.eval_prompts]
 
@@ -111,8 +111,8 @@ def pool_unit(cfg: ExperimentConfig, seed: int, data: Unit, prompts_file: Path) 
         import torch
 
         from robust_rlhf.gold import load_gold
+        from robust_rlhf.models.generation import SamplingConfig, generate
         from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
-        from robust_rlhf.policy.sampling import SamplingConfig, generate
 
         prompts = eval_prompts(cfg, prompts_file)
         lm = load_causal_lm(cfg.policy).eval()
@@ -178,7 +178,7 @@ class _ExperimentRewardSource:
 
     def validation_uncertainty(self, form: str) -> float:
         """The whole ensemble's mean validation sigma^2 (or sigma): ``kl.variance_scale=validation``."""
-        from robust_rlhf.policy.rewards import RewardModelSource
+        from robust_rlhf.reward.sources import RewardModelSource
 
         return RewardModelSource.validation_uncertainty(self, form)
 
@@ -199,7 +199,7 @@ class _ExperimentRewardSource:
         return RewardOutput(out.per_head[:, k : k + 1], std)  # (B, 1)
 
 
-_RESERVED = ("model.name", "data.prompts", "reward.model", "reward.aggregator", "gold", "seed", "train.seed", "resume")
+_RESERVED = ("model.name", "data.prompts", "reward.model", "reward.aggregator", "gold", "seed", "resume")
 
 
 def trainer(method_type: str):
@@ -299,9 +299,10 @@ def shift_sets_unit(cfg: ExperimentConfig, data: Unit, prompts_file: Path) -> Un
     def run(folder: Path) -> dict:
         import torch
 
+        from robust_rlhf.data.prompts import load_prompts_file
         from robust_rlhf.gold import load_gold
+        from robust_rlhf.models.generation import SamplingConfig, generate
         from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
-        from robust_rlhf.policy.sampling import SamplingConfig, generate, load_prompts_file
 
         shifted = load_prompts_file(sh.prompt_source) if sh.prompt_source else list(SHIFTED_PROMPTS)
         held_out = eval_prompts(cfg, prompts_file)

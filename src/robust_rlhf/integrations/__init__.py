@@ -3,7 +3,7 @@
 from robust_rlhf._lazy import lazy_exports
 
 _EXPORTS = {
-    "ServerConfig": ".server",
+    "ServerConfig": ".protocol",
     "RewardService": ".server",
     "create_app": ".server",
     "load_service": ".server",

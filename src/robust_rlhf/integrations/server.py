@@ -32,7 +32,6 @@ import logging
 import signal
 import threading
 import time
-import warnings
 from functools import partial
 from typing import Any, Callable, Sequence
 
@@ -43,8 +42,8 @@ from aiohttp.abc import AbstractAccessLogger
 from robust_rlhf import __version__
 from robust_rlhf.aggregate import AggregatorConfig, aggregate, aggregator_params, normalize_heads
 from robust_rlhf.errors import UserError
-from robust_rlhf.integrations.batching import BatcherStats, DynamicBatcher, QueueFull  # noqa: F401 - re-exported
-from robust_rlhf.integrations.protocol import (  # noqa: F401 - re-exported (public before the split)
+from robust_rlhf.integrations.batching import DynamicBatcher, QueueFull
+from robust_rlhf.integrations.protocol import (
     ApiError,
     ServerConfig,
     _json_type,
@@ -53,20 +52,15 @@ from robust_rlhf.integrations.protocol import (  # noqa: F401 - re-exported (pub
     _string_list,
     is_loopback,
     openrlhf_pairs,
-    split_query,
 )
 from robust_rlhf.reward.output import RewardOutput
 
 __all__ = [
     "BackgroundServer",
-    "DynamicBatcher",
     "RewardService",
-    "ScoreBatch",
-    "ServerConfig",
     "create_app",
     "load_service",
     "serve",
-    "split_query",
 ]
 
 log = logging.getLogger(__name__)
@@ -75,29 +69,6 @@ ScoreFn = Callable[[Sequence[str], Sequence[str]], RewardOutput]
 
 
 # ----------------------------------------------------------------------------- scoring (worker thread)
-
-
-class ScoreBatch(RewardOutput):
-    """DEPRECATED: the server now returns `RewardOutput` with ``reward`` set (``rewards`` here).
-
-    Kept so ``ScoreBatch(rewards, reward_std, per_head, per_head_std)`` still works (with a
-    `DeprecationWarning`); ``reward_std`` is recomputed from ``per_head`` (it always was its
-    ensemble std).
-    """
-
-    def __init__(self, rewards: torch.Tensor, reward_std: torch.Tensor | None, per_head: torch.Tensor,
-                 per_head_std: torch.Tensor | None = None) -> None:
-        warnings.warn("robust_rlhf.integrations.server.ScoreBatch is deprecated; use "
-                      "robust_rlhf.RewardOutput(per_head, per_head_std, reward=rewards)", DeprecationWarning, stacklevel=2)
-        super().__init__(per_head, per_head_std, reward=rewards)
-
-    @property
-    def rewards(self) -> torch.Tensor:
-        return self.reward  # type: ignore[return-value]
-
-    @property
-    def reward_std(self) -> torch.Tensor:
-        return self.std
 
 
 class RewardService:

@@ -29,7 +29,7 @@ from typing import Any, Sequence
 from robust_rlhf.aggregate import AggregatorConfig, aggregate
 from robust_rlhf.errors import UserError
 from robust_rlhf.integrations.chat import render_conversation
-from robust_rlhf.policy.rewards import RewardSource, load_reward_source
+from robust_rlhf.reward.sources import RewardSource, load_reward_source
 
 __all__ = ["EnsembleRewardFunc", "reward_func_from_model", "message_text"]
 

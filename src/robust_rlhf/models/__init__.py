@@ -1,4 +1,5 @@
-"""Model loading: embedded defaults, Hugging Face ids and local folders, offline."""
+"""Model loading (embedded defaults, Hugging Face ids and local folders, offline) and sampling from
+a causal LM (`generation`, the one LM sampler; `sampler`, the model it samples from)."""
 
 from robust_rlhf._lazy import lazy_exports
 
@@ -8,6 +9,8 @@ _EXPORTS = {
     "load_causal_lm": ".hub",
     "load_tokenizer": ".hub",
     "resolve_model_path": ".hub",
+    "SamplingConfig": ".generation",
+    "generate": ".generation",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

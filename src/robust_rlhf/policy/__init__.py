@@ -1,5 +1,6 @@
 """Policy optimisation: PPO (+ variance-aware, BRME-robust), RLOO and best-of-n, the shared
-recipe scaffold (`recipe`), run tracking (`tracking`), losses, the policy model and sampling."""
+recipe scaffold (`recipe`), run tracking (`tracking`), losses, KL, the policy model and its rollouts
+(sampling itself: `robust_rlhf.models.generation`)."""
 
 from robust_rlhf._lazy import lazy_exports
 
@@ -20,17 +21,12 @@ _EXPORTS = {
     "TrainConfig": ".recipe",
     "LogConfig": ".tracking",
     "Run": ".tracking",
-    "METRIC_ALIASES": ".tracking",
     "ModelConfig": ".model",
     "load_policy": ".model",
-    "KLConfig": ".rewards",
-    "RewardBatch": ".rewards",
+    "KLConfig": ".kl",
     "RewardConfig": ".rewards",
     "TrainingReward": ".rewards",
-    "build_reward_source": ".rewards",
-    "DataConfig": ".sampling",
-    "SamplingConfig": ".sampling",
-    "generate": ".sampling",
+    "build_reward_source": ".recipe",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -22,14 +22,16 @@ from typing import Literal
 import torch
 
 from robust_rlhf.config import config_to_dict
+from robust_rlhf.data.prompts import train_eval_prompts
 from robust_rlhf.gold import load_gold
+from robust_rlhf.models.generation import SamplingConfig, generate
 from robust_rlhf.policy.losses import best_of_n_expected_reward, best_of_n_kl
 from robust_rlhf.policy.model import load_policy
-from robust_rlhf.policy.recipe import PolicySamplingConfig, require_one_process, resolve_device
-from robust_rlhf.policy.rewards import RewardSource, TrainingReward, build_reward_source
-from robust_rlhf.policy.sampling import SamplingConfig, generate, train_eval_prompts
+from robust_rlhf.policy.recipe import PolicySamplingConfig, build_reward_source, require_one_process
+from robust_rlhf.policy.rewards import TrainingReward
 from robust_rlhf.policy.tracking import check_run_folder, write_metrics
-from robust_rlhf.utils import atomic_write_jsonl, atomic_write_text, set_seed
+from robust_rlhf.reward.sources import RewardSource
+from robust_rlhf.utils import atomic_write_jsonl, atomic_write_text, resolve_device, set_seed
 
 log = logging.getLogger(__name__)
 

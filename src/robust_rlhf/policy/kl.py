@@ -1,6 +1,7 @@
 """KL of a language-model policy to its reference, token level: per-token estimators, the
-KL-penalised token rewards, the variance-aware per-sample coefficient, and KL controllers
-(METHODS.md sections 3 and 5). Pure functions and two tiny classes, no models.
+KL-penalised token rewards, the variance-aware per-sample coefficient, KL controllers and the
+recipes' ``kl:`` config section `KLConfig` (METHODS.md sections 3 and 5). Pure functions and
+small classes, no models.
 
 Shapes: B sequences, T response tokens. ``mask`` (B, T) is 1 on response tokens that count.
 
@@ -13,6 +14,7 @@ References:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -23,6 +25,7 @@ __all__ = [
     "KL_ESTIMATORS",
     "AdaptiveKLController",
     "FixedKLController",
+    "KLConfig",
     "kl_estimate",
     "token_level_rewards",
     "VARIANCE_FORMS",
@@ -230,3 +233,52 @@ class AdaptiveKLController:
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.value = float(state["value"])
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class KLConfig:
+    """The KL penalty against the reference policy."""
+
+    coef: float = 0.05
+    """KL coefficient beta (the starting value when adaptive)"""
+    adaptive: bool = False
+    """adapt beta towards `target` (Ziegler et al. 2019) instead of keeping it fixed"""
+    target: float = 6.0
+    """adaptive controller: target KL per sequence (nats)"""
+    horizon: float = 10000.0
+    """adaptive controller: horizon in samples"""
+    estimator: Literal["k1", "k2", "k3"] = "k1"
+    """per-token KL estimator in the penalty: k1 = log p/q, k2 = (log p/q)^2/2, k3 = (q/p - 1) - log q/p"""
+    variance_aware: bool = False
+    """seed 002 (Thm 3.6): each sample's coefficient is beta*sigma^2(x, y)/c from the ensemble variance"""
+    variance_form: Literal["sigma2", "sigma"] = "sigma2"
+    """variance-aware: sigma2 = beta*sigma^2 (seed 002's theory); sigma = beta*sigma (its experiment section)"""
+    variance_scale: Literal["none", "batch_mean", "validation"] = "none"
+    """variance-aware divisor c: none = raw (seed 002); batch_mean = mean over the batch (mean weight is always beta); validation = a FIXED mean over the reward model's validation set"""
+    variance_reference: float | None = None
+    """variance_scale=validation: the fixed c (in units of sigma^2 or sigma); null = read it from the reward model (head_stats)"""
+
+    def __post_init__(self) -> None:
+        if self.variance_form not in ("sigma2", "sigma"):
+            raise ValueError(f"kl.variance_form must be sigma2 or sigma, got {self.variance_form!r}")
+        if self.variance_scale not in ("none", "batch_mean", "validation"):
+            raise ValueError(f"kl.variance_scale must be none, batch_mean or validation, got {self.variance_scale!r}")
+        if self.variance_reference is not None:
+            if not (math.isfinite(self.variance_reference) and self.variance_reference > 0):
+                raise ValueError(f"kl.variance_reference must be finite and > 0, got {self.variance_reference}")
+            if self.variance_scale != "validation":
+                raise ValueError("kl.variance_reference is only used with kl.variance_scale=validation; remove it")
+        if not (math.isfinite(self.coef) and self.coef >= 0):
+            raise ValueError(f"kl.coef must be finite and >= 0, got {self.coef}")
+        if self.adaptive and self.target <= 0:
+            raise ValueError(f"kl.target must be > 0, got {self.target}")
+        if self.adaptive and self.horizon <= 0:
+            raise ValueError(f"kl.horizon must be > 0, got {self.horizon}")
+
+    def controller(self) -> FixedKLController | AdaptiveKLController:
+        if self.adaptive:
+            return AdaptiveKLController(self.coef, self.target, self.horizon)
+        return FixedKLController(self.coef)

@@ -3,8 +3,7 @@
 Pure functions, no models. Shapes: B sequences, T response tokens, V vocabulary.
 ``mask`` (B, T) is 1 on response tokens that count and 0 on padding; it may be bool or float
 and need not be right-padded. Losses return ``(loss, stats)`` with detached stats. KL
-estimators, KL-penalised token rewards and KL controllers live in `robust_rlhf.policy.kl`
-(re-exported here).
+estimators, KL-penalised token rewards and KL controllers live in `robust_rlhf.policy.kl`.
 
 References:
     PPO: Schulman et al. 2017, "Proximal Policy Optimization Algorithms", arXiv:1707.06347.
@@ -26,27 +25,14 @@ from typing import Literal
 import torch
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.kl import (  # noqa: F401 - re-exported (defined here before the split)
-    KL_ESTIMATORS,
-    VARIANCE_FORMS,
-    AdaptiveKLController,
-    FixedKLController,
-    kl_estimate,
-    token_level_rewards,
-    variance_aware_kl_weight,
-)
 
 __all__ = [
-    "KL_ESTIMATORS",
     "PERTURB_MODES",
-    "AdaptiveKLController",
-    "FixedKLController",
     "best_of_n_expected_reward",
     "best_of_n_kl",
     "compute_gae",
     "entropy_from_logits",
     "explained_variance",
-    "kl_estimate",
     "masked_mean",
     "masked_var",
     "masked_whiten",
@@ -54,9 +40,7 @@ __all__ = [
     "ppo_policy_loss",
     "ppo_value_loss",
     "rloo_advantages",
-    "token_level_rewards",
-    "VARIANCE_FORMS",
-    "variance_aware_kl_weight",
+    "whiten",
 ]
 
 PERTURB_MODES = ("none", "over", "under", "noise")
@@ -129,6 +113,21 @@ def masked_whiten(x: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True) 
     if not shift_mean:
         whitened = whitened + mean
     return whitened * mask.to(x.dtype)
+
+
+def whiten(x: torch.Tensor) -> torch.Tensor:
+    """Standardise a (B,) batch of rewards: ``(x - mean) / sqrt(var + 1e-8)``, unbiased variance
+    (`masked_whiten` with every sample in). Returned unchanged when B < 2.
+
+    Args:
+        x: (B,) rewards.
+
+    Returns:
+        (B,) whitened rewards.
+    """
+    if x.numel() < 2:
+        return x
+    return masked_whiten(x.unsqueeze(0), torch.ones_like(x).unsqueeze(0)).squeeze(0)  # (1, B) -> (B,)
 
 
 def explained_variance(values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -244,7 +244,7 @@ def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: st
         device: where the policy will run (decides ``model.precision: auto``; default: cuda if available).
     """
     from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
-    from robust_rlhf.policy.sampler import contiguous_lm_head
+    from robust_rlhf.models.sampler import contiguous_lm_head
 
     base_name = cfg.name
     if adapter_path is not None and not cfg.use_lora:

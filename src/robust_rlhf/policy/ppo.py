@@ -29,26 +29,13 @@ from typing import Callable, Literal
 import torch
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.policy.losses import (
-    compute_gae,
-    kl_estimate,
-    masked_whiten,
-    ppo_policy_loss,
-    ppo_value_loss,
-    token_level_rewards,
-)
+from robust_rlhf.models.generation import generate
+from robust_rlhf.policy.kl import kl_estimate, token_level_rewards
+from robust_rlhf.policy.losses import compute_gae, masked_whiten, ppo_policy_loss, ppo_value_loss
 from robust_rlhf.policy.model import TrainForward
-from robust_rlhf.policy.recipe import (  # noqa: F401  (make_optimizer, resolve_device, step_seed, TrainConfig: re-exported)
-    PolicyRecipeConfig,
-    PolicySession,
-    TrainConfig,
-    make_optimizer,
-    resolve_device,
-    sample_seed,
-    step_seed,
-)
-from robust_rlhf.policy.rewards import RewardSource
-from robust_rlhf.policy.sampling import gather_rollout, generate, prompt_batch
+from robust_rlhf.policy.recipe import PolicyRecipeConfig, PolicySession, sample_seed
+from robust_rlhf.policy.sampling import gather_rollout, prompt_batch
+from robust_rlhf.reward.sources import RewardSource
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +134,9 @@ def train_ppo(
         # 6. KL controller, metrics, evaluation, checkpoint
         mask = ro.response_mask
         seq_penalty = (-(b.rewards - _last_token(b.scores, mask)) * mask).sum(1)  # (B,) the applied KL penalty
-        row = {**s.step_metrics(step, (b.kl * mask).sum(1), rb, kl_coef, b.entropy, mask),
+        seq_kl = (b.kl * mask).sum(1)  # (B,)
+        s.update_kl_controller(seq_kl)
+        row = {**s.step_metrics(step, seq_kl, rb, kl_coef, b.entropy, mask),
                "policy/kl_k1": ((b.old_logprobs - b.ref_logprobs) * mask).sum(1).mean().item(),
                "policy/kl_penalty": seq_penalty.mean().item(),
                **{k: sum(v) / len(v) for k, v in stats.items()}}

@@ -7,13 +7,13 @@ A recipe (`robust_rlhf.policy.ppo`, `robust_rlhf.policy.rloo`) keeps only its ow
     for step in range(session.start_step, cfg.train.steps):
         gen = session.begin_step(step)            # reseeds from (seed, step): resume is exact
         ... rollout, rewards, update ...
+        session.update_kl_controller(seq_kl)      # adaptive KL: from this batch's KL
         row = {**session.step_metrics(step, seq_kl, rb, kl_coef, entropy, mask), ...}
         session.end_step(step, row, callback)     # evaluate, log, checkpoint, callback
     session.finish()                              # the final policy/, atomically
 
 Config layout shared by every recipe (PPO, RLOO, best-of-n; the reward models too): ``seed``,
-``device`` and ``resume`` at the top level, ``resume`` true by default. The pre-0.2 keys
-``train.seed`` / ``train.device`` are still read (`TRAIN_KEY_ALIASES`), with a warning.
+``device`` and ``resume`` at the top level, ``resume`` true by default.
 """
 
 from __future__ import annotations
@@ -26,30 +26,26 @@ from typing import Any, Callable, ClassVar
 
 import torch
 
+from robust_rlhf.data.prompts import PromptDataConfig, train_eval_prompts
 from robust_rlhf.errors import UserError
 from robust_rlhf.gold import load_gold
+from robust_rlhf.models.generation import SamplingConfig
+from robust_rlhf.policy.kl import KLConfig
 from robust_rlhf.policy.losses import masked_mean
 from robust_rlhf.policy.model import ModelConfig, load_policy
-from robust_rlhf.policy.rewards import (
-    KLConfig,
-    RewardConfig,
-    TrainingReward,
-    build_reward_source,
-    evaluate_policy,
-    reward_metrics,
-)
-from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, train_eval_prompts
+from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, evaluate_policy, reward_metrics
 from robust_rlhf.policy.tracking import LogConfig, Run
-from robust_rlhf.utils import atomic_save_dir, set_seed
-from robust_rlhf.utils import resolve_device as _resolve_device
+from robust_rlhf.reward.sources import RewardSource, load_reward_source
+from robust_rlhf.utils import atomic_save_dir, resolve_device, set_seed
 
-__all__ = ["TRAIN_KEY_ALIASES", "PolicyRecipeConfig", "PolicySamplingConfig", "TrainConfig", "PolicySession", "make_optimizer", "require_one_process",
-           "resolve_device", "sample_seed", "step_seed"]
+__all__ = ["PolicyRecipeConfig", "build_reward_source", "PolicySamplingConfig", "TrainConfig", "PolicySession", "make_optimizer", "require_one_process",
+           "sample_seed", "step_seed"]
 
 log = logging.getLogger(__name__)
 
-# Deprecated config keys of the RL recipes (old -> new), read with a FutureWarning.
-TRAIN_KEY_ALIASES = {"train.seed": "seed", "train.device": "device"}
+# Keys that moved (old -> where they are now): the loader names the new place when an old one is set.
+RENAMED_KEYS = {"train.seed": "top-level seed", "train.device": "top-level device",
+                "kl.variance_normalize": "kl.variance_scale (batch_mean = the former true, none = false)"}
 
 
 @dataclass
@@ -83,7 +79,7 @@ class PolicySamplingConfig:
     """the optimiser (fixed by each recipe's config)"""
     model: ModelConfig = field(default_factory=ModelConfig)
     """the policy LM and LoRA / full fine-tuning (best-of-n trains nothing)"""
-    data: DataConfig = field(default_factory=DataConfig)
+    data: PromptDataConfig = field(default_factory=PromptDataConfig)
     """prompts and the held-out split"""
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     """response sampling"""
@@ -111,12 +107,26 @@ class PolicyRecipeConfig(PolicySamplingConfig):
     resume: bool = True
     """continue from the latest checkpoint in the output folder (its config must match)"""
 
-    deprecated_keys: ClassVar[dict[str, str]] = TRAIN_KEY_ALIASES
+    renamed_keys: ClassVar[dict[str, str]] = RENAMED_KEYS
 
 
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` / None = cuda if available; otherwise a device name checked against this machine."""
-    return _resolve_device(None if name in (None, "auto") else name)
+def build_reward_source(cfg: RewardConfig, output_dir: str | Path, device: str | torch.device | None = None) -> RewardSource:
+    """The reward source of a run: ``cfg.model`` (folder or ``gold:<spec>``), or -- when it is
+    null -- the default reward ensemble, trained first into ``output_dir/reward_model``
+    (reused if a previous run already trained it there)."""
+    if cfg.model is not None:
+        return load_reward_source(cfg.model, cfg.batch_size, device)
+    target = Path(output_dir) / "reward_model"
+    if not (target / "reward_config.json").exists():  # written last: present = a complete reward model
+        from robust_rlhf.reward.train import train_reward_model
+        from robust_rlhf.reward.train_config import RewardTrainConfig
+
+        # RewardTrainConfig's dataclass defaults (not a preset): see docs/policy.md
+        log.info("reward.model is null: training the default reward ensemble into %s first", target)
+        target = Path(train_reward_model(RewardTrainConfig(), target))
+    else:
+        log.info("reward.model is null: reusing the reward ensemble already trained in %s", target)
+    return load_reward_source(str(target), cfg.batch_size, device)
 
 
 def make_optimizer(policy, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -211,7 +221,8 @@ class PolicySession:
 
     def step_metrics(self, step: int, seq_kl: torch.Tensor, rb, kl_coef, entropy: torch.Tensor,
                      mask: torch.Tensor) -> dict[str, float]:
-        """The metrics every recipe logs, and the KL controller's update from this batch's KL.
+        """The metrics every recipe logs (no side effect: the KL controller is updated by
+        `update_kl_controller`).
 
         Args:
             seq_kl: (N,) KL to the reference summed over each response (the chosen estimator).
@@ -221,7 +232,6 @@ class PolicySession:
             mask: (N, T) response mask.
         """
         kl = seq_kl.mean().item()
-        self.kl_ctl.update(kl, len(seq_kl))
         return {
             "step": step + 1,
             "kl": kl,
@@ -231,6 +241,10 @@ class PolicySession:
             "policy/entropy": masked_mean(entropy, mask).item(),
             "policy/response_length": mask.sum(1).float().mean().item(),
         }
+
+    def update_kl_controller(self, seq_kl: torch.Tensor) -> None:
+        """Move the KL coefficient (adaptive controller) from this batch's (N,) sequence KL."""
+        self.kl_ctl.update(seq_kl.mean().item(), len(seq_kl))
 
     def eval_due(self, step: int) -> bool:
         every = self.cfg.log.eval_every

@@ -19,10 +19,12 @@ from typing import Callable, Literal
 
 import torch
 
-from robust_rlhf.policy.losses import kl_estimate, masked_whiten, ppo_policy_loss, rloo_advantages, token_level_rewards
+from robust_rlhf.models.generation import generate
+from robust_rlhf.policy.kl import kl_estimate, token_level_rewards
+from robust_rlhf.policy.losses import ppo_policy_loss, rloo_advantages, whiten
 from robust_rlhf.policy.recipe import PolicyRecipeConfig, PolicySession, require_one_process
-from robust_rlhf.policy.rewards import RewardSource
-from robust_rlhf.policy.sampling import generate, prompt_batch
+from robust_rlhf.policy.sampling import prompt_batch
+from robust_rlhf.reward.sources import RewardSource
 
 
 @dataclass
@@ -115,7 +117,7 @@ def train_rloo(
             # --- 3. leave-one-out advantages, shared by every token of a response ------------------
             advantages = rloo_advantages(seq_rewards, k)  # (N,)
             if cfg.rloo.whiten_advantages:
-                advantages = masked_whiten(advantages.unsqueeze(0), torch.ones_like(advantages).unsqueeze(0))[0]
+                advantages = whiten(advantages)
             b_advantages = advantages.unsqueeze(1).expand_as(old_logprobs)  # (N, T)
 
         # --- 4. policy update ------------------------------------------------------------------
@@ -142,7 +144,9 @@ def train_rloo(
                     stats.setdefault(key, []).append(float(v.detach()))
 
         # --- 5. KL controller, metrics, evaluation, checkpoint -------------------------------------
-        row = {**s.step_metrics(step, (kl * mask).sum(1), rb, kl_coef, out.entropy, mask),
+        seq_kl = (kl * mask).sum(1)  # (N,)
+        s.update_kl_controller(seq_kl)
+        row = {**s.step_metrics(step, seq_kl, rb, kl_coef, out.entropy, mask),
                "reward/kl_penalised": seq_rewards.mean().item(),
                "policy/kl_penalty": (scores - seq_rewards).mean().item(),
                "policy/advantage_std": advantages.std().item(),

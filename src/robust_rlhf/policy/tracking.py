@@ -1,14 +1,11 @@
 """Run bookkeeping shared by the policy recipes: output folder, resolved config, metrics
 (JSONL + CSV + optional TensorBoard / W&B + a tqdm bar), atomic checkpoints, and resume.
 
-(Formerly ``robust_rlhf.policy.logging``, which shadowed the standard library's name; that
-module remains as a deprecated alias.)
-
 Output folder layout::
 
     config.yaml            the resolved config
     metrics.jsonl          one row per step: step, kl, proxy_reward, [gold_reward], losses/..., reward/..., policy/..., gold/...
-                           (each metric under one name; `METRIC_ALIASES` lists the removed duplicates)
+                           (each metric under one name)
     metrics.csv            the same rows as CSV (columns = union of keys)
     checkpoints/step_NNNNNN/   trainable.pt, optimizer.pt, rng.pt, state.json (+ policy/ for LoRA)
     policy/                the final policy (adapter or full model + tokenizer + value head)
@@ -36,19 +33,18 @@ import torch
 import yaml
 
 from robust_rlhf.checkpoint import CHECKPOINT_DIR, StepCheckpoints, capture_rng, restore_rng
-from robust_rlhf.config import config_to_dict, first_difference, migrate_deprecated_keys, saved_run_config
+from robust_rlhf.config import config_to_dict, first_difference, saved_run_config
 from robust_rlhf.errors import UserError
 from robust_rlhf.utils import atomic_write_jsonl, atomic_write_text, dumps_json
 
-__all__ = ["CHECKPOINT_DIR", "METRIC_ALIASES", "LogConfig", "Run", "capture_rng", "check_run_folder", "restore_rng",
+__all__ = ["LogConfig", "Run", "check_run_folder",
            "write_metrics", "write_metrics_csv"]
 
 log = logging.getLogger(__name__)
 
 # Keys that may differ between the interrupted run and its resumption.
-_RESUME_FREE_KEYS = {"resume", "log.progress", "log.report_to", "log.keep_checkpoints", "log.legacy_metric_names"}
+_RESUME_FREE_KEYS = {"resume", "log.progress", "log.report_to", "log.keep_checkpoints"}
 # Names logged before 0.2 for metrics that have one name now: old name -> the name kept.
-METRIC_ALIASES = {"policy/kl": "kl", "gold/reward": "gold_reward"}
 
 
 @dataclass
@@ -69,8 +65,6 @@ class LogConfig:
     """W&B project name when report_to contains wandb"""
     progress: bool = True
     """show a tqdm progress bar"""
-    legacy_metric_names: bool = False
-    """deprecated: also log the pre-0.2 duplicate names (policy/kl = kl, gold/reward = gold_reward)"""
 
     def __post_init__(self) -> None:
         for name in ("eval_every", "checkpoint_every", "eval_prompts"):
@@ -106,8 +100,6 @@ def check_run_folder(output_dir: str | os.PathLike, cfg: Any, resume: bool) -> N
     saved = saved_run_config(output_dir, "a policy run's")
     if saved is None:
         return
-    # a run saved under the old layout (e.g. train.seed) compares in the new one
-    saved = migrate_deprecated_keys(saved, getattr(type(cfg), "deprecated_keys", {}), warn=False)
     diff = first_difference(_comparable(config_to_dict(cfg), resume), _comparable(saved, resume))
     if diff:
         raise UserError(f"--output-dir {str(output_dir)!r} holds another run: its config differs from this one in "
@@ -198,8 +190,6 @@ class Run:
     def log(self, row: dict[str, Any]) -> None:
         """Append one step's metrics (a flat dict with at least `step`) to every sink."""
         row = {k: (float(v) if isinstance(v, (torch.Tensor, np.floating)) else v) for k, v in row.items()}
-        if self.log_cfg.legacy_metric_names:
-            row.update({old: row[new] for old, new in METRIC_ALIASES.items() if new in row and old not in row})
         self.rows.append(row)
         if not self.is_main:
             return

@@ -1,16 +1,17 @@
 """Reward models: heads, losses, the `RewardModel`, the training recipe and evaluation."""
 
 from robust_rlhf._lazy import lazy_exports
-from robust_rlhf.reward.model import RewardModel, RewardModelConfig
-from robust_rlhf.reward.output import RewardOutput
 
 _EXPORTS = {
-    "RewardTrainConfig": "robust_rlhf.reward.train",
+    "RewardModel": "robust_rlhf.reward.model",
+    "RewardModelConfig": "robust_rlhf.reward.model",
+    "RewardOutput": "robust_rlhf.reward.output",
+    "RewardTrainConfig": "robust_rlhf.reward.train_config",
     "train_reward_model": "robust_rlhf.reward.train",
     "evaluate_reward_model": "robust_rlhf.reward.evaluate",
     "RewardHeads": "robust_rlhf.reward.heads",
     "bradley_terry_loss": "robust_rlhf.reward.losses",
     "bsr_penalty": "robust_rlhf.reward.losses",
 }
-__all__ = ["RewardModel", "RewardModelConfig", "RewardOutput", *_EXPORTS]
+__all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

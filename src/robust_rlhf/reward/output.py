@@ -3,13 +3,11 @@
 It is the one result container of the package: a reward model's ``score`` returns it with the
 head rewards only; the reward server fills in the aggregated ``reward`` (and serialises it with
 `to_json`); a policy's `robust_rlhf.policy.rewards.TrainingReward` also fills in ``training``,
-the reward the optimiser sees. The older containers ``RewardBatch`` (policy), ``ScoreBatch``
-(server) are deprecated subclasses of it.
+the reward the optimiser sees.
 """
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -65,12 +63,6 @@ class RewardOutput:
     def std(self) -> torch.Tensor:
         """(B,) sqrt of `var`."""
         return self.var.sqrt()
-
-    @property
-    def proxy(self) -> torch.Tensor | None:
-        """DEPRECATED name of `reward` (the old ``RewardBatch.proxy``)."""
-        warnings.warn("RewardOutput.proxy is deprecated; use .reward", DeprecationWarning, stacklevel=2)
-        return self.reward
 
     def __len__(self) -> int:
         return self.per_head.shape[0]

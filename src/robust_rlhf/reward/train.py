@@ -10,7 +10,7 @@ seed 002) or BRME Gaussian heads (seed 000).
              Head 0 starts from the stage-1 head. (`robust_rlhf.reward.stage2`; the configs
              are in `robust_rlhf.reward.train_config`.)
 
-    python -c "from robust_rlhf.reward.train import *; train_reward_model(RewardTrainConfig(), 'out')"
+    python -c "from robust_rlhf.reward import *; train_reward_model(RewardTrainConfig(), 'out')"
     robust-rlhf rm train --output-dir out [key=value ...]
 """
 
@@ -20,7 +20,9 @@ import logging
 import math
 import random
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -29,21 +31,16 @@ from robust_rlhf.checkpoint import BackboneHeadCheckpoint
 from robust_rlhf.config import config_to_dict, first_difference, saved_run_config
 from robust_rlhf.data.preferences import PreferencePair, check_prompt_lengths, load_preferences
 from robust_rlhf.errors import UserError
-from robust_rlhf.reward.evaluate import hidden_state_stats
-from robust_rlhf.reward.losses import bradley_terry_loss, bsr_penalty, centering_penalty, global_bsr_penalty
-from robust_rlhf.reward.layer_ensemble import LayerEnsembleConfig, train_layer_ensemble  # noqa: F401 - re-exported
 from robust_rlhf.models.hub import load_tokenizer
+from robust_rlhf.reward.evaluate import hidden_state_stats
+from robust_rlhf.reward.layer_ensemble import train_layer_ensemble
+from robust_rlhf.reward.losses import bradley_terry_loss, bsr_penalty, centering_penalty, global_bsr_penalty
 from robust_rlhf.reward.model import RewardModel, RewardModelConfig
-from robust_rlhf.reward.stage2 import _features_key, cached_features, train_stage2  # noqa: F401 - re-exported
-from robust_rlhf.reward.train_config import (  # noqa: F401 - re-exported (defined here before the split)
-    DataConfig,
-    LossConfig,
-    RewardTrainConfig,
-    Stage1Config,
-    Stage2Config,
-)
+from robust_rlhf.reward.stage2 import cached_features, train_stage2
+from robust_rlhf.reward.train_config import RewardTrainConfig
 from robust_rlhf.utils import (
     atomic_write_json,
+    atomic_write_jsonl,
     atomic_write_text,
     check_output_dir,
     is_inside,
@@ -127,11 +124,6 @@ def _adamw(params: list, lr: float, weight_decay: float) -> torch.optim.Optimize
         return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
 
 
-# Stage-1 checkpoint: trainable weights + optimizer + RNG + progress, in one atomic folder
-# (robust_rlhf.checkpoint, shared with the policy recipes).
-_Checkpoint = BackboneHeadCheckpoint
-
-
 # ----------------------------------------------------------------------------------------
 def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[PreferencePair] | None,
                  cfg: RewardTrainConfig, out: Path, log_rows: list[dict], accelerator) -> dict:
@@ -166,7 +158,7 @@ def train_stage1(model: RewardModel, train: list[PreferencePair], val: list[Pref
     if s1.max_steps is not None:
         total_steps = min(total_steps, s1.max_steps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda st: min(1.0, (st + 1) / max(1, s1.warmup_steps)))
-    ckpt = _Checkpoint(out)
+    ckpt = BackboneHeadCheckpoint(out)  # trainable weights + optimizer + RNG + progress, one atomic folder
     cfg_dict = _config_fingerprint(cfg)
     progress = {"step": 0, "recent_losses": [], "best_val_loss": None, "evals_without_improvement": 0,
                 "stopped": None, "log": []}
@@ -319,15 +311,25 @@ def _check_backbone_fits(cfg: RewardTrainConfig, model: RewardModel) -> None:
                                     f"(its linear layers: {', '.join(leaves)})")
 
 
-def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
-    """Train per `cfg`; the trained model is saved into `output_dir` (loads with
-    `RewardModel.from_pretrained(output_dir)`), with `config.yaml`, `train_log.jsonl` and
-    `train_summary.json` beside it. Returns `output_dir`."""
-    import yaml
+@dataclass
+class _Run:
+    """What `train_reward_model` validated and loaded before its first write."""
+
+    cfg: RewardTrainConfig
+    out: Path
+    accelerator: Any
+    device: torch.device
+    model: RewardModel
+    train: list[PreferencePair]
+    val: list[PreferencePair] | None
+    t0: float
+
+
+def _validate_and_load(cfg: RewardTrainConfig, output_dir: str | Path) -> _Run:
+    """Validate everything -- config, output location, inputs, resources -- and load the data and
+    the model, before the first write, so bad input leaves the output folder exactly as it was."""
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
-    # Validate everything -- config, output location, inputs, resources -- before the first
-    # write, so bad input leaves the output folder exactly as it was.
     out = check_output_dir(output_dir)
     t0 = time.time()
     _check_run_config(cfg, out)
@@ -347,6 +349,94 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     _check_backbone_fits(cfg, model)
     for pairs in (train, val or []):
         check_prompt_lengths(pairs, model.tokenizer, cfg.model.max_length)
+    return _Run(cfg, out, accelerator, device, model, train, val, t0)
+
+
+def _stage2_layer_ensemble(run: _Run, stage1_head: torch.nn.Linear | None, log_rows: list[dict]) -> dict:
+    """K top-layer copies over the frozen trunk (`robust_rlhf.reward.layer_ensemble`)."""
+    with run.model.training_pass():
+        summary = train_layer_ensemble(run.model, run.train, run.val, stage1_head, run.cfg, log_rows, run.device)
+    run.model.heads.to(run.device)
+    return summary
+
+
+def _stage2_heads(run: _Run, stage1_head: torch.nn.Linear | None, log_rows: list[dict]) -> dict:
+    """K heads (ensemble / Gaussian, or a scalar head without stage 1) on cached pooled features
+    of the frozen backbone (`robust_rlhf.reward.stage2`)."""
+    cache = run.out / "checkpoints"
+    t_feat = time.time()
+    with run.model.training_pass():
+        train_feats = cached_features(run.model, run.train, cache / "train_features.safetensors")
+        val_feats = cached_features(run.model, run.val, cache / "val_features.safetensors") if run.val else None
+    t_stage2 = time.time()
+    summary = train_stage2(run.model, train_feats, val_feats, stage1_head, run.cfg, log_rows, run.device)
+    summary.update(features_s=t_stage2 - t_feat, heads_s=time.time() - t_stage2)
+    run.model.heads.to(run.device)
+    return summary
+
+
+def _stage2_keep_stage1_head(run: _Run, stage1_head: torch.nn.Linear | None, log_rows: list[dict]) -> None:
+    """A scalar model trained by stage 1: its head is the stage-1 head; no stage 2."""
+    with torch.no_grad():
+        run.model.heads.linear.weight.copy_(stage1_head.weight)
+        run.model.heads.linear.bias.copy_(stage1_head.bias)
+
+
+# Stage 2 by head type: (head type, stage 1 enabled) -> step; None = any.
+_STAGE2: dict[tuple[str, bool | None], Callable[[_Run, torch.nn.Linear | None, list[dict]], dict | None]] = {
+    ("layer_ensemble", None): _stage2_layer_ensemble,
+    ("scalar", True): _stage2_keep_stage1_head,
+    ("scalar", False): _stage2_heads,
+    ("ensemble", None): _stage2_heads,
+    ("gaussian", None): _stage2_heads,
+}
+
+
+def stage2_step(head_type: str, stage1_enabled: bool) -> Callable[[_Run, torch.nn.Linear | None, list[dict]], dict | None]:
+    """The stage-2 step of a head type (`_STAGE2`)."""
+    return _STAGE2.get((head_type, stage1_enabled)) or _STAGE2[(head_type, None)]
+
+
+def _validation_stats(run: _Run, summary: dict) -> None:
+    """Per-head (mean, std) and the ensemble's mean uncertainty on the validation pairs, saved with
+    the model (``head_stats``: aggregator normalisation, ``kl.variance_scale=validation``)."""
+    val = run.val
+    vout = run.model.score([p.prompt for p in val] * 2, [p.chosen for p in val] + [p.rejected for p in val])
+    ph = vout.per_head
+    run.model.config.head_stats = {"mean": ph.mean(0).tolist(), "std": ph.std(0).clamp_min(1e-6).tolist(),
+                                   "source": str(run.cfg.data.validation),
+                                   # policy/theory helper: fixed scale of kl.variance_scale=validation (seed 002)
+                                   "ensemble_var_mean": vout.var.mean().item(), "ensemble_std_mean": vout.std.mean().item()}
+    n = len(val)
+    summary["val_accuracy_mean"] = (vout.mean[:n] > vout.mean[n:]).float().mean().item()
+
+
+def _save(run: _Run, summary: dict, log_rows: list[dict]) -> None:
+    """The model (``reward_config.json`` last), ``train_summary.json`` and ``train_log.jsonl``."""
+    model, out = run.model, run.out
+    summary["truncated_texts"] = model.truncated_count
+    if model.truncated_count:
+        log.warning("%d texts were longer than max_length=%d and were truncated", model.truncated_count,
+                    run.cfg.model.max_length)
+    t_save = time.time()
+    model.save_pretrained(out, save_backbone=run.cfg.stage1.enabled)
+    summary["save_s"] = time.time() - t_save
+    summary["wall_time_s"] = time.time() - run.t0
+    atomic_write_json(out / "train_summary.json", summary)
+    atomic_write_jsonl(out / "train_log.jsonl", log_rows)
+    log.info("saved reward model to %s (validation accuracy of the mean: %s)", out, summary.get("val_accuracy_mean"))
+
+
+def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
+    """Train per `cfg`; the trained model is saved into `output_dir` (loads with
+    `RewardModel.from_pretrained(output_dir)`), with `config.yaml`, `train_log.jsonl` and
+    `train_summary.json` beside it. Returns `output_dir`.
+
+    validate + load (nothing written) -> stage 1 -> stage 2 (by head type, `stage2_step`) -> save."""
+    import yaml
+
+    run = _validate_and_load(cfg, output_dir)
+    model, out, accelerator = run.model, run.out, run.accelerator
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob(".*.tmp"):  # temp files of a write that a hard kill interrupted
         if stale.is_file():
@@ -356,65 +446,33 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     with model.training_pass():
         train_precision = model.precision_name
     log.info("training %s reward model (K=%d) on %s: %d train pairs, %s validation pairs, device %s, precision %s",
-             cfg.model.head_type, model.config.num_heads, model.config.backbone, len(train),
-             len(val) if val else 0, device, f"{train_precision} (model.precision={cfg.model.precision}; "
+             cfg.model.head_type, model.config.num_heads, model.config.backbone, len(run.train),
+             len(run.val) if run.val else 0, run.device, f"{train_precision} (model.precision={cfg.model.precision}; "
              f"scoring {model.precision_name})")
     log_rows: list[dict] = []
-    summary: dict = {"num_train_pairs": len(train), "num_val_pairs": len(val) if val else 0,
+    summary: dict = {"num_train_pairs": len(run.train), "num_val_pairs": len(run.val) if run.val else 0,
                      "precision": train_precision, "score_precision": model.precision_name}
+    summary["setup_s"] = time.time() - run.t0  # model + data loading, validation
+    # stage 1: backbone + one scalar head
     stage1_head = None
-    summary["setup_s"] = time.time() - t0  # model + data loading, validation
     if cfg.stage1.enabled:
         t_stage1 = time.time()
         with model.training_pass():
-            s1 = train_stage1(model, train, val, cfg, out, log_rows, accelerator)
+            s1 = train_stage1(model, run.train, run.val, cfg, out, log_rows, accelerator)
         s1["wall_time_s"] = time.time() - t_stage1
         stage1_head = s1.pop("head").cpu()
         summary["stage1"] = s1
     if not accelerator.is_main_process:
         accelerator.wait_for_everyone()  # stage 2 is cheap (cached features); the main process does it and saves
         return out
-    two_stage = cfg.model.head_type != "scalar" or not cfg.stage1.enabled
+    # stage 2: the heads, by head type, on the frozen backbone
     for p in model.backbone.parameters():
         p.requires_grad_(False)
-    if cfg.model.head_type == "layer_ensemble":  # K top-layer copies over the frozen trunk
-        with model.training_pass():
-            summary["stage2"] = train_layer_ensemble(model, train, val, stage1_head, cfg, log_rows, device)
-        model.heads.to(device)
-    elif two_stage:
-        cache = out / "checkpoints"
-        t_feat = time.time()
-        with model.training_pass():
-            train_feats = cached_features(model, train, cache / "train_features.safetensors")
-            val_feats = cached_features(model, val, cache / "val_features.safetensors") if val else None
-        t_stage2 = time.time()
-        summary["stage2"] = train_stage2(model, train_feats, val_feats, stage1_head, cfg, log_rows, device)
-        summary["stage2"].update(features_s=t_stage2 - t_feat, heads_s=time.time() - t_stage2)
-        model.heads.to(device)
-    else:
-        with torch.no_grad():
-            model.heads.linear.weight.copy_(stage1_head.weight)
-            model.heads.linear.bias.copy_(stage1_head.bias)
-    if val:
-        vout = model.score([p.prompt for p in val] * 2, [p.chosen for p in val] + [p.rejected for p in val])
-        ph = vout.per_head
-        model.config.head_stats = {"mean": ph.mean(0).tolist(), "std": ph.std(0).clamp_min(1e-6).tolist(),
-                                   "source": str(cfg.data.validation),
-                                   # policy/theory helper: fixed scale of kl.variance_scale=validation (seed 002)
-                                   "ensemble_var_mean": vout.var.mean().item(), "ensemble_std_mean": vout.std.mean().item()}
-        n = len(val)
-        summary["val_accuracy_mean"] = (vout.mean[:n] > vout.mean[n:]).float().mean().item()
-    summary["truncated_texts"] = model.truncated_count
-    if model.truncated_count:
-        log.warning("%d texts were longer than max_length=%d and were truncated", model.truncated_count, cfg.model.max_length)
-    t_save = time.time()
-    model.save_pretrained(out, save_backbone=cfg.stage1.enabled)
-    summary["save_s"] = time.time() - t_save
-    summary["wall_time_s"] = time.time() - t0
-    atomic_write_json(out / "train_summary.json", summary)
-    from robust_rlhf.utils import atomic_write_jsonl
-
-    atomic_write_jsonl(out / "train_log.jsonl", log_rows)
-    log.info("saved reward model to %s (validation accuracy of the mean: %s)", out, summary.get("val_accuracy_mean"))
+    s2 = stage2_step(cfg.model.head_type, cfg.stage1.enabled)(run, stage1_head, log_rows)
+    if s2 is not None:
+        summary["stage2"] = s2
+    if run.val:
+        _validation_stats(run, summary)
+    _save(run, summary, log_rows)
     accelerator.wait_for_everyone()
     return out

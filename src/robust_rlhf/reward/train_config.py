@@ -109,7 +109,7 @@ class RewardTrainConfig:
     seed: int = 0
     """Seed for init, data order, bootstrap and dropout."""
     device: str | None = None
-    """cpu / cuda / cuda:1; null = cuda if available."""
+    """cpu / cuda / cuda:1; null or auto = cuda if available (as for policies)."""
     resume: bool = True
     """Continue from a checkpoint in the output folder when its config matches."""
 
