@@ -257,7 +257,7 @@ def write_report(output_dir: str | Path) -> Path:
         raise UserError(f"{path}: invalid JSON ({e.msg})") from None
     plots = render_all(results, out / PLOTS_DIR)
     target = out / REPORT_FILE
-    tmp = target.with_name(f".{REPORT_FILE}.tmp")
-    tmp.write_text(build_html(results, plots), encoding="utf-8")
-    tmp.replace(target)  # atomic: a reader never sees a half-written report
+    from robust_rlhf.utils import atomic_write_text
+
+    atomic_write_text(target, build_html(results, plots))  # atomic: a reader never sees a half-written report
     return target

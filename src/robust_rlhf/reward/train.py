@@ -16,6 +16,7 @@ seed 002) or BRME Gaussian heads (seed 000).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -46,9 +47,12 @@ from robust_rlhf.utils import (
     atomic_write_json,
     atomic_write_text,
     check_output_dir,
+    folder_lock,
     is_inside,
+    remove_stale_temps,
     resolve_device,
     set_seed,
+    write_errors,
 )
 
 log = logging.getLogger(__name__)
@@ -347,10 +351,20 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     _check_backbone_fits(cfg, model)
     for pairs in (train, val or []):
         check_prompt_lengths(pairs, model.tokenizer, cfg.model.max_length)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # temp files of a write that a hard kill interrupted
-        if stale.is_file():
-            stale.unlink()
+    with write_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
+    # One run per folder: a second `rm train` into it is refused while this one holds the lock.
+    with folder_lock(out, "`rm train`") if accelerator.is_main_process else contextlib.nullcontext():
+        return _train_locked(cfg, out, t0, accelerator, device, train, val, model)
+
+
+def _train_locked(cfg: RewardTrainConfig, out: Path, t0: float, accelerator, device: torch.device,
+                  train: list[PreferencePair], val: list[PreferencePair] | None, model: RewardModel) -> Path:
+    """`train_reward_model` once everything is validated and the output folder is locked."""
+    import yaml
+
+    if accelerator.is_main_process:
+        remove_stale_temps(out)  # temp files of a write that a hard kill interrupted (never a live run's)
     if accelerator.is_main_process:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     with model.training_pass():
