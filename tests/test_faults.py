@@ -597,7 +597,7 @@ def test_heads_file_that_does_not_match_the_config_names_every_difference(tmp_pa
     save_file({w: heads[w]}, str(m / "heads.safetensors"))  # the bias is missing
     with pytest.raises(UserError) as e:
         RewardModel.from_pretrained(m)
-    assert str(e.value) == (f"{m / 'heads.safetensors'}: does not match the model (missing {b}) "
+    assert str(e.value) == (f"{m / 'heads.safetensors'}: cannot load heads: does not match the model (missing {b}) "
                             "(head_type=ensemble, num_heads=2 in reward_config.json)")
     _edit_json(m / "reward_config.json", lambda d: d.update(num_heads=3))
     save_file(heads, str(m / "heads.safetensors"))

@@ -67,16 +67,60 @@ class WriteError(UserError):
         super().__init__(f"cannot write {str(path)!r}: {os_cause(e)}")
 
 
+_ERRNO_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
+_STRERRORS = {os.strerror(n).lower(): n for n in _CAUSES}
+
+
+def disk_error(e: BaseException, where: str | os.PathLike | None = None) -> OSError | None:
+    """The OS error behind a library's own exception type, or None: safetensors and the HF savers
+    say "os error 28"; torch.save's zip writer says only that a write failed, so then the place
+    is probed -- a full file system, or a file at the file-size limit (`ulimit -f`)."""
+    if isinstance(e, OSError):
+        return e
+    text = str(e)
+    m = _ERRNO_IN_TEXT.search(text)
+    if m:
+        n = int(m.group(1) or m.group(2))
+        return OSError(n, os.strerror(n))
+    low = text.lower()
+    for msg, n in _STRERRORS.items():
+        if msg in low:
+            return OSError(n, os.strerror(n))
+    if where is None or not any(k in low for k in ("write", "unexpected pos", "streamwriter")):
+        return None
+    try:
+        st = os.statvfs(where)
+        if st.f_bavail == 0 or st.f_favail == 0:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        import resource
+
+        limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+        if limit != resource.RLIM_INFINITY:
+            p = Path(where)
+            files = [p] if p.is_file() else [f for f in p.rglob("*") if f.is_file()]
+            if any(f.stat().st_size >= limit for f in files):
+                return OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    except (OSError, ImportError):
+        return None
+    return None
+
+
 @contextlib.contextmanager
-def write_errors(path: str | os.PathLike):
-    """Turn any `OSError` inside the block into a `WriteError` naming `path` (the final path,
-    not a temp file the user never sees)."""
+def write_errors(path: str | os.PathLike, probe: str | os.PathLike | None = None):
+    """Turn any `OSError` inside the block -- or a library's exception that stands for one
+    (`disk_error`, probing `probe`) -- into a `WriteError` naming `path` (the final path, not a
+    temp file the user never sees)."""
     try:
         yield
-    except WriteError:
+    except UserError:  # a WriteError already, or a check inside the block
         raise
     except OSError as e:
         raise WriteError(path, e) from None
+    except Exception as e:  # noqa: BLE001 - re-raised unless it is a refused write
+        os_err = disk_error(e, probe)
+        if os_err is None:
+            raise
+        raise WriteError(path, os_err) from None
 
 
 _HOST = hashlib.sha256(socket.gethostname().encode()).hexdigest()[:6]
@@ -397,7 +441,8 @@ def atomic_save_dir(final_dir: str | os.PathLike, write: Callable[[Path], None],
             final_dir.parent.mkdir(parents=True, exist_ok=True)
             recover_dir(final_dir)
             tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(final_dir.name), suffix=".tmp", dir=final_dir.parent))
-            write(tmp)
+            with write_errors(final_dir, probe=tmp):
+                write(tmp)
             normalise_modes(tmp)
             old = None
             if final_dir.exists():

@@ -350,7 +350,9 @@ class RewardModel(nn.Module):
         try:  # names and shapes checked first: every mismatch is named, none cut
             state = read_weights(heads_file, expected)
         except TornCheckpoint as e:
-            raise UserError(f"{e} (head_type={config.head_type}, num_heads={config.num_heads} in {CONFIG_NAME})") from None
+            why = str(e).removeprefix(f"{heads_file}: ")
+            raise UserError(f"{heads_file}: cannot load heads: {why} (head_type={config.head_type}, "
+                            f"num_heads={config.num_heads} in {CONFIG_NAME})") from None
         model.heads.load_state_dict(state)
         model.eval()
         if device is not None:
