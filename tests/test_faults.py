@@ -159,6 +159,20 @@ def _python(code: str, *, fsize: int | None = None, timeout: int = 120, **kw) ->
 
 
 @contextlib.contextmanager
+def _file_size_limit(nbytes: int):
+    """This process under a file-size limit (the soft RLIMIT_FSIZE; the hard one stays, so it can
+    be lifted again) with SIGXFSZ ignored, as the CLI runs: a write past it fails with EFBIG."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (nbytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, before)
+
+
+@contextlib.contextmanager
 def _tmpfs(path: Path, options: str):
     """A small tmpfs mounted at `path` (skips the test where mounting is not allowed)."""
     path.mkdir()
@@ -173,12 +187,31 @@ def _tmpfs(path: Path, options: str):
 
 @pytest.fixture(scope="module")
 def rm_folder(tmp_path_factory, minilm_rm_factory):
-    """A K = 2 ensemble on MiniLM with its fine-tuned-style backbone copy saved in the folder."""
+    """A K = 2 ensemble on the embedded MiniLM (stored by reference: kilobytes)."""
     torch.manual_seed(0)
     model = minilm_rm_factory(head_type="ensemble", num_heads=2, max_length=32)
     out = tmp_path_factory.mktemp("rm2")
-    model.save_pretrained(out, save_backbone=True)
+    model.save_pretrained(out, save_backbone=False)
     return out
+
+
+def _model_copy(rm_folder: Path, dest: Path) -> Path:
+    """A copy of `rm_folder` whose backbone lives in its own ``backbone/`` folder: config and
+    tokenizer files copied (editable), the weights symlinked (no 90 MB copy)."""
+    import shutil
+
+    from robust_rlhf.models.hub import resolve_model_path
+
+    shutil.copytree(rm_folder, dest)
+    src = Path(resolve_model_path("minilm-l6"))
+    (dest / "backbone").mkdir()
+    for f in src.iterdir():
+        if f.name == "model.safetensors":
+            os.symlink(f, dest / "backbone" / f.name)
+        elif f.is_file():
+            shutil.copyfile(f, dest / "backbone" / f.name)
+    _edit_json(dest / "reward_config.json", lambda d: d.update(backbone_location="backbone"))
+    return dest
 
 
 # ---------------------------------------------------------------- full disk / size limit ----
@@ -189,33 +222,36 @@ def test_file_size_limit_every_atomic_writer_fails_with_one_line_and_leaves_noth
     (tmp_path / "old.bin").write_bytes(b"previous")
     (tmp_path / "ckpt").mkdir()
     (tmp_path / "ckpt" / "w").write_bytes(b"previous")
-    r = _python(f"""
-        import json, signal
-        from pathlib import Path
-        from robust_rlhf.utils import WriteError, atomic_save_dir, atomic_write_bytes, atomic_writer, save_figure
-        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
-        d = Path({str(tmp_path)!r}); out = {{}}
-        def attempt(name, fn):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from robust_rlhf.utils import WriteError, atomic_save_dir, atomic_write_bytes, atomic_writer, save_figure
+
+    def stream():
+        with atomic_writer(tmp_path / "rows.jsonl", "w") as f:
+            for i in range(5000):
+                f.write(json.dumps({"row": i, "pad": "y" * 40}) + "\n")
+
+    def figure():
+        fig, ax = plt.subplots(figsize=(4, 4))
+        ax.imshow(np.random.default_rng(0).random((300, 300)))
+        save_figure(fig, tmp_path / "plot.png", dpi=100)
+
+    out = {}
+    with _file_size_limit(64 * 1024):
+        for name, fn in [("bytes", lambda: atomic_write_bytes(tmp_path / "old.bin", b"x" * 200_000)),
+                         ("stream", stream),
+                         ("dir", lambda: atomic_save_dir(tmp_path / "ckpt",
+                                                         lambda t: (t / "w").write_bytes(b"z" * 300_000))),
+                         ("figure", figure)]:
             try:
-                fn(); out[name] = "no error"
+                fn()
+                out[name] = "no error"
             except WriteError as e:
                 out[name] = str(e)
-        attempt("bytes", lambda: atomic_write_bytes(d / "old.bin", b"x" * 200_000))
-        def stream():
-            with atomic_writer(d / "rows.jsonl", "w") as f:
-                for i in range(5000):
-                    f.write('{{"row": %d, "pad": "%s"}}\\n' % (i, "y" * 40))
-        attempt("stream", stream)
-        attempt("dir", lambda: atomic_save_dir(d / "ckpt", lambda t: (t / "w").write_bytes(b"z" * 300_000)))
-        import matplotlib; matplotlib.use("Agg"); import matplotlib.pyplot as plt
-        def fig():
-            f, ax = plt.subplots(figsize=(4, 4)); ax.imshow(__import__("numpy").random.rand(300, 300))
-            save_figure(f, d / "plot.png", dpi=100)
-        attempt("figure", fig)
-        print(json.dumps(out))
-    """, fsize=64 * 1024)
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout.strip().splitlines()[-1])
     for name, target in [("bytes", "old.bin"), ("stream", "rows.jsonl"), ("dir", "ckpt"), ("figure", "plot.png")]:
         assert out[name].startswith(f"cannot write '{tmp_path / target}': file too large"), out[name]
         assert "\n" not in out[name]
@@ -261,6 +297,31 @@ def test_full_and_read_only_tmpfs_give_one_line_each(tmp_path):
     with _tmpfs(tmp_path / "ro", "size=32k,ro") as ro:
         with pytest.raises(WriteError, match=r"read-only file system$"):
             atomic_write_json(ro / "metrics.json", {"a": 1})
+
+
+def test_rm_eval_and_rm_train_on_a_full_disk_print_one_line(tmp_path, rm_folder, capsys):
+    """`rm eval` (metrics + plots) into a 24 KiB tmpfs, and `rm train` whose first stage-1
+    checkpoint does not fit on a 2 MiB one: exit 2, one line naming what could not be written,
+    no temp file left."""
+    from robust_rlhf.cli import main
+
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text("".join(json.dumps({"prompt": f"Q{i}: ", "chosen": f"a helpful answer {i}",
+                                         "rejected": f"no {i}"}) + "\n" for i in range(8)))
+    with _tmpfs(tmp_path / "small", "size=24k") as small:
+        assert main(["rm", "eval", "--model", str(rm_folder), "--data", str(pairs), "--output-dir", str(small)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(f"robust-rlhf: error: cannot write '{small}/")
+        assert err[0].endswith("no space left on the device")
+        assert _leftovers(small) == []
+    with _tmpfs(tmp_path / "two", "size=2m") as two:
+        assert main(["rm", "train", "--config", "rm_tiny", "--output-dir", str(two / "rm"), f"data.train={pairs}",
+                     "data.validation=null", "stage1.max_steps=1", "stage1.checkpoint_every=1", "stage1.batch_size=4",
+                     "model.max_length=16"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"robust-rlhf: error: cannot write '{two / 'rm' / 'checkpoints' / 'stage1'}': " \
+                          "no space left on the device", err[-3:]
+        assert _leftovers(two) == []
 
 
 def test_feature_cache_on_a_full_disk_is_skipped_not_fatal(tmp_path, minilm_rm_factory, caplog):
@@ -549,12 +610,9 @@ def _edit_json(path: Path, fn) -> None:
 def test_backbone_config_that_does_not_describe_its_weights_is_refused_unless_opted_in(tmp_path, rm_folder):
     """A backbone config.json claiming 4 layers where the files hold 6: the two extra layers'
     weights would be dropped silently -- refused, naming them; opting in loads with a warning."""
-    import shutil
-
     from robust_rlhf.reward.model import RewardModel
 
-    m = tmp_path / "m"
-    shutil.copytree(rm_folder, m)
+    m = _model_copy(rm_folder, tmp_path / "m")
     _edit_json(m / "backbone" / "config.json", lambda d: d.update(num_hidden_layers=4))
     with pytest.raises(UserError) as e:
         RewardModel.from_pretrained(m)
@@ -576,8 +634,7 @@ def test_reward_config_without_its_backbone_name_is_refused(tmp_path, rm_folder)
     _edit_json(m / "reward_config.json", lambda d: d.pop("backbone"))
     with pytest.raises(UserError, match=r"reward_config\.json: field 'backbone' is missing, so it does not name"):
         RewardModel.from_pretrained(m)
-    shutil.rmtree(m / "backbone")
-    _edit_json(m / "reward_config.json", lambda d: d.update(backbone="minilm-l6"))
+    _edit_json(m / "reward_config.json", lambda d: d.update(backbone="minilm-l6", backbone_location="backbone"))
     with pytest.raises(UserError, match=r"the backbone is stored in the model folder, but .*backbone is missing"):
         RewardModel.from_pretrained(m)
 

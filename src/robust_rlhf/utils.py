@@ -1,4 +1,7 @@
-"""Small shared helpers: atomic file writes, seeding, device/precision choice."""
+"""Small shared helpers: atomic file writes, seeding, device/precision choice.
+
+numpy and torch are imported where they are used, so that the write path, the temp-file owners
+and the folder lock load in a moment (a second process checking a lock does not load torch)."""
 
 from __future__ import annotations
 
@@ -18,12 +21,12 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Iterable
-
-import numpy as np
-import torch
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 from robust_rlhf.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -392,9 +395,18 @@ def strict_json(obj: Any) -> Any:
         return {k: strict_json(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
         return [strict_json(v) for v in obj]
-    if isinstance(obj, (np.floating, np.integer, np.ndarray, torch.Tensor)):
-        return strict_json(_json_default(obj))
+    if _array_module(obj):  # numpy/torch scalars and arrays
+        try:
+            return strict_json(_json_default(obj))
+        except TypeError:
+            return obj
     return obj
+
+
+def _array_module(obj: Any) -> str | None:
+    """"numpy" or "torch" when `obj`'s type comes from there (checked without importing them)."""
+    top = type(obj).__module__.partition(".")[0]
+    return top if top in ("numpy", "torch") else None
 
 
 def dumps_json(obj: Any, **kwargs: Any) -> str:
@@ -412,12 +424,19 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
+    kind = _array_module(obj)
+    if kind == "numpy":
+        import numpy as np
+
+        if isinstance(obj, (np.floating, np.integer)):
+            return obj.item()
+        if isinstance(obj, np.ndarray):
+            return obj.tolist()
+    if kind == "torch":
+        import torch
+
+        if isinstance(obj, torch.Tensor):
+            return obj.tolist()
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
@@ -499,6 +518,9 @@ def recover_dir(final_dir: str | os.PathLike) -> Path:
 
 def set_seed(seed: int) -> None:
     """Seed python, numpy and torch (CPU and CUDA) for reproducible runs."""
+    import numpy as np
+    import torch
+
     check_seed(seed)
     random.seed(seed)
     np.random.seed(seed)
@@ -506,6 +528,8 @@ def set_seed(seed: int) -> None:
 
 
 def default_device() -> torch.device:
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
@@ -519,6 +543,8 @@ def cpu_has_native_bf16() -> bool:
     bf16 (`torch.ops.mkldnn._is_mkldnn_bf16_supported()` is then True too), which is the ~20x
     slower case of USER_NEEDS #14 -- so both the oneDNN check and the native-instruction check
     must hold."""
+    import torch
+
     try:
         if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
             return False
@@ -560,6 +586,8 @@ def autocast_dtype(device: torch.device, precision: str = "auto") -> torch.dtype
     precision: "auto" -- bf16 on GPUs that support it and on CPUs with native bf16
     (`cpu_has_native_bf16`), fp32 elsewhere (emulated bf16 is ~20x slower: USER_NEEDS #14);
     "fp32" -- always fp32; "bf16" -- always bf16 (refused on a GPU without bf16)."""
+    import torch
+
     if precision not in PRECISIONS:
         raise UserError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
     device = torch.device(device)
@@ -652,6 +680,8 @@ def is_inside(child: str | os.PathLike, parent: str | os.PathLike) -> bool:
 def resolve_device(spec: str | None) -> torch.device:
     """A device string from a config (cpu, cuda, cuda:1, mps; None = cuda if available), checked
     against this machine."""
+    import torch
+
     if spec is None:
         return default_device()
     try:

@@ -301,7 +301,11 @@ def load_saved_policy(directory: str | Path, trust_remote_code: bool = False) ->
         if (cand / "adapter_config.json").exists():
             import json
 
-            base = json.loads((cand / "adapter_config.json").read_text())["base_model_name_or_path"]
+            try:
+                base = json.loads((cand / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+            except (OSError, ValueError, RecursionError, TypeError, KeyError) as e:
+                why = "no 'base_model_name_or_path'" if isinstance(e, (KeyError, TypeError)) else "torn or not JSON"
+                raise UserError(f"{cand / 'adapter_config.json'}: cannot read ({why})") from None
             return load_policy(ModelConfig(name=base, trust_remote_code=trust_remote_code), True, cand)
         if (cand / "config.json").exists():
             return load_policy(ModelConfig(name=str(cand), use_lora=False, trust_remote_code=trust_remote_code), True, cand)
