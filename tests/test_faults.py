@@ -392,10 +392,10 @@ def test_stale_temp_cleanup_spares_a_live_runs_temp_file(tmp_path):
     """Two runs on one folder: A (another process) holds a temp file open mid-write while B (this
     process), starting, cleans stale temps -- A's survives and A completes; a temp file of a
     process that is gone (a killed run) is removed."""
-    from robust_rlhf.utils import remove_stale_temps, temp_prefix
+    from robust_rlhf.utils import atomic_write_text, remove_stale_temps, temp_prefix
 
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
-    stale = tmp_path / (temp_prefix("metrics.json").replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-") + "x1.tmp")
+    stale = tmp_path / (temp_prefix("scores.json").replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-") + "x1.tmp")
     stale.write_text("left by a killed run")
     go = tmp_path / "go"
     a = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
@@ -417,6 +417,10 @@ def test_stale_temp_cleanup_spares_a_live_runs_temp_file(tmp_path):
     go.touch()
     assert a.wait(timeout=60) == 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == {}
+    assert _leftovers(tmp_path) == []
+    # a write of a file also removes what a killed earlier write of that same file left
+    stale.write_text("left by a killed run")
+    atomic_write_text(tmp_path / "scores.json", "{}")
     assert _leftovers(tmp_path) == []
 
 

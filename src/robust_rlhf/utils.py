@@ -202,7 +202,8 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", encoding: str | Non
     """Open a temp file beside `path` (owner-tagged, see `temp_prefix`) for writing; on a clean
     exit it is flushed, fsynced and renamed onto `path`, on any exit by an exception (a
     `Terminated` signal included) it is removed. OS errors become one `WriteError` line naming
-    `path`. For outputs written piece by piece (`rm score` streams its rows through this)."""
+    `path`. Temp files of earlier writes of `path` whose process is gone (a kill -9) are removed
+    first. For outputs written piece by piece (`rm score` streams its rows through this)."""
     path = Path(path)
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
@@ -210,6 +211,7 @@ def atomic_writer(path: str | os.PathLike, mode: str = "wb", encoding: str | Non
     with write_errors(path):
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_temps(path.parent, prefix=f".{path.name[:120]}.")  # of a killed earlier write
             fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
             os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file normal permissions
             with os.fdopen(fd, mode, encoding=encoding if mode == "w" else None) as f:

@@ -320,22 +320,23 @@ class RewardModel(nn.Module):
             raise UserError(f"{cfg_file}: cannot read ({e.strerror})") from None
         if not isinstance(raw, dict):
             raise UserError(f"{cfg_file}: expected a JSON object, got {type(raw).__name__}")
-        # The folder must say which backbone its heads were trained on: without it the default
-        # (pretrained, untrained) backbone would score silently.
-        for key in ("backbone", "backbone_location"):
-            if key not in raw:
-                raise UserError(f"{cfg_file}: field {key!r} is missing, so it does not name the backbone its heads "
-                                "belong to; it is not a complete reward model (re-save it with `rm train`)")
-        location = raw.pop("backbone_location")
-        if not isinstance(location, str) or not location.strip():
+        location = raw.pop("backbone_location", None)
+        if location is not None and (not isinstance(location, str) or not location.strip()):
             raise UserError(f"{cfg_file}: field 'backbone_location': expected the backbone's folder or name, "
                             f"got {location!r}")
+        named = "backbone" in raw
         from robust_rlhf.config import build_dataclass
 
         try:  # typed like a config file: a wrong type or unknown key names the field
             config = build_dataclass(RewardModelConfig, raw)
         except UserError as e:
             raise UserError(f"{cfg_file}: {str(e).removeprefix('config ')}") from None
+        # The folder must say which backbone its heads were trained on: without it the default
+        # (pretrained, untrained) backbone would score silently.
+        for key, present in (("backbone", named), ("backbone_location", location is not None)):
+            if not present:
+                raise UserError(f"{cfg_file}: field {key!r} is missing, so it does not name the backbone its heads "
+                                "belong to; it is not a complete reward model (re-save it with `rm train`)")
         if location == "backbone" and not (path / "backbone").is_dir():
             raise UserError(f"{cfg_file}: the backbone is stored in the model folder, but {path / 'backbone'} "
                             "is missing (copied without it?)")
