@@ -91,6 +91,7 @@ def test_nan_metrics_are_written_as_null(tmp_path):
     ck = run.save_checkpoint(1, policy, opt, {"kl_ctl": {"value": float("nan")}})
     state = _strict_loads((ck / "state.json").read_text())
     assert state["metrics"] == [row] and state["extra"] == {"kl_ctl": {"value": None}}
+    run.close()  # the run holds its folder's lock until closed
     resumed = Run(tmp_path, PPOConfig(), True, LogConfig(progress=False), 2)
     assert resumed.restore(policy, opt) == (1, {"kl_ctl": {"value": None}})
 

@@ -64,7 +64,9 @@ def test_stage_checkpoint_replaces_in_place(tmp_path):
     for step in (1, 2):
         ck.save(lambda tmp, s=step: (tmp / "state.json").write_text(json.dumps({"step": s})))
     assert ck.exists() and ck.state() == {"step": 2}
-    assert [p.name for p in (tmp_path / "checkpoints").iterdir()] == ["stage1"]
+    # the replaced checkpoint is kept as the previous good one (a torn newest falls back to it)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["stage1", "stage1.prev"]
+    assert json.loads((tmp_path / "checkpoints" / "stage1.prev" / "state.json").read_text()) == {"step": 1}
 
 
 def test_each_metric_has_one_name(tmp_path):

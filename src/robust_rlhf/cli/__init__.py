@@ -63,6 +63,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _close_progress_bars() -> None:
+    """Close the progress bars a failed command left open, so its error is a line of its own."""
+    tqdm = sys.modules.get("tqdm.std")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", None) or []):
+        try:
+            bar.close()
+        except Exception:  # noqa: BLE001 - a bar that cannot close must not hide the error
+            pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
@@ -82,12 +92,29 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    from robust_rlhf.utils import MACHINE_ERRNOS, Terminated, os_cause, raise_on_termination
+
+    raise_on_termination()  # SIGTERM/SIGHUP unwind like Ctrl-C (temp files removed); SIGXFSZ -> EFBIG
     try:
         return int(args.func(args) or 0)
+    except OSError as e:
+        if e.errno not in MACHINE_ERRNOS:
+            raise
+        # The machine refused (full disk, size limit, read-only, permission, symlink loop) in a
+        # write that does not go through utils' atomic writers: still one line naming the file.
+        where = e.filename if e.filename is not None else "a file"
+        _close_progress_bars()
+        print(f"robust-rlhf: error: {where}: {os_cause(e)}", file=sys.stderr)
+        return 1
+    except Terminated as e:
+        _close_progress_bars()
+        print(f"robust-rlhf: {e} (temporary files removed)", file=sys.stderr)
+        return 128 + e.signum
     except RecursionError:
         print("robust-rlhf: error: input nested too deeply", file=sys.stderr)
         return 2
     except UserError as e:
+        _close_progress_bars()
         print(f"robust-rlhf: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -58,6 +58,8 @@ def register(sub) -> None:
     s.add_argument("--input", required=True, help="JSONL with prompt and response fields")
     s.add_argument("--output", required=True, help="JSONL to write (atomically)")
     s.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: %(default)s)")
+    s.add_argument("--max-line-bytes", type=int, default=None,
+                   help="refuse an input line longer than this (default: 1 MiB, or ROBUST_RLHF_MAX_LINE_BYTES)")
     s.set_defaults(func=cmd_score)
 
 
@@ -128,30 +130,58 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def cmd_score(args) -> int:
-    from robust_rlhf.data.preferences import load_scoring_inputs
-    from robust_rlhf.reward.model import RewardModel
-    from robust_rlhf.utils import atomic_write_jsonl
+SCORE_CHUNK_ROWS = 2048
+SCORE_CHUNK_CHARS = 32 << 20
+"""`rm score` reads, scores and writes at most this many rows / characters of text at a time."""
 
-    from robust_rlhf.utils import check_output_file
+
+def _chunks(rows, max_rows: int = SCORE_CHUNK_ROWS, max_chars: int = SCORE_CHUNK_CHARS):
+    """Lists of consecutive rows, each at most `max_rows` rows and (beyond its first row)
+    `max_chars` characters of prompt + response."""
+    chunk, chars = [], 0
+    for row in rows:
+        size = len(row["prompt"]) + len(row["response"])
+        if chunk and (len(chunk) >= max_rows or chars + size > max_chars):
+            yield chunk
+            chunk, chars = [], 0
+        chunk.append(row)
+        chars += size
+    if chunk:
+        yield chunk
+
+
+def cmd_score(args) -> int:
+    from robust_rlhf.data.preferences import iter_scoring_inputs
+    from robust_rlhf.reward.model import RewardModel
+    from robust_rlhf.utils import atomic_writer, check_output_file, dumps_json
 
     _check_batch_size(args.batch_size)
+    if args.max_line_bytes is not None and args.max_line_bytes < 1:
+        raise UserError(f"--max-line-bytes must be >= 1, got {args.max_line_bytes}")
     model_files = [Path(args.model) / n for n in ("reward_config.json", "heads.safetensors")]
     check_output_file(args.output, inputs=[args.input, *model_files])
-    rows = load_scoring_inputs(args.input)
+    # Two streamed passes, memory bounded by one chunk: every row is validated before the model
+    # loads and before anything is written; then rows are read, scored and written chunk by chunk
+    # into a temp file that becomes --output only when complete (removed on any failure or signal).
+    for _ in iter_scoring_inputs(args.input, args.max_line_bytes):
+        pass
     model = RewardModel.from_pretrained(args.model)
-    out = model.score([r["prompt"] for r in rows], [r["response"] for r in rows], batch_size=args.batch_size)
-    result = []
-    for i, row in enumerate(rows):
-        row = dict(row)
-        row["reward"] = float(out.mean[i])
-        row["reward_std"] = float(out.std[i])
-        row["rewards_per_head"] = out.per_head[i].tolist()
-        if out.per_head_std is not None:
-            row["reward_std_per_head"] = out.per_head_std[i].tolist()
-        result.append(row)
-    atomic_write_jsonl(args.output, result)
-    print(f"scored {len(rows)} rows -> {args.output}")
+    n = 0
+    with atomic_writer(args.output, "w", encoding="utf-8") as f:
+        for chunk in _chunks(iter_scoring_inputs(args.input, args.max_line_bytes)):
+            out = model.score([r["prompt"] for r in chunk], [r["response"] for r in chunk], batch_size=args.batch_size)
+            lines = []
+            for i, row in enumerate(chunk):
+                row = dict(row)
+                row["reward"] = float(out.mean[i])
+                row["reward_std"] = float(out.std[i])
+                row["rewards_per_head"] = out.per_head[i].tolist()
+                if out.per_head_std is not None:
+                    row["reward_std_per_head"] = out.per_head_std[i].tolist()
+                lines.append(dumps_json(row) + "\n")
+            f.write("".join(lines))
+            n += len(chunk)
+    print(f"scored {n} rows -> {args.output}")
     if model.truncated_count:
         print(f"note: {model.truncated_count} texts were truncated to max_length={model.config.max_length}")
     return 0

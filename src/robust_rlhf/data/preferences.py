@@ -67,7 +67,11 @@ def tokenizer_chat_renderer(tokenizer) -> Renderer:
 
 
 def _read_text(path: Path) -> str:
-    """UTF-8 text of `path`, a byte-order mark (spreadsheet exports) dropped."""
+    """UTF-8 text of `path`, a byte-order mark (spreadsheet exports) dropped; a file too large
+    for this machine's memory is refused first (`check_fits_in_memory`)."""
+    from robust_rlhf.utils import check_fits_in_memory
+
+    check_fits_in_memory(path)
     try:
         return path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -102,9 +106,14 @@ def _iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
             return
         # JSON Lines are separated by "\n" only: U+2028/U+2029/U+0085 (which str.splitlines
         # also splits on) are ordinary characters inside JSON strings.
+        from robust_rlhf.utils import max_line_bytes
+
+        cap = max_line_bytes()
         for lineno, line in enumerate(text.split("\n"), start=1):
             if not line.strip():
                 continue
+            if len(line) > cap // 4 and len(line.encode("utf-8", "surrogatepass")) > cap:
+                _refuse_long_line(path, lineno, len(line.encode("utf-8", "surrogatepass")), cap)
             yield f"line {lineno}", _json_loads(line, path, f"line {lineno}")
     elif suffix == ".csv":
         text = _read_text(path)
@@ -131,6 +140,9 @@ def _iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
+        from robust_rlhf.utils import check_fits_in_memory
+
+        check_fits_in_memory(path)
         try:
             table = pq.read_table(path)
         except Exception as e:  # pyarrow raises several types for corrupt files
@@ -298,10 +310,64 @@ def check_prompt_lengths(pairs: Sequence[PreferencePair], tokenizer, max_length:
                 f"max_length={max_length}; the responses would be truncated away (raise model.max_length or shorten it)")
 
 
-def load_scoring_inputs(path: str | Path) -> list[dict]:
-    """Rows for `rm score`: JSONL objects with text fields `prompt` and `response`."""
-    name, rows = iter_source(path)
-    out = []
+def _refuse_long_line(path: Path, lineno: int, size: int, cap: int) -> None:
+    raise UserError(f"{path}: line {lineno} is {size:,} bytes, over the limit of {cap:,} bytes per line "
+                    "(a corrupt file, or one huge text?); fix that line, or raise the limit with "
+                    "--max-line-bytes / ROBUST_RLHF_MAX_LINE_BYTES")
+
+
+def iter_jsonl_lines(path: str | Path, max_line_bytes: int | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of every non-blank line of a JSON Lines file, streamed: memory
+    stays at one line, at most `max_line_bytes` (default `utils.max_line_bytes()`); a longer
+    line is refused with its number and size, without reading it into memory."""
+    from robust_rlhf.utils import max_line_bytes as default_cap
+
+    path = Path(path)
+    cap = default_cap() if max_line_bytes is None else max_line_bytes
+    try:
+        f = path.open("rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        lineno = 0
+        while True:
+            try:
+                raw = f.readline(cap + 1)
+            except OSError as e:
+                raise UserError(f"{path}: cannot read ({e.strerror})") from None
+            if not raw:
+                return
+            lineno += 1
+            if len(raw) > cap and not (len(raw) == cap + 1 and raw.endswith(b"\n")):
+                size = len(raw)
+                while not raw.endswith(b"\n"):  # measure the rest of the line in bounded pieces
+                    raw = f.readline(1 << 20)
+                    if not raw:
+                        break
+                    size += len(raw)
+                _refuse_long_line(path, lineno, size - (1 if raw.endswith(b"\n") else 0), cap)
+            if lineno == 1 and raw.startswith(b"\xef\xbb\xbf"):
+                raw = raw[3:]  # a byte-order mark (spreadsheet exports)
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise UserError(f"{path}: line {lineno}: not valid UTF-8 (byte {e.start} of the line)") from None
+            if not line.strip():
+                continue
+            yield lineno, _json_loads(line, path, f"line {lineno}")
+
+
+def iter_scoring_inputs(path: str | Path, max_line_bytes: int | None = None) -> Iterator[dict]:
+    """Validated rows for `rm score`: objects with text fields `prompt` and `response`. A JSON
+    Lines file is streamed (`iter_jsonl_lines`: bounded memory, over-long lines refused); other
+    layouts are read whole (a file too large for memory is refused first). An empty input is a
+    `UserError` (raised after the last row)."""
+    p = Path(str(path))
+    if p.suffix.lower() == ".jsonl" and p.is_file():
+        name, rows = str(p), ((f"line {n}", row) for n, row in iter_jsonl_lines(p, max_line_bytes))
+    else:
+        name, rows = iter_source(path)
+    count = 0
     for where, row in rows:
         if not isinstance(row, dict):
             raise UserError(f"{name}: {where}: expected an object with 'prompt' and 'response'")
@@ -312,10 +378,16 @@ def load_scoring_inputs(path: str | Path) -> list[dict]:
                 raise UserError(f"{name}: {where}: field {f!r}: expected text, got {type(row[f]).__name__}")
         if not row["response"].strip():
             raise UserError(f"{name}: {where}: field 'response' is empty")
-        out.append(row)
-    if not out:
+        count += 1
+        yield row
+    if not count:
         raise UserError(f"{name}: no rows found (empty file?)")
-    return out
+
+
+def load_scoring_inputs(path: str | Path) -> list[dict]:
+    """Rows for `rm score`: JSONL objects with text fields `prompt` and `response` (all in memory;
+    `iter_scoring_inputs` streams them)."""
+    return list(iter_scoring_inputs(path))
 
 
 def save_preferences_jsonl(path: str | Path, pairs: Sequence[PreferencePair]) -> None:

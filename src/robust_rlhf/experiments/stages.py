@@ -249,7 +249,14 @@ def read_metrics(folder: Path) -> list[dict]:
     path = folder / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = []
+    for n, line in enumerate(path.read_bytes().decode("utf-8", "replace").split("\n"), start=1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except ValueError:
+                raise UserError(f"{path}: line {n}: torn or not JSON; delete the unit's folder to recompute it") from None
+    return rows
 
 
 def policy_unit(cfg: ExperimentConfig, method: MethodSpec, seed: int, head: int | None, rm: Unit, root: Path,

@@ -1,7 +1,9 @@
 """Cached units of work: a unit fills its own folder under OUTPUT/units/ and is marked finished
 by a ``done`` file written atomically *last*, holding a fingerprint (a hash of everything the
-unit depends on). `UnitRunner` skips finished units, wipes a folder left by different inputs,
-and lets an unfinished one continue (policy runs resume from their own checkpoints)."""
+unit depends on) and the size of every file the unit wrote. `UnitRunner` skips finished units
+whose files are all still whole, wipes a folder left by different inputs, and lets an unfinished
+one continue (policy runs resume from their own checkpoints); a finished unit with a torn or
+unreadable file (its size changed, a broken marker) counts as unfinished and is recomputed."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from robust_rlhf.errors import UserError
 from robust_rlhf.utils import atomic_write_json
 
 log = logging.getLogger(__name__)
@@ -27,7 +30,38 @@ def fingerprint(spec: Any) -> str:
 
 
 def read_json(path: Path) -> Any:
-    return json.loads(path.read_text(encoding="utf-8"))
+    """A run folder's JSON file; an unreadable or torn one is a `UserError` naming it."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as e:  # ValueError: JSON and UTF-8 errors
+        why = e.strerror if isinstance(e, OSError) else "torn or not JSON"
+        raise UserError(f"{path}: cannot read ({why}); delete it (or its unit folder) to recompute it") from None
+
+
+def _read_object(path: Path) -> dict | None:
+    """A JSON object, or None when the file is missing, torn or not an object (a cache record)."""
+    try:
+        obj = read_json(path)
+    except UserError:
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+def file_sizes(folder: Path) -> dict[str, int]:
+    """Relative path -> size of every file in a unit folder (its done marker excepted)."""
+    return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
+            if p.is_file() and not p.is_symlink() and p.name != DONE_FILE}
+
+
+def torn_file(folder: Path, sizes: dict) -> str | None:
+    """The first file of `sizes` that is gone or changed size since the unit finished, or None."""
+    for rel, size in sizes.items():
+        try:
+            if (folder / rel).stat().st_size != size:
+                return rel
+        except OSError:
+            return rel
+    return None
 
 
 def units_root(output_dir: Path) -> Path:
@@ -77,13 +111,23 @@ class UnitRunner:
         self.bar = tqdm(total=total, desc="experiment", unit="unit", disable=not progress, dynamic_ncols=True)
 
     def is_done(self, unit: Unit) -> bool:
+        """A valid marker of these inputs, and every file the unit wrote still whole."""
         marker = self.root / unit.key / DONE_FILE
         if not marker.exists():
             return False
-        try:
-            return read_json(marker).get("fingerprint") == unit.fingerprint
-        except (json.JSONDecodeError, OSError):
+        done = _read_object(marker)
+        if done is None or not isinstance(done.get("files"), dict) or "summary" not in done:
+            log.warning("%s: its done marker is torn or unreadable; recomputing this unit", unit.key)
             return False
+        if done.get("fingerprint") != unit.fingerprint:
+            return False
+        torn = torn_file(self.root / unit.key, done["files"])
+        if torn is not None:
+            log.warning("%s: %s is torn or gone since the unit finished; recomputing this unit", unit.key, torn)
+            marker.unlink(missing_ok=True)
+            (self.root / unit.key / UNIT_FILE).unlink(missing_ok=True)  # a cache: start it afresh
+            return False
+        return True
 
     def __call__(self, unit: Unit) -> dict:
         folder = self.root / unit.key
@@ -93,7 +137,7 @@ class UnitRunner:
             return read_json(folder / DONE_FILE)["summary"]
         if folder.exists():
             recorded = folder / UNIT_FILE
-            same = recorded.exists() and read_json(recorded).get("fingerprint") == unit.fingerprint
+            same = (_read_object(recorded) or {}).get("fingerprint") == unit.fingerprint
             if not same:
                 log.info("%s: inputs changed (or unknown leftovers); starting this unit afresh", unit.key)
                 shutil.rmtree(folder)
@@ -112,7 +156,8 @@ class UnitRunner:
         t0 = time.time()
         summary = unit.run(folder) or {}
         seconds = time.time() - t0
-        atomic_write_json(folder / DONE_FILE, {"fingerprint": unit.fingerprint, "seconds": seconds, "summary": summary})
+        atomic_write_json(folder / DONE_FILE, {"fingerprint": unit.fingerprint, "seconds": seconds, "summary": summary,
+                                               "files": file_sizes(folder)})
         self.executed.append(unit.key)
         self.bar.update(1)
         log.info("%s finished in %.0f s", unit.key, seconds)

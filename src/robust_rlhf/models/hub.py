@@ -22,7 +22,7 @@ import os
 from pathlib import Path
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.utils import atomic_save_dir
+from robust_rlhf.utils import atomic_save_dir, check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -110,6 +110,8 @@ def _converted_gguf(name: str, gguf_file: Path) -> Path:
     target = cache_dir() / "models" / name
     if (target / "config.json").exists() and (target / "model.safetensors").exists():
         return target
+    # The conversion takes ~30 s: a cache it cannot write to fails before it, not after.
+    check_output_dir(target, "model cache (ROBUST_RLHF_CACHE)")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -149,31 +151,47 @@ def load_tokenizer(name_or_path: str, trust_remote_code: bool = False):
     return tok
 
 
-def load_backbone(name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False):
+def load_backbone(name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False,
+                  allow_partial_weights: bool = False):
     """The bare transformer (no LM/classification head): AutoModel."""
     from transformers import AutoModel
 
     path = resolve_model_path(name_or_path)
-    return _from_pretrained(AutoModel, path, trust_remote_code, allow_pickle)
+    return _from_pretrained(AutoModel, path, trust_remote_code, allow_pickle, allow_partial_weights)
 
 
-def load_causal_lm(name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False):
+def load_causal_lm(name_or_path: str, trust_remote_code: bool = False, allow_pickle: bool = False,
+                   allow_partial_weights: bool = False):
     from transformers import AutoModelForCausalLM
 
     path = resolve_model_path(name_or_path)
-    return _from_pretrained(AutoModelForCausalLM, path, trust_remote_code, allow_pickle)
+    return _from_pretrained(AutoModelForCausalLM, path, trust_remote_code, allow_pickle, allow_partial_weights)
 
 
-def _from_pretrained(auto_cls, path: str, trust_remote_code: bool, allow_pickle: bool):
+def _from_pretrained(auto_cls, path: str, trust_remote_code: bool, allow_pickle: bool,
+                     allow_partial_weights: bool = False):
+    """Load and check that the folder's config describes the weights present: a weight the
+    config expects but the files lack would be silently random (a config.json without
+    num_hidden_layers builds the default depth), one the files have but the config does not
+    use would be dropped -- both are a `UserError` naming them, unless `allow_partial_weights`."""
     import torch
 
     try:
-        return auto_cls.from_pretrained(
+        model, info = auto_cls.from_pretrained(
             path,
             dtype=torch.float32,
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
+            output_loading_info=True,
         )
+        problem = _loading_problem(info)
+        if problem and not allow_partial_weights:
+            raise UserError(f"model {path!r}: its config.json does not describe the weights present ({problem}); "
+                            "fix the folder (a config copied from another model?), or opt in with "
+                            "model.allow_partial_weights=true to use randomly initialised weights")
+        if problem:
+            log.warning("model %r: %s (allow_partial_weights=true)", path, problem)
+        return model
     except OSError as e:
         msg = str(e).splitlines()[0]
         if not allow_pickle and Path(path).is_dir() and any(Path(path).glob("*.bin")):
@@ -182,12 +200,35 @@ def _from_pretrained(auto_cls, path: str, trust_remote_code: bool, allow_pickle:
                 "Convert them to safetensors, or opt in with model.allow_pickle=true."
             ) from None
         raise UserError(f"model {path!r}: cannot load ({msg})") from None
+    except UserError:
+        raise
     except ValueError as e:
-        raise UserError(f"model {path!r}: {_first_line(e)}") from None
+        raise UserError(f"model {path!r}: {_one_line(e)}") from None
     except (KeyboardInterrupt, MemoryError):
         raise
-    except Exception as e:  # truncated/corrupt weights: safetensors, JSON and torch raise their own types
-        raise UserError(f"model {path!r}: cannot load ({type(e).__name__}: {_first_line(e)})") from None
+    except Exception as e:  # truncated/corrupt weights, size mismatches: safetensors, JSON and torch raise their own types
+        raise UserError(f"model {path!r}: cannot load ({type(e).__name__}: {_one_line(e)})") from None
+
+
+def _loading_problem(info: dict) -> str:
+    """'' when from_pretrained's loading info shows every weight loaded; else what is missing,
+    unexpected or mis-shaped (the first few names of each and how many)."""
+    def some(names) -> str:
+        names = sorted(str(n) if not isinstance(n, tuple) else str(n[0]) for n in names)
+        return ", ".join(names[:4]) + (f", ... ({len(names)} in all)" if len(names) > 4 else "")
+
+    parts = []
+    for key, what in (("missing_keys", "weights missing from the files"),
+                      ("unexpected_keys", "weights the config has no place for"),
+                      ("mismatched_keys", "weights of another shape")):
+        if info.get(key):
+            parts.append(f"{what}: {some(info[key])}")
+    return "; ".join(parts)
+
+
+def _one_line(e: BaseException) -> str:
+    """The whole message of `e` on one line (a library's multi-line error keeps its reason)."""
+    return " ".join(str(e).split()) or type(e).__name__
 
 
 def _first_line(e: BaseException) -> str:

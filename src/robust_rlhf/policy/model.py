@@ -52,6 +52,9 @@ class ModelConfig:
     """allow custom model code from the model folder / hub"""
     allow_pickle: bool = False
     """Allow pickle (.bin) weights; off: safetensors only, since pickle can run code on load."""
+    allow_partial_weights: bool = False
+    """Load a model whose config.json does not match its weight files (missing weights randomly initialised);
+    off: such a folder is refused, naming the weights."""
     precision: str = "auto"
     """auto | fp32 | bf16: dtype of the frozen base weights under LoRA (adapters and value head stay fp32). auto = bf16
     where the hardware computes it natively (bf16 GPU; CPU with AVX-512 BF16 / AMX), fp32 elsewhere. Policy and
@@ -249,7 +252,8 @@ def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: st
     base_name = cfg.name
     if adapter_path is not None and not cfg.use_lora:
         base_name = str(adapter_path)  # a full fine-tuned policy folder is a complete model
-    lm = load_causal_lm(base_name, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle)
+    lm = load_causal_lm(base_name, trust_remote_code=cfg.trust_remote_code, allow_pickle=cfg.allow_pickle,
+                        allow_partial_weights=cfg.allow_partial_weights)
     tokenizer = load_tokenizer(base_name if not cfg.use_lora else cfg.name, trust_remote_code=cfg.trust_remote_code)
     tokenizer.padding_side = "left"
     lm.config.use_cache = True
@@ -297,7 +301,11 @@ def load_saved_policy(directory: str | Path, trust_remote_code: bool = False) ->
         if (cand / "adapter_config.json").exists():
             import json
 
-            base = json.loads((cand / "adapter_config.json").read_text())["base_model_name_or_path"]
+            try:
+                base = json.loads((cand / "adapter_config.json").read_text(encoding="utf-8"))["base_model_name_or_path"]
+            except (OSError, ValueError, RecursionError, TypeError, KeyError) as e:
+                why = "no 'base_model_name_or_path'" if isinstance(e, (KeyError, TypeError)) else "torn or not JSON"
+                raise UserError(f"{cand / 'adapter_config.json'}: cannot read ({why})") from None
             return load_policy(ModelConfig(name=base, trust_remote_code=trust_remote_code), True, cand)
         if (cand / "config.json").exists():
             return load_policy(ModelConfig(name=str(cand), use_lora=False, trust_remote_code=trust_remote_code), True, cand)

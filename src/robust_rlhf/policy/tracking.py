@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -32,10 +31,18 @@ import numpy as np
 import torch
 import yaml
 
-from robust_rlhf.checkpoint import CHECKPOINT_DIR, StepCheckpoints, capture_rng, restore_rng
+from robust_rlhf.checkpoint import (
+    CHECKPOINT_DIR,
+    StepCheckpoints,
+    TornCheckpoint,
+    capture_rng,
+    read_state,
+    read_torch,
+    restore_rng,
+)
 from robust_rlhf.config import config_to_dict, first_difference, saved_run_config
 from robust_rlhf.errors import UserError
-from robust_rlhf.utils import atomic_write_jsonl, atomic_write_text, dumps_json
+from robust_rlhf.utils import FolderLock, atomic_write_jsonl, atomic_write_text, dumps_json, write_errors
 
 __all__ = ["LogConfig", "Run", "check_run_folder",
            "write_metrics", "write_metrics_csv"]
@@ -150,8 +157,12 @@ class Run:
         self._wandb = None
         self._ckpts = StepCheckpoints(self.dir, log_cfg.keep_checkpoints)
         check_run_folder(self.dir, cfg, resume)  # before anything is written
+        self._lock: FolderLock | None = None
         if is_main:
-            self.dir.mkdir(parents=True, exist_ok=True)
+            with write_errors(self.dir):
+                self.dir.mkdir(parents=True, exist_ok=True)
+            # One run per folder: a second `policy train` into it is refused while this one runs.
+            self._lock = FolderLock(self.dir, "`policy train`")
         cfg_dict = config_to_dict(cfg)
         self.checkpoint = self.latest_checkpoint() if resume else None
         if resume and self.checkpoint is None:
@@ -243,18 +254,40 @@ class Run:
                 (self.dir / "metrics.jsonl").unlink(missing_ok=True)
                 (self.dir / "metrics.csv").unlink(missing_ok=True)
             return 0, {}
-        c = self.checkpoint
-        log.info("resuming from %s", c)
-        policy.load_trainable_state_dict(torch.load(c / "trainable.pt", weights_only=True))
-        optimizer.load_state_dict(torch.load(c / "optimizer.pt", weights_only=True))
-        restore_rng(torch.load(c / "rng.pt", weights_only=True))
-        state = json.loads((c / "state.json").read_text(encoding="utf-8"))
-        self.rows = list(state["metrics"])
-        if self.is_main:
-            self._rewrite_jsonl()  # drop rows a crashed run wrote after its last checkpoint
-        return int(state["step"]), state.get("extra", {})
+        # Read and check every file before changing anything; a torn checkpoint is skipped for the
+        # next older complete one (warning), and with none left resuming is refused (one line).
+        torn: list[TornCheckpoint] = []
+        for c in [self.checkpoint, *[d for d in self._ckpts.complete() if d != self.checkpoint]]:
+            try:
+                state = read_state(c / "state.json", ("step", "metrics"))
+                if not isinstance(state["step"], int) or not isinstance(state["metrics"], list):
+                    raise TornCheckpoint(f"{c / 'state.json'}: 'step' is not a step count or 'metrics' not a list")
+                trainable = read_torch(c / "trainable.pt")
+                opt_state = read_torch(c / "optimizer.pt")
+                rng = read_torch(c / "rng.pt")
+            except TornCheckpoint as e:
+                log.warning("%s; trying the previous checkpoint", e)
+                torn.append(e)
+                continue
+            log.info("resuming from %s", c)
+            self.checkpoint = c
+            policy.load_trainable_state_dict(trainable)
+            try:
+                optimizer.load_state_dict(opt_state)
+                restore_rng(rng)
+            except (KeyError, ValueError, TypeError, RuntimeError) as e:
+                raise TornCheckpoint(f"{c}: optimizer or RNG state does not match this run ({e}); "
+                                     "delete the checkpoint or set resume=false") from None
+            self.rows = list(state["metrics"])
+            if self.is_main:
+                self._rewrite_jsonl()  # drop rows a crashed run wrote after its last checkpoint
+            return int(state["step"]), state.get("extra", {})
+        raise TornCheckpoint(f"{torn[-1]}; no good checkpoint is left to resume from -- delete "
+                             f"{self.dir / CHECKPOINT_DIR} or set resume=false to start over")
 
     def close(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
         if self._bar is not None:
             self._bar.close()
         if self._tb is not None:

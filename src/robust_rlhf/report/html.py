@@ -255,9 +255,11 @@ def write_report(output_dir: str | Path) -> Path:
         results = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
         raise UserError(f"{path}: invalid JSON ({e.msg})") from None
+    except (ValueError, RecursionError):  # a torn multi-byte character, absurd nesting
+        raise UserError(f"{path}: invalid JSON (torn or not UTF-8)") from None
     plots = render_all(results, out / PLOTS_DIR)
     target = out / REPORT_FILE
-    tmp = target.with_name(f".{REPORT_FILE}.tmp")
-    tmp.write_text(build_html(results, plots), encoding="utf-8")
-    tmp.replace(target)  # atomic: a reader never sees a half-written report
+    from robust_rlhf.utils import atomic_write_text
+
+    atomic_write_text(target, build_html(results, plots))  # atomic: a reader never sees a half-written report
     return target

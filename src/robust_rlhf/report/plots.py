@@ -29,14 +29,9 @@ def safe_name(name: str) -> str:
 
 
 def _save(fig, path: Path) -> Path:
-    plt = _plt()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.tight_layout()
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    from robust_rlhf.utils import save_figure
+
+    return save_figure(fig, path, dpi=100)  # atomic; a refused write is one line naming the file
 
 
 def _gao(fit: dict, d: np.ndarray) -> np.ndarray:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from robust_rlhf.reward.evaluate import error_rate_by_bin
-from robust_rlhf.utils import atomic_write_json
+from robust_rlhf.utils import atomic_write_json, save_figure, write_errors
 
 __all__ = ["write_eval_report"]
 
@@ -22,18 +22,13 @@ def write_eval_report(metrics: dict, arrays: dict, output_dir: str | Path) -> li
     import matplotlib.pyplot as plt
 
     out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with write_errors(out):
+        out.mkdir(parents=True, exist_ok=True)
     written = [out / "metrics.json"]
     atomic_write_json(out / "metrics.json", metrics)
 
     def save(fig, name: str) -> None:
-        path = out / name
-        tmp = out / f".{name}.tmp.png"
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=110)
-        plt.close(fig)
-        tmp.replace(path)
-        written.append(path)
+        written.append(save_figure(fig, out / name, dpi=110))  # atomic; a refused write is one line
 
     K = metrics["num_heads"]
     fig, ax = plt.subplots(figsize=(7, 3.5))

@@ -21,7 +21,6 @@ from typing import Literal, Sequence
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file
 from safetensors.torch import save as save_safetensors
 
 from robust_rlhf.errors import UserError
@@ -59,6 +58,9 @@ class RewardModelConfig:
     """Allow custom modelling code from the backbone folder/hub (off by default)."""
     allow_pickle: bool = False
     """Allow pickle (.bin) backbone weights; off: safetensors only, since pickle can run code on load."""
+    allow_partial_weights: bool = False
+    """Load a backbone whose config.json does not match its weight files (weights missing -> randomly
+    initialised, extra ones dropped); off: such a folder is refused, naming the weights."""
     head_stats: dict = field(default_factory=dict)
     """Per-head reward mean/std on the validation set (for normalised aggregation)."""
     top_layers: int = 1
@@ -106,7 +108,8 @@ class RewardModel(nn.Module):
         if config.head_type == "scalar":
             config.num_heads = 1
         self.config = config
-        self.backbone = backbone if backbone is not None else load_backbone(config.backbone, config.trust_remote_code, config.allow_pickle)
+        self.backbone = backbone if backbone is not None else load_backbone(
+            config.backbone, config.trust_remote_code, config.allow_pickle, config.allow_partial_weights)
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.backbone, config.trust_remote_code)
         if self.config.pooling is None:
             self.config.pooling = default_pooling(self.backbone.config)
@@ -318,23 +321,40 @@ class RewardModel(nn.Module):
         if not isinstance(raw, dict):
             raise UserError(f"{cfg_file}: expected a JSON object, got {type(raw).__name__}")
         location = raw.pop("backbone_location", None)
-        if location is not None and not isinstance(location, str):
-            raise UserError(f"{cfg_file}: field 'backbone_location': expected text, got {type(location).__name__}")
+        if location is not None and (not isinstance(location, str) or not location.strip()):
+            raise UserError(f"{cfg_file}: field 'backbone_location': expected the backbone's folder or name, "
+                            f"got {location!r}")
+        named = "backbone" in raw
         from robust_rlhf.config import build_dataclass
 
         try:  # typed like a config file: a wrong type or unknown key names the field
             config = build_dataclass(RewardModelConfig, raw)
         except UserError as e:
             raise UserError(f"{cfg_file}: {str(e).removeprefix('config ')}") from None
-        source = str(path / location) if location == "backbone" else (location or config.backbone)
-        backbone = load_backbone(source, config.trust_remote_code, config.allow_pickle)
+        # The folder must say which backbone its heads were trained on: without it the default
+        # (pretrained, untrained) backbone would score silently.
+        for key, present in (("backbone", named), ("backbone_location", location is not None)):
+            if not present:
+                raise UserError(f"{cfg_file}: field {key!r} is missing, so it does not name the backbone its heads "
+                                "belong to; it is not a complete reward model (re-save it with `rm train`)")
+        if location == "backbone" and not (path / "backbone").is_dir():
+            raise UserError(f"{cfg_file}: the backbone is stored in the model folder, but {path / 'backbone'} "
+                            "is missing (copied without it?)")
+        source = str(path / location) if location == "backbone" else location
+        backbone = load_backbone(source, config.trust_remote_code, config.allow_pickle, config.allow_partial_weights)
         tokenizer = load_tokenizer(source, config.trust_remote_code)
         model = cls(config, backbone, tokenizer, backbone_source=location if location != "backbone" else config.backbone)
-        try:
-            state = load_file(str(path / HEADS_NAME))
-            model.heads.load_state_dict(state)
-        except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
-            raise UserError(f"{path / HEADS_NAME}: cannot load heads ({str(e).splitlines()[0]})") from None
+        from robust_rlhf.checkpoint import TornCheckpoint, read_weights
+
+        heads_file = path / HEADS_NAME
+        expected = {k: v.shape for k, v in model.heads.state_dict().items()}
+        try:  # names and shapes checked first: every mismatch is named, none cut
+            state = read_weights(heads_file, expected)
+        except TornCheckpoint as e:
+            why = str(e).removeprefix(f"{heads_file}: ")
+            raise UserError(f"{heads_file}: cannot load heads: {why} (head_type={config.head_type}, "
+                            f"num_heads={config.num_heads} in {CONFIG_NAME})") from None
+        model.heads.load_state_dict(state)
         model.eval()
         if device is not None:
             model.to(device)

@@ -20,7 +20,7 @@ from robust_rlhf.errors import UserError
 from robust_rlhf.reward.losses import bradley_terry_loss, brme_bt_loss, brme_marginal_loss, gaussian_regression_loss
 from robust_rlhf.reward.model import RewardModel
 from robust_rlhf.reward.train_config import RewardTrainConfig
-from robust_rlhf.utils import atomic_write_bytes
+from robust_rlhf.utils import WriteError, atomic_write_bytes
 
 # The recipe's logger name, as before this module was split out of it.
 log = logging.getLogger("robust_rlhf.reward.train")
@@ -64,7 +64,10 @@ def cached_features(model: RewardModel, pairs: list[PreferencePair], cache: Path
     _, fc = model.score([""] * len(pairs), chosen, batch_size=batch_size, return_features=True)
     _, fr = model.score([""] * len(pairs), rejected, batch_size=batch_size, return_features=True)
     feats = torch.stack([fc, fr], dim=1)
-    atomic_write_bytes(cache, save_safetensors({"features": feats.contiguous()}, metadata={"key": key}))
+    try:
+        atomic_write_bytes(cache, save_safetensors({"features": feats.contiguous()}, metadata={"key": key}))
+    except WriteError as e:  # only a cache: training goes on without it
+        log.warning("%s; going on without the feature cache", e)
     return feats
 
 

@@ -16,6 +16,7 @@ seed 002) or BRME Gaussian heads (seed 000).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import random
@@ -43,9 +44,12 @@ from robust_rlhf.utils import (
     atomic_write_jsonl,
     atomic_write_text,
     check_output_dir,
+    folder_lock,
     is_inside,
+    remove_stale_temps,
     resolve_device,
     set_seed,
+    write_errors,
 )
 
 log = logging.getLogger(__name__)
@@ -436,11 +440,20 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     import yaml
 
     run = _validate_and_load(cfg, output_dir)
-    model, out, accelerator = run.model, run.out, run.accelerator
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob(".*.tmp"):  # temp files of a write that a hard kill interrupted
-        if stale.is_file():
-            stale.unlink()
+    with write_errors(run.out):
+        run.out.mkdir(parents=True, exist_ok=True)
+    # One run per folder: a second `rm train` into it is refused while this one holds the lock.
+    with folder_lock(run.out, "`rm train`") if run.accelerator.is_main_process else contextlib.nullcontext():
+        return _train_locked(run)
+
+
+def _train_locked(run: _Run) -> Path:
+    """`train_reward_model` once everything is validated and the output folder is locked."""
+    import yaml
+
+    cfg, model, out, accelerator = run.cfg, run.model, run.out, run.accelerator
+    if accelerator.is_main_process:
+        remove_stale_temps(out)  # temp files of a write that a hard kill interrupted (never a live run's)
     if accelerator.is_main_process:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     with model.training_pass():
