@@ -25,25 +25,21 @@ def test_standard_implicit_and_extra_columns(tmp_path):
     assert (pairs[1].prompt, pairs[1].chosen) == ("", "Q good")
 
 
-def test_conversational_rendered_with_chat_template(tmp_path):
-    from robust_rlhf.models.hub import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m")
-    row = {"prompt": [{"role": "user", "content": "Review this film."}],
+def test_conversational_rendered_by_the_one_rule(tmp_path):
+    """Issue 22: conversational training data is rendered like every scorer renders it (no backbone
+    chat template): one user turn is its text, the answer joins it with a space."""
+    row = {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Review this film."}],
            "chosen": [{"role": "assistant", "content": "Wonderful!"}],
            "rejected": [{"role": "assistant", "content": "Awful."}]}
-    f = _jsonl(tmp_path / "c.jsonl", [row])
-    (pair,) = load_preferences(f, tok)
-    full = tok.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
-    assert pair.prompt + pair.chosen == full
-    assert "Wonderful!" in pair.chosen and "Review this film." in pair.prompt
+    (pair,) = load_preferences(_jsonl(tmp_path / "c.jsonl", [row]))
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("Review this film.", " Wonderful!", " Awful.")
 
 
-def test_conversational_without_template_uses_plain_roles(tmp_path):
+def test_conversational_implicit_prompt_split_at_the_answer(tmp_path):
     f = _jsonl(tmp_path / "c.jsonl", [{"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
                                        "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no"}]}])
     (pair,) = load_preferences(f)
-    assert pair.chosen == "user: hi\nassistant: yo"
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("hi", " yo", " no")
 
 
 def test_csv_parquet_and_datasets_folder(tmp_path):
@@ -72,7 +68,7 @@ def test_builtin_fixture_loads_with_gold_columns():
     ('{"prompt": "p", "rejected": "r"}\n', r"line 1: missing field 'chosen'"),
     ('{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": "p", "chosen": 5, "rejected": "r"}\n',
      r"line 2: field 'chosen': expected text or a list of messages, got int"),
-    ('{"prompt": "p", "chosen": "   ", "rejected": "r"}\n', r"line 1: field 'chosen' is empty"),
+    ('{"prompt": "p", "chosen": "   ", "rejected": "r"}\n', r"line 1: field 'chosen': is empty"),
     ('{"prompt": "p", "chosen": "c", "rejected": null}\n', r"line 1: field 'rejected' is missing or null"),
     ('{"prompt": "p", "chosen": "c", \n', r"line 1: invalid JSON"),
     ('[1, 2]\n', r"line 1: expected an object"),
@@ -113,7 +109,7 @@ def test_byte_order_marks_are_dropped(tmp_path):
     (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "P", "chosen": "good", "rejected": "bad"}\n')
     for name in ("bom.csv", "bom.jsonl"):
         (pair,) = load_preferences(tmp_path / name)
-        assert (pair.prompt, pair.chosen, pair.rejected) == ("P", "good", "bad"), name
+        assert (pair.prompt, pair.chosen, pair.rejected) == ("P", " good", " bad"), name  # joined by the rule
 
 
 def test_csv_quoting_and_line_numbers(tmp_path):
@@ -123,7 +119,7 @@ def test_csv_quoting_and_line_numbers(tmp_path):
     (tmp_path / "q.csv").write_text('prompt,chosen,rejected\n"P, with comma","a\nsecond line",b\nQ,c,d\n')
     pairs = load_preferences(tmp_path / "q.csv")
     assert [(p.prompt, p.chosen, p.source.rsplit(": ", 1)[1]) for p in pairs] == [
-        ("P, with comma", "a\nsecond line", "line 2"), ("Q", "c", "line 4")]
+        ("P, with comma", " a\nsecond line", "line 2"), ("Q", " c", "line 4")]
 
 
 @pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085", "\r"])

@@ -103,7 +103,7 @@ def cmd_eval(args) -> int:
 
         gold = load_gold(args.gold)  # a bad spec fails before the model is loaded
     model = RewardModel.from_pretrained(args.model)
-    pairs = load_preferences(args.data, model.tokenizer)
+    pairs = load_preferences(args.data)
     check_prompt_lengths(pairs, model.tokenizer, model.config.max_length)
     metrics, arrays = evaluate_reward_model(model, pairs, batch_size=args.batch_size, gold=gold)
     metrics["model"], metrics["data"] = str(args.model), str(args.data)
@@ -127,6 +127,7 @@ def cmd_eval(args) -> int:
 
 def cmd_score(args) -> int:
     from robust_rlhf.data.preferences import load_scoring_inputs
+    from robust_rlhf.data.text import render_pair
     from robust_rlhf.reward.model import RewardModel
     from robust_rlhf.utils import atomic_write_jsonl
 
@@ -137,7 +138,8 @@ def cmd_score(args) -> int:
     check_output_file(args.output, inputs=[args.input, *model_files])
     rows = load_scoring_inputs(args.input)
     model = RewardModel.from_pretrained(args.model)
-    out = model.score([r["prompt"] for r in rows], [r["response"] for r in rows], batch_size=args.batch_size)
+    texts = [render_pair(r["prompt"], r["response"]) for r in rows]  # the one rule (data/text.py)
+    out = model.score([p for p, _ in texts], [r for _, r in texts], batch_size=args.batch_size)
     result = []
     for i, row in enumerate(rows):
         row = dict(row)

@@ -117,7 +117,7 @@ class RewardModelSource:
                     "kl.variance_scale=none|batch_mean")
             from robust_rlhf.data.preferences import load_preferences
 
-            pairs = load_preferences(source, self.model.tokenizer)
+            pairs = load_preferences(source)
             out = self.model.score([p.prompt for p in pairs] * 2, [p.chosen for p in pairs] + [p.rejected for p in pairs],
                                    batch_size=self.batch_size)
             stats = dict(stats, ensemble_var_mean=out.var.mean().item(), ensemble_std_mean=out.std.mean().item())
