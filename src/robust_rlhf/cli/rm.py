@@ -65,12 +65,17 @@ def cmd_train(args) -> int:
     from robust_rlhf.utils import check_output_dir
 
     check_output_dir(args.output_dir)  # before the heavy imports: an unset variable fails at once
+    from robust_rlhf.cli.guard import check_device, unchanged_on_refusal
+    from robust_rlhf.models.hub import check_model_source
     from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
     from robust_rlhf.threads import apply_threads
 
     cfg = load_config(RewardTrainConfig, args.config, args.overrides)
+    check_device(cfg)
+    check_model_source(cfg.model.backbone, "model.backbone")
     apply_threads("auto")  # the cores free now (the user's OMP_NUM_THREADS wins)
-    out = train_reward_model(cfg, args.output_dir)
+    with unchanged_on_refusal(args.output_dir):
+        out = train_reward_model(cfg, args.output_dir)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch only the main process reports
     summary = json.loads((Path(out) / "train_summary.json").read_text())

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -326,16 +327,55 @@ class RewardModel(nn.Module):
             config = build_dataclass(RewardModelConfig, raw)
         except UserError as e:
             raise UserError(f"{cfg_file}: {str(e).removeprefix('config ')}") from None
+        _check_head_stats(config.head_stats, config, cfg_file)
         source = str(path / location) if location == "backbone" else (location or config.backbone)
         backbone = load_backbone(source, config.trust_remote_code, config.allow_pickle)
         tokenizer = load_tokenizer(source, config.trust_remote_code)
         model = cls(config, backbone, tokenizer, backbone_source=location if location != "backbone" else config.backbone)
         try:
             state = load_file(str(path / HEADS_NAME))
-            model.heads.load_state_dict(state)
         except Exception as e:  # safetensors raises its own error type for truncated/corrupt files
-            raise UserError(f"{path / HEADS_NAME}: cannot load heads ({str(e).splitlines()[0]})") from None
+            raise UserError(f"{path / HEADS_NAME}: cannot load heads ({' '.join(str(e).split())})") from None
+        _check_head_shapes(state, model.heads.state_dict(), path, config)
+        try:
+            model.heads.load_state_dict(state)
+        except Exception as e:
+            raise UserError(f"{path / HEADS_NAME}: cannot load heads ({' '.join(str(e).split())})") from None
         model.eval()
         if device is not None:
             model.to(device)
         return model
+
+
+def _check_head_stats(stats: dict, config: RewardModelConfig, cfg_file: Path) -> None:
+    """``head_stats`` of a saved model: ``mean``/``std`` lists of K finite numbers (std > 0), the
+    other entries numbers, text or null. `UserError` naming the file, the key and the reason."""
+    k = 1 if config.head_type == "scalar" else config.num_heads
+    where = f"{cfg_file} (reward model folder {cfg_file.parent})"
+    for key, value in stats.items():
+        if key in ("mean", "std"):
+            if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and math.isfinite(v) for v in value):
+                raise UserError(f"{where}: field 'head_stats.{key}': expected a list of {k} finite numbers, got "
+                                f"{type(value).__name__} {json.dumps(value)[:60]}")
+            if value and len(value) != k:
+                raise UserError(f"{where}: field 'head_stats.{key}' has {len(value)} values but the model has "
+                                f"{k} head(s)")
+            if key == "std" and any(v <= 0 for v in value):
+                raise UserError(f"{where}: field 'head_stats.std': every std must be > 0")
+        elif value is not None and not isinstance(value, (int, float, str)):
+            raise UserError(f"{where}: field 'head_stats.{key}': expected a number or text, got {type(value).__name__}")
+
+
+def _check_head_shapes(state: dict, expected: dict, path: Path, config: RewardModelConfig) -> None:
+    """The saved head tensors against the model the config describes: a clear line, never cut."""
+    missing = sorted(set(expected) - set(state))
+    extra = sorted(set(state) - set(expected))
+    if missing or extra:
+        raise UserError(f"{path / HEADS_NAME}: does not match {CONFIG_NAME} (head_type={config.head_type}): "
+                        f"missing tensors {missing or 'none'}, unexpected tensors {extra or 'none'}")
+    for name, tensor in expected.items():
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            raise UserError(f"{path / HEADS_NAME}: tensor {name!r} has shape {tuple(state[name].shape)} but "
+                            f"{CONFIG_NAME} (num_heads={config.num_heads}, head_type={config.head_type}) needs "
+                            f"{tuple(tensor.shape)}; the config's head count does not match the saved heads")
