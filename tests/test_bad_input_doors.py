@@ -114,7 +114,7 @@ def test_scoring_and_prompt_files_refuse_bad_text(tmp_path, capsys):
     from robust_rlhf.policy.sampling import load_prompts_file
 
     f = write(tmp_path / "in.jsonl", '{"prompt": "p", "response": " ok"}\n{"prompt": "p", "response": "\\u2060\\ufeff"}\n')
-    with pytest.raises(UserError, match=r"in.jsonl: line 2: field 'response': is empty or only"):
+    with pytest.raises(UserError, match=r"in.jsonl: line 2: field 'response' is empty \(nothing but whitespace / invisible"):
         load_scoring_inputs(f)
     f = write(tmp_path / "in2.jsonl", '{"prompt": "p\\ud83d", "response": " ok"}\n')
     with pytest.raises(UserError, match=r"line 1: field 'prompt': not valid Unicode"):
@@ -347,3 +347,15 @@ def test_one_conversation_one_reward_through_every_client(saved_rm, tmp_path, mo
         for i, v in pairs:
             assert v == pytest.approx(expected[i], abs=1e-5), (client, i, CASES[i][2])
     assert len(got["/openrlhf (templated)"]) >= 7 and torch.isfinite(torch.tensor(expected)).all()
+
+
+def test_verl_function_imports_nothing_outside_the_standard_library():
+    """docs/serving.md: `pip install --no-deps robust-rlhf` is enough in verl's environment."""
+    import subprocess
+    import sys
+
+    code = ("import sys, robust_rlhf.integrations.verl_reward as v; "
+            "bad = [m for m in ('torch', 'numpy', 'transformers', 'aiohttp', 'yaml', 'datasets') if m in sys.modules]; "
+            "print(bad); sys.exit(1 if bad else 0)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr

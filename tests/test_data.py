@@ -68,7 +68,7 @@ def test_builtin_fixture_loads_with_gold_columns():
     ('{"prompt": "p", "rejected": "r"}\n', r"line 1: missing field 'chosen'"),
     ('{"prompt": "p", "chosen": "c", "rejected": "r"}\n{"prompt": "p", "chosen": 5, "rejected": "r"}\n',
      r"line 2: field 'chosen': expected text or a list of messages, got int"),
-    ('{"prompt": "p", "chosen": "   ", "rejected": "r"}\n', r"line 1: field 'chosen': is empty"),
+    ('{"prompt": "p", "chosen": "   ", "rejected": "r"}\n', r"line 1: field 'chosen' is empty"),
     ('{"prompt": "p", "chosen": "c", "rejected": null}\n', r"line 1: field 'rejected' is missing or null"),
     ('{"prompt": "p", "chosen": "c", \n', r"line 1: invalid JSON"),
     ('[1, 2]\n', r"line 1: expected an object"),

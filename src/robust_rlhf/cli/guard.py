@@ -46,9 +46,8 @@ def check_input_path(key: str, value: Any, marker: str | None = None) -> None:
         if not path.exists() and (value.startswith((".", "/", "~")) or path.suffix):
             raise UserError(f"config {key}={value!r}: no such file or folder")
         return
-    if path.exists() or value.startswith((".", "/", "~")):
-        if not (path / marker).is_file():
-            raise UserError(f"config {key}={value!r}: not a folder holding {marker}")
+    if not (path / marker).is_file():
+        raise UserError(f"config {key}={value!r}: not a folder holding {marker}")
 
 
 def _files(folder: Path) -> set[str]:

@@ -109,8 +109,8 @@ def cmd_train(args) -> int:
         last = rows[-1]
         gold = [r for r in rows if "gold_reward" in r]
 
-        def num(v) -> str:  # a non-finite value is written as null (strict JSON)
-            return "nan" if v is None else f"{v:.4f}"
+        def num(v) -> str:  # a non-finite value is written as null (strict JSON): never printed as a number
+            return "not finite (null in metrics.jsonl)" if v is None or not math.isfinite(v) else f"{v:.4f}"
 
         msg = f"last step {last['step']}: proxy reward {num(last['proxy_reward'])}, KL {num(last['kl'])}"
         if gold:

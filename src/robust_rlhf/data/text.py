@@ -72,7 +72,7 @@ def check_text(text: str, where: str, require_visible: bool = False) -> str:
     if cut >= 0:
         raise UserError(f"{where}: contains a NUL byte (character {cut}); text fields must not hold binary data")
     if require_visible and not is_visible(text):
-        raise UserError(f"{where}: is empty or only whitespace / invisible characters")
+        raise UserError(f"{where} is empty (nothing but whitespace / invisible characters)")
     return text
 
 
