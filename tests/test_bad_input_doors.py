@@ -359,3 +359,12 @@ def test_verl_function_imports_nothing_outside_the_standard_library():
             "print(bad); sys.exit(1 if bad else 0)")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("command, override", [
+    (["policy", "train", "--config", "policy_tiny"], "train.lr=-Infinity"),   # a string that float() reads as inf
+    (["policy", "train", "--config", "policy_tiny"], "sampling.temperature=1e999"),
+    (["rm", "train", "--config", "rm_tiny"], "stage1.lr=NaN"),
+])
+def test_config_numbers_must_be_finite_even_when_written_as_text(tmp_path, capsys, command, override):
+    run_bad([*command, "--output-dir", tmp_path / "o", override], capsys, "must be a finite number", watch=tmp_path)
