@@ -16,7 +16,7 @@ from robust_rlhf.errors import UserError
 from robust_rlhf.integrations.server import BackgroundServer, RewardService, ServerConfig, create_app
 from robust_rlhf.reward.output import RewardOutput
 
-from test_bad_input_generated import run_bad, snapshot
+from test_bad_input_generated import run_bad
 from test_server import fake_score, http
 
 K = 3

@@ -196,10 +196,10 @@ def prompt_was_cut(query: str, prompt: str | None) -> bool:
     return False
 
 
-def openrlhf_pairs(queries: Sequence[str], prompts: Sequence[str] | None) -> tuple[list[str], list[str], int, int]:
+def openrlhf_pairs(queries: Sequence[str], prompts: Sequence[str] | None) -> tuple[list[str], list[str], int, list[bool]]:
     """Plain (prompts, responses) of OpenRLHF's ``query``/``prompts``, how many were templated, and
-    how many prompts the client had cut (`prompt_was_cut`: such a query is scored as it came, the
-    prompt's surviving tail included).
+    per query whether the client had cut its prompt (`prompt_was_cut`: such a query is scored as
+    it came, without the prompt's head).
 
     The query is split with its prompt (`split_query`); chat-templated text (special tokens and
     role markers, e.g. SmolLM2's ChatML) becomes the plain prompt and response the reward model
@@ -209,5 +209,5 @@ def openrlhf_pairs(queries: Sequence[str], prompts: Sequence[str] | None) -> tup
     from robust_rlhf.integrations.chat import untemplate_many
 
     pairs = [split_query(q, prompts[i] if prompts is not None else None) for i, q in enumerate(queries)]
-    cut = sum(prompt_was_cut(q, prompts[i]) for i, q in enumerate(queries)) if prompts is not None else 0
+    cut = [prompts is not None and prompt_was_cut(q, prompts[i]) for i, q in enumerate(queries)]
     return (*untemplate_many([p for p, _ in pairs], [r for _, r in pairs]), cut)

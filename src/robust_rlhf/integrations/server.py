@@ -57,7 +57,6 @@ from robust_rlhf.integrations.protocol import (  # noqa: F401 - re-exported (pub
     is_loopback,
     parse_networks,
     openrlhf_pairs,
-    prompt_was_cut,
     split_query,
 )
 from robust_rlhf.reward.output import RewardOutput
@@ -346,21 +345,21 @@ async def handle_openrlhf(request: web.Request) -> web.Response:
         raise ApiError(400, f"field 'query': {e}") from None
     stats = request.app[BATCHER].stats
     stats.templated += templated
-    if cut:
+    if any(cut):
         if not stats.prompts_cut:
-            log.warning("a client cut a prompt from the left before generating (OpenRLHF: prompt longer than "
-                        "--prompt_max_len); its response is scored without the prompt's head. Counted in "
-                        "/health stats.prompts_cut and extra_logs.prompt_cut; warned once")
-        stats.prompts_cut += cut
+            log.warning("a client cut a prompt from the left before generating (OpenRLHF: a prompt longer than "
+                        "its length budget minus the generation budget); its response is scored without the "
+                        "prompt's head. Counted in /health stats.prompts_cut and extra_logs.prompt_cut; warned once")
+        stats.prompts_cut += sum(cut)
     result = await _score(request, plain_prompts, plain_responses)
     out = result.to_json()
-    flags = [float(prompt_was_cut(q, prompts[i])) if prompts is not None else 0.0 for i, q in enumerate(queries)]
+
     # extra_logs: OpenRLHF (0.11.2 trainer/ppo_utils/samples_generator.py) turns each key into a per-sample metric,
     # so the ensemble's uncertainty on the policy's own samples is logged beside the reward.
     return _json_response({"rewards": out["rewards"], "scores": out["rewards"],
                            "extra_logs": {"reward_std": out["reward_std"],
                                           "reward_mean": result.per_head.mean(dim=1).tolist(),
-                                          "prompt_cut": flags},
+                                          "prompt_cut": [float(c) for c in cut]},
                            "rewards_per_head": out["rewards_per_head"]})
 
 
