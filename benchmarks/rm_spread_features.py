@@ -18,7 +18,7 @@ for split, src in (("train", "builtin:train"), ("val", "builtin:validation"), ("
     if run and split != "test":
         f = load_file(str(run / "checkpoints" / f"{split}_features.safetensors"))["features"]
     else:
-        pairs = load_preferences(src, model.tokenizer); pr = [p.prompt for p in pairs]
+        pairs = load_preferences(src); pr = [p.prompt for p in pairs]
         with torch.no_grad():
             _, fc = model.score(pr, [p.chosen for p in pairs], return_features=True)
             _, fr = model.score(pr, [p.rejected for p in pairs], return_features=True)

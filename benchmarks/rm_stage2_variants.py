@@ -53,7 +53,7 @@ def main(argv: list[str]) -> int:
     # Score the evaluation texts' features once with the fine-tuned backbone.
     mcfg = RewardModelConfig(**{**config_to_dict(base.model), "backbone": str(run / "backbone"), "head_type": "scalar"})
     model = RewardModel(mcfg)
-    pairs = load_preferences(args.data, model.tokenizer)
+    pairs = load_preferences(args.data)
     prompts = [p.prompt for p in pairs]
     _, fc = model.score(prompts, [p.chosen for p in pairs], return_features=True)
     _, fr = model.score(prompts, [p.rejected for p in pairs], return_features=True)

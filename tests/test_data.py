@@ -20,25 +20,21 @@ def test_standard_implicit_and_extra_columns(tmp_path, write_jsonl):
     assert (pairs[1].prompt, pairs[1].chosen) == ("", "Q good")
 
 
-def test_conversational_rendered_with_chat_template(tmp_path, write_jsonl):
-    from robust_rlhf.models.hub import load_tokenizer
-
-    tok = load_tokenizer("smollm2-135m")
-    row = {"prompt": [{"role": "user", "content": "Review this film."}],
+def test_conversational_rendered_by_the_one_rule(tmp_path, write_jsonl):
+    """Issue 22: conversational training data is rendered like every scorer renders it (no backbone
+    chat template): one user turn is its text, the answer joins it with a space."""
+    row = {"prompt": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Review this film."}],
            "chosen": [{"role": "assistant", "content": "Wonderful!"}],
            "rejected": [{"role": "assistant", "content": "Awful."}]}
-    f = write_jsonl(tmp_path / "c.jsonl", [row])
-    (pair,) = load_preferences(f, tok)
-    full = tok.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
-    assert pair.prompt + pair.chosen == full
-    assert "Wonderful!" in pair.chosen and "Review this film." in pair.prompt
+    (pair,) = load_preferences(write_jsonl(tmp_path / "c.jsonl", [row]))
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("Review this film.", " Wonderful!", " Awful.")
 
 
-def test_conversational_without_template_uses_plain_roles(tmp_path, write_jsonl):
+def test_conversational_implicit_prompt_split_at_the_answer(tmp_path, write_jsonl):
     f = write_jsonl(tmp_path / "c.jsonl", [{"chosen": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
                                        "rejected": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "no"}]}])
     (pair,) = load_preferences(f)
-    assert pair.chosen == "user: hi\nassistant: yo"
+    assert (pair.prompt, pair.chosen, pair.rejected) == ("hi", " yo", " no")
 
 
 def test_csv_parquet_and_datasets_folder(tmp_path):
@@ -108,7 +104,7 @@ def test_byte_order_marks_are_dropped(tmp_path):
     (tmp_path / "bom.jsonl").write_bytes(b'\xef\xbb\xbf{"prompt": "P", "chosen": "good", "rejected": "bad"}\n')
     for name in ("bom.csv", "bom.jsonl"):
         (pair,) = load_preferences(tmp_path / name)
-        assert (pair.prompt, pair.chosen, pair.rejected) == ("P", "good", "bad"), name
+        assert (pair.prompt, pair.chosen, pair.rejected) == ("P", " good", " bad"), name  # joined by the rule
 
 
 def test_csv_quoting_and_line_numbers(tmp_path):
@@ -118,7 +114,7 @@ def test_csv_quoting_and_line_numbers(tmp_path):
     (tmp_path / "q.csv").write_text('prompt,chosen,rejected\n"P, with comma","a\nsecond line",b\nQ,c,d\n')
     pairs = load_preferences(tmp_path / "q.csv")
     assert [(p.prompt, p.chosen, p.source.rsplit(": ", 1)[1]) for p in pairs] == [
-        ("P, with comma", "a\nsecond line", "line 2"), ("Q", "c", "line 4")]
+        ("P, with comma", " a\nsecond line", "line 2"), ("Q", " c", "line 4")]
 
 
 @pytest.mark.parametrize("sep", ["\u2028", "\u2029", "\u0085", "\r"])

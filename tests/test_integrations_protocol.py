@@ -37,7 +37,8 @@ import torch
 
 from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.errors import UserError
-from robust_rlhf.integrations.chat import render_conversation, untemplate
+from robust_rlhf.data.text import render_pair
+from robust_rlhf.integrations.chat import untemplate
 from robust_rlhf.integrations.protocol import ServerConfig
 from robust_rlhf.integrations.server import BackgroundServer, RewardService, create_app
 from robust_rlhf.reward.output import RewardOutput
@@ -46,8 +47,8 @@ K = 3
 
 
 def fake_score(prompts, responses):
-    """Head k of (p, r): len(p) + (k + 1) * len(r) / 10 (as in test_server.py)."""
-    rows = [[len(p) + (k + 1) * len(r) / 10 for k in range(K)] for p, r in zip(prompts, responses)]
+    """Head k of (p, r): len(p) + (k + 1) * len(r.lstrip(" ")) / 10 (as in test_server.py)."""
+    rows = [[len(p) + (k + 1) * len(r.lstrip(" ")) / 10 for k in range(K)] for p, r in zip(prompts, responses)]
     return RewardOutput(torch.tensor(rows, dtype=torch.float32).reshape(len(prompts), K))
 
 
@@ -110,20 +111,20 @@ def test_openrlhf_0_11_single_query_round_robin_urls_and_templated_query():
         assert rewards.flatten().tolist() == pytest.approx([2.6]) and scores.flatten().tolist() == pytest.approx([2.6])
         assert extra["reward_std"].flatten().tolist() == pytest.approx([0.3])
         assert extra["reward_mean"].flatten().tolist() == pytest.approx([2.6])
-        # call 2 -> b. templated (SmolLM2 ChatML, EOS decoded): scored as ("ab", " xyz") -> 2 + (k+1)*0.4
+        # call 2 -> b. templated (SmolLM2 ChatML, EOS decoded): scored as ("ab", " xyz"), like the plain query
         rewards, _, extra, _ = asyncio.run(executor.fetch(SMOL_PROMPT + "xyz<|im_end|>", SMOL_PROMPT, ""))
-        assert rewards.flatten().tolist() == pytest.approx([2.8])
-        assert extra["reward_std"].flatten().tolist() == pytest.approx([0.4])
+        assert rewards.flatten().tolist() == pytest.approx([2.6])
+        assert extra["reward_std"].flatten().tolist() == pytest.approx([0.3])
         # call 3 -> a. query re-decoded so that it does not start with the prompt: the last
         # assistant turn is the response
         rewards, *_ = asyncio.run(executor.fetch("<|endoftext|>" + SMOL_PROMPT + "xyz", SMOL_PROMPT, ""))
-        assert rewards.flatten().tolist() == pytest.approx([2.8])
+        assert rewards.flatten().tolist() == pytest.approx([2.6])
         stats_a = json.loads(urllib.request.urlopen(a.url + "/health").read())["stats"]
         stats_b = json.loads(urllib.request.urlopen(b.url + "/health").read())["stats"]
         assert (stats_a["items_scored"], stats_b["items_scored"]) == (2, 1)  # round robin a, b, a
         assert (stats_a["templated_queries"], stats_b["templated_queries"]) == (1, 1)
-        assert stats_a["mean_reward_std"] == pytest.approx((0.3 + 0.4) / 2)
-        assert stats_b["mean_reward_std"] == pytest.approx(0.4)
+        assert stats_a["mean_reward_std"] == pytest.approx(0.3)
+        assert stats_b["mean_reward_std"] == pytest.approx(0.3)
 
 
 def test_openrlhf_0_11_failure_is_an_error_not_a_reward():
@@ -152,14 +153,14 @@ def test_untemplate_families_and_plain_text_unchanged():
     assert untemplate(two_turns, "a2<|im_end|>") == ("user: q1\nassistant: a1\nuser: q2\nassistant: ", "a2", True)
 
 
-def test_render_conversation_roles_none_and_system():
-    assert render_conversation([{"role": "system", "content": "sys"}, {"role": "user", "content": "Hi"}],
+def test_render_pair_roles_none_and_system():
+    assert render_pair([{"role": "system", "content": "sys"}, {"role": "user", "content": "Hi"}],
                                [{"role": "assistant", "content": "there"}]) == ("Hi", " there")
-    assert render_conversation([{"role": "user", "content": None}], [{"role": "assistant", "content": None}]) == ("", "")
-    assert render_conversation([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}]}],
-                               "b") == ("a", "b")
+    assert render_pair([{"role": "user", "content": None}], [{"role": "assistant", "content": None}]) == ("", "")
+    assert render_pair([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "image"}]}],
+                               "b") == ("a", " b")
     with pytest.raises(UserError, match="content"):
-        render_conversation([{"role": "user", "content": 5}])
+        render_pair([{"role": "user", "content": 5}], "")
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,9 @@ def _two_heads(prompts, responses):
 def test_adapter_plain_and_conversational():
     f = EnsembleRewardFunc(_two_heads, AggregatorConfig(name="min"))
     assert f.__name__ == "robust_rlhf_reward"
-    assert f(["p1", "p2"], ["abc", "de"]) == [3.0, 2.0]
+    # the one rendering rule joins "p1" + "abc" with a space: 4 and 3 characters
+    assert f(["p1", "p2"], ["abc", "de"]) == [4.0, 3.0]
+    assert f(["p1\n", "p2,"], ["abc", ".de"]) == [3.0, 3.0]  # whitespace already there / attaching punctuation
     g = EnsembleRewardFunc(_two_heads)  # mean
     prompts = [[{"role": "user", "content": "hi"}]]
     completions = [[{"role": "assistant", "content": "hello"}]]
@@ -31,6 +33,8 @@ def test_adapter_plain_and_conversational():
     assert message_text([{"role": "user", "content": "a"}]) == "a"
     assert message_text([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
                          {"role": "user", "content": "c"}]) == "user: a\nassistant: b\nuser: c\nassistant: "
+    # a completion list is a response (issue 22: not 'assistant: ...\nassistant: ')
+    assert message_text([{"role": "assistant", "content": "a"}, {"role": "assistant", "content": "b"}]) == "a\nb"
 
 
 def test_adapter_conversational_none_content_roles_and_ensemble_std_logging():
@@ -44,16 +48,17 @@ def test_adapter_conversational_none_content_roles_and_ensemble_std_logging():
     prompts = [[{"role": "system", "content": "sys"}, {"role": "user", "content": "hi"}],
                [{"role": "user", "content": "q1"}, {"role": "assistant", "content": "a1"},
                 {"role": "user", "content": "q2"}]]
-    completions = [[{"role": "assistant", "content": None}],  # e.g. a tool call without text
+    completions = [[{"role": "assistant", "content": None,  # a tool call without text: scored as the call
+                     "tool_calls": [{"type": "function", "function": {"name": "f", "arguments": "{}"}}]}],
                    [{"role": "assistant", "content": "ok"}]]
     logged, extra = {}, {}
     out = f(prompts=prompts, completions=completions, completion_ids=[[1], [2]], trainer_state=None,
             log_metric=lambda k, v: logged.__setitem__(k, v), log_extra=lambda k, v: extra.__setitem__(k, v))
-    assert seen[0] == (["hi", "user: q1\nassistant: a1\nuser: q2\nassistant: "], ["", "ok"])  # never "None"
-    assert out == [1.0, 3.0]
-    assert f.last_std == pytest.approx([2**0.5, 2**0.5]) and f.last_mean == pytest.approx([1.0, 3.0])
+    assert seen[0] == (["hi", "user: q1\nassistant: a1\nuser: q2\nassistant: "], [" call f({})", "ok"])
+    assert out == [12.0, 3.0]
+    assert f.last_std == pytest.approx([2**0.5, 2**0.5]) and f.last_mean == pytest.approx([12.0, 3.0])
     assert extra == {"ensemble_std": pytest.approx([2**0.5, 2**0.5])}
-    assert logged == {"reward/ensemble_mean": pytest.approx(2.0), "reward/ensemble_std": pytest.approx(2**0.5)}
+    assert logged == {"reward/ensemble_mean": pytest.approx(7.5), "reward/ensemble_std": pytest.approx(2**0.5)}
 
 
 def test_adapter_rejects_nonfinite():

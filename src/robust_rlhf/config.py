@@ -211,12 +211,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
+            number = None
             if isinstance(value, str):
                 try:
-                    return float(value)
+                    number = float(value)  # "1e-3" and "inf" alike: the finiteness check below sees both
                 except ValueError:
                     pass
-            raise UserError(f"config {key}: expected a number, got {value!r}")
+            if number is None:
+                raise UserError(f"config {key}: expected a number, got {value!r}")
+            value = number
         value = float(value)
         if not math.isfinite(value):
             raise UserError(f"config {key} must be a finite number, got {value!r}")

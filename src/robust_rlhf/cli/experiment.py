@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import logging
 
+from robust_rlhf.cli.guard import check_device, unchanged_on_refusal
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "experiment_demo"
@@ -53,7 +55,9 @@ def cmd_run(args) -> int:
 
     check_output_dir(args.output_dir)
     cfg = load_experiment_config(args.config, args.overrides)
-    outcome = run_experiment(cfg, args.output_dir, progress=not args.no_progress)
+    check_experiment(cfg)  # every refusal the plan can make, before the folder is touched
+    with unchanged_on_refusal(args.output_dir):
+        outcome = run_experiment(cfg, args.output_dir, progress=not args.no_progress)
     print(f"results: {outcome.output_dir / 'results.json'}")
     if outcome.report is not None:
         print(f"report:  {outcome.report}")
@@ -62,11 +66,50 @@ def cmd_run(args) -> int:
     return 0
 
 
+def check_experiment(cfg) -> None:
+    """Refuse a config the lab would refuse after writing config.yaml: device, prompts, methods
+    against their reward models (`_check_methods`), each policy config. Writes nothing."""
+    import tempfile
+    from pathlib import Path
+
+    from robust_rlhf.experiments.config import expanded_methods
+    from robust_rlhf.experiments.overopt import _check_methods
+    from robust_rlhf.experiments.stages import data_unit, load_prompts, rm_config
+
+    check_device(cfg)
+    prompts = load_prompts(cfg.prompts)
+    data = data_unit(cfg, prompts)
+    root = Path(tempfile.gettempdir()) / "robust-rlhf-plan-check"  # paths only: nothing is created there
+    data_dir = root / data.key
+    rm_specs = {r.name: r for r in cfg.reward_models}
+    models = {name: rm_config(spec, data_dir, cfg.data.seed, cfg.device).model for name, spec in rm_specs.items()}
+    rm_heads = {n: (1 if m.head_type == "scalar" else m.num_heads) for n, m in models.items()}
+    _check_methods(cfg, expanded_methods(cfg), rm_specs, rm_heads, data_dir, root, data_dir / "prompts.jsonl")
+
+
+REPORT_KEYS = ("methods", "reference", "reward_models")
+
+
 def cmd_report(args) -> int:
+    import json
+    from pathlib import Path
+
+    from robust_rlhf.errors import UserError
     from robust_rlhf.report.html import write_report
 
     from robust_rlhf.utils import check_output_dir
 
-    path = write_report(check_output_dir(args.output_dir))
+    out = check_output_dir(args.output_dir)
+    results = Path(out) / "results.json"
+    if results.is_file():  # a folder of another kind (an rm eval, a simulation) has another results.json
+        try:
+            data = json.loads(results.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+            raise UserError(f"{results}: invalid JSON ({e})") from None
+        missing = [k for k in REPORT_KEYS if not isinstance(data, dict) or k not in data]
+        if missing:
+            raise UserError(f"{results}: not an experiment's results (no {', '.join(repr(k) for k in missing)}); "
+                            f"--output-dir must be a folder written by `robust-rlhf experiment run`")
+    path = write_report(out)
     print(f"report: {path}")
     return 0

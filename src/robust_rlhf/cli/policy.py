@@ -11,6 +11,8 @@ from pathlib import Path
 
 from robust_rlhf.errors import UserError
 
+from robust_rlhf.cli.guard import check_device, check_input_path, unchanged_on_refusal
+
 log = logging.getLogger(__name__)
 
 DEFAULT_PRESET = "policy_ppo_default"
@@ -93,10 +95,12 @@ def cmd_train(args) -> int:
     else:
         from robust_rlhf.policy.best_of_n import BestOfNConfig as Cfg, run_best_of_n as fn
     cfg = load_config(Cfg, args.config, args.overrides)
+    check_policy_inputs(cfg)  # before the run folder is touched
     from robust_rlhf.threads import apply_threads
 
     apply_threads("auto")  # the cores free now (the user's OMP_NUM_THREADS wins)
-    out = Path(fn(cfg, args.output_dir))
+    with unchanged_on_refusal(args.output_dir):
+        out = Path(fn(cfg, args.output_dir))
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch only the main process reports
     rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
@@ -105,14 +109,33 @@ def cmd_train(args) -> int:
         last = rows[-1]
         gold = [r for r in rows if "gold_reward" in r]
 
-        def num(v) -> str:  # a non-finite value is written as null (strict JSON)
-            return "nan" if v is None else f"{v:.4f}"
+        def num(v) -> str:  # a non-finite value is written as null (strict JSON): never printed as a number
+            return "not finite (null in metrics.jsonl)" if v is None or not math.isfinite(v) else f"{v:.4f}"
 
         msg = f"last step {last['step']}: proxy reward {num(last['proxy_reward'])}, KL {num(last['kl'])}"
         if gold:
             msg += f", gold reward {num(gold[-1]['gold_reward'])} (step {gold[-1]['step']})"
         print(msg)
     return 0
+
+
+def check_policy_inputs(cfg) -> None:
+    """What a policy run reads, checked before it writes config.yaml: the device, the reward model
+    folder, the prompts and the policy model (a hub-looking name that is no local folder fails at
+    once when the hub is not configured reachable)."""
+    from robust_rlhf.models.hub import check_model_source
+
+    check_device(cfg)
+    reward = getattr(cfg, "reward", None)
+    check_input_path("reward.model", getattr(reward, "model", None), "reward_config.json")
+    data = getattr(cfg, "data", None)
+    if getattr(data, "prompts", None):
+        from robust_rlhf.policy.sampling import train_eval_prompts
+
+        train_eval_prompts(data)
+    model = getattr(cfg, "model", None)
+    if getattr(model, "name", None):
+        check_model_source(model.name, "model.name")
 
 
 def _run_config(policy_dir: Path) -> dict:

@@ -68,13 +68,18 @@ def cmd_train(args) -> int:
     from robust_rlhf.utils import check_output_dir
 
     check_output_dir(args.output_dir)  # before the heavy imports: an unset variable fails at once
+    from robust_rlhf.cli.guard import check_device, unchanged_on_refusal
+    from robust_rlhf.models.hub import check_model_source
     from robust_rlhf.reward.train import train_reward_model
     from robust_rlhf.reward.train_config import RewardTrainConfig
     from robust_rlhf.threads import apply_threads
 
     cfg = load_config(RewardTrainConfig, args.config, args.overrides)
+    check_device(cfg)
+    check_model_source(cfg.model.backbone, "model.backbone")
     apply_threads("auto")  # the cores free now (the user's OMP_NUM_THREADS wins)
-    out = train_reward_model(cfg, args.output_dir)
+    with unchanged_on_refusal(args.output_dir):
+        out = train_reward_model(cfg, args.output_dir)
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun / accelerate launch only the main process reports
     summary = json.loads((Path(out) / "train_summary.json").read_text())
@@ -108,7 +113,7 @@ def cmd_eval(args) -> int:
 
         gold = load_gold(args.gold)  # a bad spec fails before the model is loaded
     model = RewardModel.from_pretrained(args.model)
-    pairs = load_preferences(args.data, model.tokenizer)
+    pairs = load_preferences(args.data)
     check_prompt_lengths(pairs, model.tokenizer, model.config.max_length)
     metrics, arrays = evaluate_reward_model(model, pairs, batch_size=args.batch_size, gold=gold)
     metrics["model"], metrics["data"] = str(args.model), str(args.data)
@@ -152,6 +157,7 @@ def _chunks(rows, max_rows: int = SCORE_CHUNK_ROWS, max_chars: int = SCORE_CHUNK
 
 def cmd_score(args) -> int:
     from robust_rlhf.data.preferences import iter_scoring_inputs
+    from robust_rlhf.data.text import render_pair
     from robust_rlhf.reward.model import RewardModel
     from robust_rlhf.utils import atomic_writer, check_output_file, dumps_json
 
@@ -169,7 +175,8 @@ def cmd_score(args) -> int:
     n = 0
     with atomic_writer(args.output, "w", encoding="utf-8") as f:
         for chunk in _chunks(iter_scoring_inputs(args.input, args.max_line_bytes)):
-            out = model.score([r["prompt"] for r in chunk], [r["response"] for r in chunk], batch_size=args.batch_size)
+            texts = [render_pair(r["prompt"], r["response"]) for r in chunk]  # the one rule (data/text.py)
+            out = model.score([p for p, _ in texts], [r for _, r in texts], batch_size=args.batch_size)
             lines = []
             for i, row in enumerate(chunk):
                 row = dict(row)

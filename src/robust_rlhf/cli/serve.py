@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import sys
 
@@ -15,6 +16,7 @@ from robust_rlhf.errors import UserError
 log = logging.getLogger(__name__)
 
 TOKEN_ENV = "ROBUST_RLHF_TOKEN"
+MAX_BODY_MB = 4096.0
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -32,8 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="TCP port; 0 picks a free one (default: %(default)s)")
     p.add_argument("--token", default=None,
                    help=f"bearer token required on every request (default: ${TOKEN_ENV} if set, else no auth); "
-                        f"an empty token means no auth on loopback and is an error on any other host; "
+                        f"an empty token is an error from either source; "
                         f"prefer the environment variable, command lines are visible to other users")
+    p.add_argument("--allow-client", default=None, metavar="NETS",
+                   help="comma-separated client addresses/networks allowed to connect, e.g. 10.0.0.0/8,127.0.0.1 "
+                        "(default: any); others get 403. For clients that cannot send a header (OpenRLHF), "
+                        "instead of or beside ?token= in the URL")
     p.add_argument("--max-batch-size", type=int, default=64,
                    help="most texts per backbone batch; concurrent requests are gathered up to this (default: %(default)s)")
     p.add_argument("--max-wait-ms", type=float, default=5.0,
@@ -65,24 +71,38 @@ def config_from_args(args):
     from robust_rlhf.integrations.protocol import ServerConfig
 
     aggregator = AggregatorConfig(name=args.aggregator, lam=args.lam, beta=args.beta, normalize=args.normalize)
-    if not args.max_body_mb > 0:
-        raise UserError(f"--max-body-mb must be > 0, got {args.max_body_mb}")
-    # An empty token (--token "" or an empty ROBUST_RLHF_TOKEN) means "no token" on loopback only;
-    # ServerConfig.validate refuses it on any other host.
+    if not (math.isfinite(args.max_body_mb) and 0 < args.max_body_mb <= MAX_BODY_MB):
+        raise UserError(f"--max-body-mb must be a finite number in (0, {MAX_BODY_MB}], got {args.max_body_mb}")
+    if not (math.isfinite(args.max_wait_ms) and 0 <= args.max_wait_ms <= 60_000):
+        raise UserError(f"--max-wait-ms must be a finite number in [0, 60000], got {args.max_wait_ms}")
+    for flag in ("lam", "beta"):
+        value = getattr(args, flag)
+        if value is not None and not math.isfinite(value):
+            raise UserError(f"--{flag} must be a finite number, got {value}")
+    if args.max_body_mb * 1024 * 1024 < 1:
+        raise UserError(f"--max-body-mb {args.max_body_mb} is under one byte")
+    # An empty token (--token "" or an empty ROBUST_RLHF_TOKEN) is refused by ServerConfig.validate.
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV)
+    allow = tuple(a.strip() for a in args.allow_client.split(",")) if args.allow_client is not None else ()
+    if args.allow_client is not None and not any(allow):
+        raise UserError("--allow-client is empty; give addresses or networks, e.g. 10.0.0.0/8,127.0.0.1")
     config = ServerConfig(host=args.host, port=args.port, token=token, max_batch_size=args.max_batch_size,
                           max_wait_ms=args.max_wait_ms, max_queue_items=args.max_queue,
                           max_items_per_request=args.max_items, max_body_bytes=int(args.max_body_mb * 1024 * 1024),
-                          max_text_chars=args.max_text_chars)
+                          max_text_chars=args.max_text_chars, allow_clients=allow)
     config.validate()
+    aggregator.validate()
     return config, aggregator
 
 
 def cmd_serve(args) -> int:
     from robust_rlhf.integrations.server import create_app, load_service, serve
 
+    from robust_rlhf.utils import resolve_device
+
     config, aggregator = config_from_args(args)
-    service = load_service(args.model, aggregator, batch_size=config.max_batch_size, device=args.device)
+    device = resolve_device(args.device)  # a missing GPU fails here, before the model loads
+    service = load_service(args.model, aggregator, batch_size=config.max_batch_size, device=device)
     app = create_app(service, config)
     d = service.describe()
 
@@ -91,7 +111,8 @@ def cmd_serve(args) -> int:
         params = ", ".join(f"{k}={v}" for k, v in agg.items() if k != "name")
         print(f"serving {args.model} (K = {d['num_heads']}, aggregator {agg['name']}"
               f"{' (' + params + ')' if params else ''}, device {d.get('device')}) on {url}"
-              f"{'  [bearer token required]' if config.token else ''}", flush=True)
+              f"{'  [bearer token required]' if config.token else ''}"
+              f"{'  [clients: ' + ','.join(config.allow_clients) + ']' if config.allow_clients else ''}", flush=True)
 
     serve(app, config, on_ready=ready)
     return 0

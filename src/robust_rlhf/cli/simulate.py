@@ -21,6 +21,11 @@ MAX_COUNT = 10_000_000
 """Largest trials/actions/dimension accepted: bigger ones are typos that would exhaust memory."""
 
 
+MAX_MAGNITUDE = 1e12
+"""Largest |value| of a number flag, and 1/MAX_MAGNITUDE the smallest non-zero one: beyond them
+squares, exponentials and variances overflow or underflow double precision."""
+
+
 def _finite_float(text: str) -> float:
     try:
         value = float(text)
@@ -28,7 +33,52 @@ def _finite_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
     if not math.isfinite(value):
         raise argparse.ArgumentTypeError(f"expected a finite number, got {text!r}")
+    if abs(value) > MAX_MAGNITUDE or (value != 0 and abs(value) < 1 / MAX_MAGNITUDE):
+        raise argparse.ArgumentTypeError(f"expected 0 or a magnitude in [1e-12, 1e12], got {text!r}")
     return value
+
+
+def _nonfinite(value: Any, key: str = "") -> str | None:
+    """The key path of the first inf/nan in nested results (dicts, lists, numpy arrays), or None."""
+    import numpy as np
+
+    if isinstance(value, dict):
+        for k, v in value.items():
+            bad = _nonfinite(v, f"{key}.{k}" if key else str(k))
+            if bad:
+                return bad
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            bad = _nonfinite(v, f"{key}[{i}]")
+            if bad:
+                return bad
+    elif isinstance(value, np.ndarray) and value.dtype.kind in "fc":
+        if not np.isfinite(value).all():
+            return f"{key}[{int(np.argmin(np.isfinite(value).ravel()))}]"
+    elif isinstance(value, (float, np.floating)) and not math.isfinite(float(value)):
+        return key or "result"
+    return None
+
+
+def _quiet(run, cfg):
+    """Run a simulation with numpy's overflow warnings silenced: `_check_results` reports them as one line."""
+    import warnings
+
+    import numpy as np
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return run(cfg)
+
+
+def _check_results(results: dict, arrays: dict) -> None:
+    """Refuse to print or write a result holding inf/nan: an overflowing or underflowing input
+    would otherwise be reported as an answer."""
+    bad = _nonfinite(results) or _nonfinite(arrays)
+    if bad:
+        raise UserError(f"the simulation produced a non-finite value ({bad}): the inputs overflow or underflow "
+                        f"double precision (huge rewards, tiny variances, a perturbation near the float maximum); "
+                        f"use moderate magnitudes. Nothing was written")
 
 
 def _count(text: str) -> int:
@@ -65,6 +115,7 @@ def _write_outputs(out_dir: str | Path, name: str, results: dict, arrays: dict,
                    vectors: tuple[str, ...] = ()) -> dict[str, Path]:
     """Write OUT/results.json, OUT/<name>.png and, for `vectors`, OUT/<vector>.txt (one number
     per line, so --r-star/--variances/--pi0 can replay the exact problem)."""
+    _check_results(results, arrays)
     out = Path(out_dir)
     paths = {"results": out / "results.json", "png": out / f"{name}.png"}
     for vec in vectors:
@@ -108,7 +159,7 @@ def _bandit(args: argparse.Namespace) -> int:
     ))
     cfg.dim_explicit = args.dim is not None
     out = check_output_dir(args.out if args.out is not None else f"runs/simulate/bandit-{cfg.preset or 'custom'}", "--out")
-    results, arrays = bandit.run_bandit(cfg)
+    results, arrays = _quiet(bandit.run_bandit, cfg)
     paths = _write_outputs(out, "bandit", results, arrays, vectors=("r_star", "variances", "pi0"))
     r = results
     lines = [
@@ -138,7 +189,7 @@ def _softmax(args: argparse.Namespace) -> int:
     ))
     cfg.dim_explicit = args.actions is not None
     out = check_output_dir(args.out if args.out is not None else "runs/simulate/softmax", "--out")
-    results, arrays = kl_policies.run_softmax(cfg)
+    results, arrays = _quiet(kl_policies.run_softmax, cfg)
     paths = _write_outputs(out, "softmax", results, arrays)
     r = results
     lines = [
@@ -174,7 +225,7 @@ def _scoring(args: argparse.Namespace) -> int:
         seed=args.seed, beta_min=args.beta_min, beta_max=args.beta_max, sweep_points=args.sweep_points,
     ))
     out = check_output_dir(args.out if args.out is not None else "runs/simulate/scoring", "--out")
-    results, arrays = scoring.run_scoring(cfg)
+    results, arrays = _quiet(scoring.run_scoring, cfg)
     paths = _write_outputs(out, "scoring", results, arrays)
     r = results
     lines = [

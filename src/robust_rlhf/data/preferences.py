@@ -5,13 +5,16 @@ Supported layouts (TRL's dataset formats, https://huggingface.co/docs/trl/datase
 * implicit prompt:  {"chosen": str, "rejected": str}            (prompt = "")
 * conversational:   {"prompt": [messages], "chosen": [messages], "rejected": [messages]} or
                     implicit-prompt conversational ({"chosen": [...], "rejected": [...]}), where a
-                    message is {"role": ..., "content": ...}. Rendered to text with the scoring
-                    tokenizer's chat template (plain "role: content" lines if it has none).
+                    message is {"role": ..., "content": ...}. Rendered to text by the one rule
+                    every scorer uses (`robust_rlhf.data.text.render_pair`: system messages
+                    dropped, one user turn = its text, else "role: content" lines); plain-text
+                    responses get the same joining space where the join needs one.
 An optional `subset` column gives per-subset scores; any other columns are kept in `extra`.
 
 Sources: .jsonl/.json, .csv, .parquet files, a `datasets.save_to_disk` folder, or a hub id
 (`hf:org/name[:split]`). Every bad row raises `UserError` naming file, line/row and field --
-nothing is silently dropped.
+nothing is silently dropped. Lone surrogates, NUL bytes and fields made only of invisible
+characters are refused (`robust_rlhf.data.text.check_text`).
 """
 
 from __future__ import annotations
@@ -23,11 +26,11 @@ import logging
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Iterator, Sequence
 
+from robust_rlhf.data.text import ROLES, check_text, join_pair, render_pair, render_prompt
 from robust_rlhf.errors import UserError
 
-Renderer = Callable[[list[dict]], str]
 log = logging.getLogger(__name__)
 
 
@@ -52,18 +55,6 @@ class PreferencePair:
     extra: dict[str, Any] = field(default_factory=dict)
     source: str = field(default="", compare=False)
     """Where the pair came from ("file: line N"), for error messages."""
-
-
-def plain_chat_renderer(messages: list[dict]) -> str:
-    """Fallback for tokenizers without a chat template (e.g. encoder backbones)."""
-    return "\n".join(f"{m['role']}: {m['content']}" for m in messages)
-
-
-def tokenizer_chat_renderer(tokenizer) -> Renderer:
-    """Render messages with `tokenizer`'s chat template, or plainly if it has none."""
-    if getattr(tokenizer, "chat_template", None):
-        return lambda messages: tokenizer.apply_chat_template(messages, tokenize=False)
-    return plain_chat_renderer
 
 
 def _read_text(path: Path) -> str:
@@ -194,29 +185,48 @@ def iter_source(source: str | Path) -> tuple[str, Iterator[tuple[str, dict]]]:
 
 def _check_messages(value: list, where: str, name: str) -> None:
     for j, m in enumerate(value):
-        if not isinstance(m, dict) or "role" not in m or "content" not in m:
+        if not isinstance(m, dict) or "role" not in m or not ("content" in m or "tool_calls" in m):
             raise UserError(f"{where}: field {name!r}[{j}]: a message must be an object with 'role' and 'content'")
-        if not isinstance(m["content"], str):
+        if not isinstance(m["content"] if "content" in m else None, (str, list, type(None))):
             raise UserError(f"{where}: field {name!r}[{j}].content: expected text, got {type(m['content']).__name__}")
 
 
-def _text_field(value: Any, where: str, name: str, render: Renderer, allow_empty: bool = False) -> str:
+def _text_field(value: Any, where: str, name: str, allow_empty: bool = False) -> str:
+    """A text field (or messages rendered as a prompt), checked: `UserError` naming ``where``/``name``."""
     if isinstance(value, list):
         _check_messages(value, where, name)
-        text = render(value) if value else ""
+        try:
+            text = render_prompt(value)
+        except UserError as e:
+            raise UserError(f"{where}: field {name!r}: {e}") from None
     elif isinstance(value, str):
         text = value
     elif value is None or (isinstance(value, float) and math.isnan(value)):
         raise UserError(f"{where}: field {name!r} is missing or null")
     else:
         raise UserError(f"{where}: field {name!r}: expected text or a list of messages, got {type(value).__name__}")
-    if not allow_empty and not text.strip():
-        raise UserError(f"{where}: field {name!r} is empty")
+    check_text(text, f"{where}: field {name!r}", require_visible=not allow_empty)
     return text
 
 
-def parse_pair(row: Any, where: str, render: Renderer = plain_chat_renderer) -> PreferencePair:
-    """Validate one row of any supported layout into a `PreferencePair`."""
+def _split_completion(messages: list) -> tuple[list, list]:
+    """(prompt messages, completion messages) of an implicit-prompt conversation: the completion
+    is the trailing run of assistant / tool messages."""
+    k = len(messages)
+    while k > 0 and isinstance(messages[k - 1], dict) and messages[k - 1].get("role") in ROLES[1:]:
+        k -= 1
+    return messages[:k], messages[k:]
+
+
+def _render(prompt: Any, response: Any, where: str, name: str) -> tuple[str, str]:
+    try:
+        return render_pair(prompt, response)
+    except UserError as e:
+        raise UserError(f"{where}: field {name!r}: {e}") from None
+
+
+def parse_pair(row: Any, where: str) -> PreferencePair:
+    """Validate one row of any supported layout into a `PreferencePair` (texts as the reward model reads them)."""
     if not isinstance(row, dict):
         raise UserError(f"{where}: expected an object with 'chosen' and 'rejected', got {type(row).__name__}")
     for name in ("chosen", "rejected"):
@@ -234,21 +244,25 @@ def parse_pair(row: Any, where: str, render: Renderer = plain_chat_renderer) -> 
     if isinstance(prompt_raw, list) and not conversational:
         raise UserError(f"{where}: field 'prompt' is a list of messages but 'chosen'/'rejected' are text; "
                         "use one format for all three")
-    if conversational and isinstance(prompt_raw, list):
-        # Render prompt+response as one conversation so the template places roles correctly;
-        # the response text is what follows the rendered prompt.
-        prompt = _text_field(prompt_raw, where, "prompt", render, allow_empty=True)
-        chosen_full = _text_field(prompt_raw + row["chosen"], where, "chosen", render)
-        rejected_full = _text_field(prompt_raw + row["rejected"], where, "rejected", render)
-        chosen = chosen_full[len(prompt):] if chosen_full.startswith(prompt) else chosen_full
-        rejected = rejected_full[len(prompt):] if rejected_full.startswith(prompt) else rejected_full
-        if not chosen_full.startswith(prompt) or not rejected_full.startswith(prompt):
-            prompt = ""
-            chosen, rejected = chosen_full, rejected_full
+    if conversational:
+        if isinstance(prompt_raw, list) or prompt_raw is None:
+            pm_c, comp_c = (prompt_raw, row["chosen"]) if prompt_raw is not None else _split_completion(row["chosen"])
+            pm_r, comp_r = (prompt_raw, row["rejected"]) if prompt_raw is not None else _split_completion(row["rejected"])
+        else:
+            raise UserError(f"{where}: field 'prompt' is text but 'chosen'/'rejected' are lists of messages; "
+                            "use one format for all three")
+        p_c, chosen = _render(pm_c, comp_c, where, "chosen")
+        p_r, rejected = _render(pm_r, comp_r, where, "rejected")
+        prompt = p_c
+        if p_c != p_r:  # different conversations before the answers: score each as a whole
+            prompt, chosen, rejected = "", p_c + chosen, p_r + rejected
+        check_text(prompt, f"{where}: field 'prompt'")
+        check_text(chosen, f"{where}: field 'chosen'", require_visible=True)
+        check_text(rejected, f"{where}: field 'rejected'", require_visible=True)
     else:
-        prompt = "" if prompt_raw is None else _text_field(prompt_raw, where, "prompt", render, allow_empty=True)
-        chosen = _text_field(row["chosen"], where, "chosen", render)
-        rejected = _text_field(row["rejected"], where, "rejected", render)
+        prompt = "" if prompt_raw is None else _text_field(prompt_raw, where, "prompt", allow_empty=True)
+        chosen = join_pair(prompt, _text_field(row["chosen"], where, "chosen"))
+        rejected = join_pair(prompt, _text_field(row["rejected"], where, "rejected"))
     subset = row.get("subset")
     if subset is not None and not isinstance(subset, (str, int)):
         raise UserError(f"{where}: field 'subset': expected text, got {type(subset).__name__}")
@@ -256,17 +270,16 @@ def parse_pair(row: Any, where: str, render: Renderer = plain_chat_renderer) -> 
     return PreferencePair(prompt, chosen, rejected, None if subset is None else str(subset), extra, source=where)
 
 
-def load_preferences(source: str | Path, tokenizer=None, limit: int | None = None) -> list[PreferencePair]:
+def load_preferences(source: str | Path, limit: int | None = None) -> list[PreferencePair]:
     """Load and validate every row of `source`. Raises `UserError` on the first bad row."""
     if str(source) == "builtin" or str(source).startswith("builtin:"):
         split = str(source).partition(":")[2] or "train"
         source = builtin_split_path(split)
-    render = tokenizer_chat_renderer(tokenizer) if tokenizer is not None else plain_chat_renderer
     name, rows = iter_source(source)
     pairs = []
     first_format: tuple[str, str] | None = None
     for where, row in rows:
-        pair = parse_pair(row, f"{name}: {where}", render)
+        pair = parse_pair(row, f"{name}: {where}")
         fmt = "conversational (lists of messages)" if isinstance(row["chosen"], list) else "plain text"
         if first_format is None:
             first_format = (fmt, where)
@@ -358,7 +371,8 @@ def iter_jsonl_lines(path: str | Path, max_line_bytes: int | None = None) -> Ite
 
 
 def iter_scoring_inputs(path: str | Path, max_line_bytes: int | None = None) -> Iterator[dict]:
-    """Validated rows for `rm score`: objects with text fields `prompt` and `response`. A JSON
+    """Validated rows for `rm score`: objects with fields `prompt` and `response` (text or chat
+    messages; the rendered texts checked, `robust_rlhf.data.text`). A JSON
     Lines file is streamed (`iter_jsonl_lines`: bounded memory, over-long lines refused); other
     layouts are read whole (a file too large for memory is refused first). An empty input is a
     `UserError` (raised after the last row)."""
@@ -374,10 +388,12 @@ def iter_scoring_inputs(path: str | Path, max_line_bytes: int | None = None) -> 
         for f in ("prompt", "response"):
             if f not in row:
                 raise UserError(f"{name}: {where}: missing field {f!r}")
-            if not isinstance(row[f], str):
-                raise UserError(f"{name}: {where}: field {f!r}: expected text, got {type(row[f]).__name__}")
-        if not row["response"].strip():
-            raise UserError(f"{name}: {where}: field 'response' is empty")
+            if not isinstance(row[f], (str, list)):
+                raise UserError(f"{name}: {where}: field {f!r}: expected text or chat messages, got "
+                                f"{type(row[f]).__name__}")
+        p, r = _render(row["prompt"], row["response"], f"{name}: {where}", "response")
+        check_text(p, f"{name}: {where}: field 'prompt'")
+        check_text(r, f"{name}: {where}: field 'response'", require_visible=True)
         count += 1
         yield row
     if not count:
@@ -385,8 +401,10 @@ def iter_scoring_inputs(path: str | Path, max_line_bytes: int | None = None) -> 
 
 
 def load_scoring_inputs(path: str | Path) -> list[dict]:
-    """Rows for `rm score`: JSONL objects with text fields `prompt` and `response` (all in memory;
-    `iter_scoring_inputs` streams them)."""
+    """Rows for `rm score`: objects with fields `prompt` and `response`, each text or chat messages
+    (a completion list for `response`), returned as they are; the texts the reward model will read
+    (`robust_rlhf.data.text.render_pair`) are checked here (all in memory; `iter_scoring_inputs`
+    streams them)."""
     return list(iter_scoring_inputs(path))
 
 

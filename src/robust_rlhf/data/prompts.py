@@ -71,7 +71,7 @@ def load_prompts_file(path: str) -> list[str]:
     character), and every error names the file and the line. An empty prompt is refused."""
     from pathlib import Path
 
-    from robust_rlhf.data.preferences import _json_loads, _read_text, _text_field, iter_source, plain_chat_renderer
+    from robust_rlhf.data.preferences import _json_loads, _read_text, _text_field, iter_source
     from robust_rlhf.errors import UserError
 
     p = Path(path)
@@ -97,7 +97,7 @@ def load_prompts_file(path: str) -> list[str]:
         if isinstance(row["prompt"], list):
             raise UserError(f"{name}: {where}: field 'prompt': expected text, got a list of messages "
                             "(the policy recipes sample from plain-text prompts)")
-        prompts.append(_text_field(row["prompt"], f"{name}: {where}", "prompt", plain_chat_renderer))
+        prompts.append(_text_field(row["prompt"], f"{name}: {where}", "prompt"))
     if not prompts:
         raise UserError(f"prompts file {str(path)!r} holds no prompts")
     return prompts

@@ -82,7 +82,7 @@ def rm_unit(spec: RewardModelSpec, data: Unit, data_dir: Path, cfg: ExperimentCo
 
         train_reward_model(rm_cfg, folder / "model")
         model = RewardModel.from_pretrained(folder / "model")
-        test = load_preferences(data_dir / "builtin_test.jsonl", model.tokenizer)
+        test = load_preferences(data_dir / "builtin_test.jsonl")
         metrics, arrays = evaluate_reward_model(model, test)
         write_eval_report(metrics, arrays, folder / "eval")
         keep = {k: [float(x) for x in arrays[k]] for k in ("chosen_var", "diff_var") if k in arrays}

@@ -44,6 +44,8 @@ class BatcherStats:
     """Sum of the ensemble std of every text scored (``/health`` reports the mean)."""
     templated: int = 0
     """Chat-templated OpenRLHF queries that were turned into plain text."""
+    prompts_cut: int = 0
+    """OpenRLHF queries whose prompt the client had cut from the left (scored without its head)."""
     started: float = field(default_factory=time.monotonic)
 
 

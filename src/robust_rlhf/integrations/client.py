@@ -117,7 +117,7 @@ class RewardClient:
 
     Args:
         url: server base URL, e.g. ``http://127.0.0.1:8000``.
-        token: bearer token; None reads ``ROBUST_RLHF_TOKEN`` (unset = no auth header).
+        token: bearer token; None reads ``ROBUST_RLHF_TOKEN`` (unset = no auth header; empty = an error).
         timeout: seconds per HTTP attempt.
         retries: extra attempts after the first on 408/429/5xx/connection errors (0 = none).
         backoff: first retry delay in seconds; doubles each attempt (with jitter), capped at
@@ -136,7 +136,11 @@ class RewardClient:
             raise UserError("RewardClient: timeout and max_items must be > 0; retries, backoff and "
                             "max_backoff >= 0")
         self.url = url.rstrip("/")
-        self.token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)
+        token = token if token is not None else os.environ.get(TOKEN_ENV)
+        if token is not None and not token.strip():
+            raise UserError(f"the bearer token is empty (token= or {TOKEN_ENV}): give the server's token, or unset "
+                            f"{TOKEN_ENV} for a server without one")
+        self.token = token
         self.timeout = timeout
         self.retries = retries
         self.backoff = backoff

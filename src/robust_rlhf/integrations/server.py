@@ -41,6 +41,7 @@ from aiohttp.abc import AbstractAccessLogger
 
 from robust_rlhf import __version__
 from robust_rlhf.aggregate import AggregatorConfig, aggregate, aggregator_params, normalize_heads
+from robust_rlhf.data.text import render_pair
 from robust_rlhf.errors import UserError
 from robust_rlhf.integrations.batching import DynamicBatcher, QueueFull
 from robust_rlhf.integrations.protocol import (
@@ -50,7 +51,10 @@ from robust_rlhf.integrations.protocol import (
     _reject_constant,
     _same_length,
     _string_list,
+    _unique_keys,
+    client_allowed,
     is_loopback,
+    parse_networks,
     openrlhf_pairs,
 )
 from robust_rlhf.reward.output import RewardOutput
@@ -140,9 +144,9 @@ def load_service(model_dir: str, aggregator: AggregatorConfig, batch_size: int =
             heads cannot support.
     """
     from robust_rlhf.reward.model import RewardModel
-    from robust_rlhf.utils import default_device
+    from robust_rlhf.utils import resolve_device
 
-    model = RewardModel.from_pretrained(model_dir, device=device or default_device())
+    model = RewardModel.from_pretrained(model_dir, device=resolve_device(None if device is None else str(device)))
     k = model.config.num_heads
     head_stats = None
     if aggregator.normalize:
@@ -172,6 +176,7 @@ SERVICE = web.AppKey("service", RewardService)
 CONFIG = web.AppKey("config", ServerConfig)
 STARTED = web.AppKey("started", float)
 COUNTS = web.AppKey("counts", dict)
+NETWORKS = web.AppKey("networks", list)
 
 
 def _json_response(payload: dict, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
@@ -211,6 +216,9 @@ async def _error_middleware(request: web.Request, handler) -> web.StreamResponse
 
 @web.middleware
 async def _auth_middleware(request: web.Request, handler) -> web.StreamResponse:
+    networks = request.app[NETWORKS]
+    if networks and not client_allowed(request.remote, networks):
+        raise ApiError(403, f"client {request.remote} is not in this server's --allow-client list")
     token = request.app[CONFIG].token
     if token is not None:
         header = request.headers.get("Authorization", "")
@@ -238,7 +246,7 @@ async def _read_json_object(request: web.Request) -> dict:
     if not body:
         raise ApiError(400, "request body is empty; send a JSON object")
     try:
-        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant)
+        data = json.loads(body.decode("utf-8"), parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
     except UnicodeDecodeError:
         raise ApiError(400, "request body is not UTF-8 text; send a JSON object") from None
     except RecursionError:
@@ -281,10 +289,11 @@ async def handle_score(request: web.Request) -> web.Response:
     if unknown:
         raise ApiError(400, f"unknown field '{unknown[0]}'; valid fields: {', '.join(_SCORE_FIELDS)}")
     prompts = _string_list(data, "prompts", config)
-    responses = _string_list(data, "responses", config)
+    responses = _string_list(data, "responses", config, visible=True)
     assert prompts is not None and responses is not None
     _same_length("prompts", len(prompts), "responses", len(responses))
-    result = await _score(request, prompts, responses)
+    pairs = [render_pair(p, r) for p, r in zip(prompts, responses)]  # the one rule (data/text.py)
+    result = await _score(request, [p for p, _ in pairs], [r for _, r in pairs])
     return _json_response(result.to_json())
 
 
@@ -301,15 +310,27 @@ async def handle_openrlhf(request: web.Request) -> web.Response:
     assert queries is not None
     if prompts is not None:
         _same_length("query", len(queries), "prompts", len(prompts))
-    plain_prompts, plain_responses, templated = openrlhf_pairs(queries, prompts)
-    request.app[BATCHER].stats.templated += templated
+    try:
+        plain_prompts, plain_responses, templated, cut = openrlhf_pairs(queries, prompts)
+    except UserError as e:  # e.g. a chat turn with an unknown role
+        raise ApiError(400, f"field 'query': {e}") from None
+    stats = request.app[BATCHER].stats
+    stats.templated += templated
+    if any(cut):
+        if not stats.prompts_cut:
+            log.warning("a client cut a prompt from the left before generating (OpenRLHF: a prompt longer than "
+                        "its length budget minus the generation budget); its response is scored without the "
+                        "prompt's head. Counted in /health stats.prompts_cut and extra_logs.prompt_cut; warned once")
+        stats.prompts_cut += sum(cut)
     result = await _score(request, plain_prompts, plain_responses)
     out = result.to_json()
+
     # extra_logs: OpenRLHF (0.11.2 trainer/ppo_utils/samples_generator.py) turns each key into a per-sample metric,
     # so the ensemble's uncertainty on the policy's own samples is logged beside the reward.
     return _json_response({"rewards": out["rewards"], "scores": out["rewards"],
                            "extra_logs": {"reward_std": out["reward_std"],
-                                          "reward_mean": result.per_head.mean(dim=1).tolist()},
+                                          "reward_mean": result.per_head.mean(dim=1).tolist(),
+                                          "prompt_cut": [float(c) for c in cut]},
                            "rewards_per_head": out["rewards_per_head"]})
 
 
@@ -329,6 +350,7 @@ async def handle_health(request: web.Request) -> web.Response:
         "limits": {"max_items_per_request": config.max_items_per_request,
                    "max_body_bytes": config.max_body_bytes, "max_text_chars": config.max_text_chars},
         "auth": config.token is not None,
+        "allow_clients": list(config.allow_clients),
         "stats": {"requests": s.requests, "items_scored": s.items, "batches": s.batches,
                   "mean_batch_size": s.items / s.batches if s.batches else 0.0,
                   "rejected_queue_full": s.rejected_queue_full, "scorer_errors": s.scorer_errors,
@@ -336,6 +358,7 @@ async def handle_health(request: web.Request) -> web.Response:
                   "responses_by_class": {f"{k}xx": v for k, v in sorted(request.app[COUNTS].items())},
                   "truncated_texts": getattr(model, "truncated_count", None),
                   "templated_queries": s.templated,
+                  "prompts_cut": s.prompts_cut,
                   "mean_reward_std": s.std_sum / s.items if s.items else None},
     })
 
@@ -358,6 +381,7 @@ def create_app(service: RewardService, config: ServerConfig | None = None) -> we
                                   config.max_queue_items)
     app[STARTED] = time.monotonic()
     app[COUNTS] = {}
+    app[NETWORKS] = parse_networks(config.allow_clients)
     app.router.add_get("/health", handle_health)
     app.router.add_post("/score", handle_score)
     app.router.add_post("/openrlhf", handle_openrlhf)
@@ -384,7 +408,7 @@ def _bound_url(runner: web.AppRunner, host: str) -> str:
 
 
 def warn_if_exposed(config: ServerConfig) -> None:
-    if not is_loopback(config.host) and config.token is None:
+    if not is_loopback(config.host) and config.token is None and not config.allow_clients:
         log.warning("serving on %s WITHOUT a token: anyone who can reach this port can query the "
                     "reward model; set ROBUST_RLHF_TOKEN or --token", config.host)
 

@@ -11,11 +11,13 @@ reward function as ``f(prompts=..., completions=..., completion_ids=..., trainer
 log_extra=..., log_metric=..., **dataset_columns)`` and expects one float per completion; it
 names the function by ``__name__``. Prompts and completions are strings, or -- conversational
 datasets -- lists of ``{"role", "content"}`` messages (completions
-``[{"role": "assistant", "content": ...}]``; content may be None after a tool call). Messages
-become plain text by the rule of `robust_rlhf.integrations.chat.render_conversation`: one user
-turn is scored exactly like its plain-text twin, several turns are rendered with roles (the
-reward model tokenizer's chat template, else ``"role: content"`` lines), system messages and
-empty/None contents are dropped. The reward model scores that text with its *own* tokenizer
+``[{"role": "assistant", "content": ...}]``; content may be None beside ``tool_calls``). Both
+become plain text by the one rule of `robust_rlhf.data.text.render_pair` (the server, verl and
+``rm score`` use it too): one user turn is scored exactly like its plain-text twin, several turns
+are ``"role: content"`` lines, system messages are dropped, a tool call is scored as
+``call name(arguments)``, and a space joins prompt and response where the join needs one.
+Unknown roles, lone surrogates, NUL bytes and invisible-only responses raise `UserError`.
+The reward model scores that text with its *own* tokenizer
 (USER_NEEDS #5). Ensemble uncertainty: ``log_metric`` gets ``reward/ensemble_mean`` and
 ``reward/ensemble_std`` (batch means), ``log_extra`` a per-completion ``ensemble_std`` column,
 and the adapter keeps the last batch's per-sample values in ``last_mean`` / ``last_std``.
@@ -28,20 +30,27 @@ from typing import Any, Sequence
 
 from robust_rlhf.aggregate import AggregatorConfig, aggregate
 from robust_rlhf.errors import UserError
-from robust_rlhf.integrations.chat import render_conversation
+from robust_rlhf.data.text import check_text, render_completion, render_pair, render_prompt
 from robust_rlhf.reward.sources import RewardSource, load_reward_source
 
 __all__ = ["EnsembleRewardFunc", "reward_func_from_model", "message_text"]
 
 
+_COMPLETION_ROLES = ("assistant", "tool", "ipython", "function")
+
+
 def message_text(x: Any) -> str:
-    """A prompt or completion as text: strings pass through; chat messages are rendered as in
-    `render_conversation` (one user turn -> its content; else ``"role: content"`` lines)."""
+    """A prompt or completion as text, by the rule of `robust_rlhf.data.text.render_pair`: strings
+    pass through; a completion list (only assistant / tool messages) is its response text; other
+    messages are a prompt (one user turn -> its content; else ``"role: content"`` lines)."""
     if isinstance(x, str):
         return x
     if not isinstance(x, (list, tuple, dict)):
         raise UserError(f"cannot read a prompt/completion of type {type(x).__name__}; expected str or chat messages")
-    return render_conversation(x)[0]
+    items = [x] if isinstance(x, dict) else list(x)
+    if items and all(isinstance(m, dict) and m.get("role") in _COMPLETION_ROLES for m in items):
+        return render_completion(items)
+    return render_prompt(items)
 
 
 class EnsembleRewardFunc:
@@ -52,8 +61,6 @@ class EnsembleRewardFunc:
         aggregator: how the K heads become one reward (default: mean).
         head_stats: per-head (mean, std) when ``aggregator.normalize`` is true.
         name: ``__name__`` TRL logs the reward under.
-        tokenizer: the reward model's tokenizer, whose chat template (if any) renders multi-turn
-            prompts; default: the source's ``model.tokenizer`` when it has one.
 
     Attributes:
         last_mean, last_std: (B,) ensemble mean and std over the K heads of the last call's
@@ -61,9 +68,8 @@ class EnsembleRewardFunc:
     """
 
     def __init__(self, source: RewardSource, aggregator: AggregatorConfig | None = None, head_stats=None,
-                 name: str = "robust_rlhf_reward", tokenizer: Any = None) -> None:
+                 name: str = "robust_rlhf_reward") -> None:
         self.source = source
-        self.tokenizer = tokenizer if tokenizer is not None else getattr(getattr(source, "model", None), "tokenizer", None)
         self.last_mean: list[float] = []
         self.last_std: list[float] = []
         self.aggregator = aggregator or AggregatorConfig()
@@ -75,11 +81,10 @@ class EnsembleRewardFunc:
     def __call__(self, prompts: Sequence[Any], completions: Sequence[Any], **kwargs: Any) -> list[float]:
         if len(prompts) != len(completions):
             raise ValueError(f"{len(prompts)} prompts but {len(completions)} completions")
-        for x in (*prompts, *completions):
-            if not isinstance(x, (str, list, tuple, dict)):
-                raise UserError(f"cannot read a prompt/completion of type {type(x).__name__}; "
-                                f"expected str or chat messages")
-        pairs = [render_conversation(p, c, self.tokenizer) for p, c in zip(prompts, completions)]
+        pairs = [render_pair(p, c) for p, c in zip(prompts, completions)]
+        for i, (p, c) in enumerate(pairs):
+            check_text(p, f"{self.__name__}: prompt {i}")
+            check_text(c, f"{self.__name__}: completion {i}", require_visible=bool(c))
         out = self.source([p for p, _ in pairs], [c for _, c in pairs])
         rewards = aggregate(out, self.aggregator, self.head_stats).float().cpu()
         values = [float(r) for r in rewards]

@@ -17,15 +17,18 @@ ignored here). The reward loop's managers (``naive``, ``dapo``, ``rate_limited``
 gathers them into one backbone batch -- that is what "one request per batch" became (0.9.1's
 reward loop has no ``batch`` manager). The result is a float, or a dict whose ``"score"`` is the
 reward and whose other keys verl logs (`compute_score_with_std`). `compute_score_batch` is kept
-for verl <= 0.8's ``reward_model.reward_manager=batch``.
+for older verl releases with a ``batch`` manager (verl 0.7.1 and 0.8.0 have none: their reward
+loop registers naive, dapo, gdpo, remote, rate_limited, like 0.9.1).
 
 verl passes only the decoded response (``skip_special_tokens=True``) and the row's ``extra_info``
 (plus ``num_turns`` / ``rollout_reward_scores``); the ``prompt`` column is not passed, so the
 prompt is read from ``extra_info["prompt"]`` (copied there when preprocessing) -- a string, or
 chat messages ``[{"role", "content"}, ...]`` as verl's own preprocessors write the top-level
 ``prompt`` column -- or ``extra_info["question"]``. Chat
-messages become plain text as in `robust_rlhf.integrations.chat.render_conversation`. Without a
-prompt the response is scored alone (a warning is logged once).
+messages become plain text by the one rule of `robust_rlhf.data.text.render_pair`, which the server
+applies to every pair (so ``"Review the film" + "Wonderful"`` reads ``"Review the film Wonderful"``
+through verl, OpenRLHF, TRL and ``rm score`` alike). Without a prompt the response is scored
+alone (a warning is logged once).
 
 Configuration (environment variables, read on first use):
     ROBUST_RLHF_URL      server base URL (required), e.g. http://127.0.0.1:8000
@@ -44,7 +47,7 @@ import threading
 from typing import Any, Sequence
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.integrations.chat import is_messages, render_conversation
+from robust_rlhf.data.text import is_messages, render_prompt
 from robust_rlhf.integrations.client import RewardClient
 
 __all__ = ["URL_ENV", "compute_score", "compute_score_batch", "compute_score_with_std", "get_client"]
@@ -89,7 +92,7 @@ def _prompt_of(extra_info: Any) -> str:
             if value is not None and not isinstance(value, (str, bytes)) and hasattr(value, "__len__"):
                 messages = list(value)  # verl stores lists as numpy object arrays in the parquet round trip
                 if is_messages(messages):
-                    return render_conversation(messages)[0]
+                    return render_prompt(messages)
     if not _warned_no_prompt:
         _warned_no_prompt = True
         log.warning("verl extra_info has no 'prompt' (string or chat messages) or 'question': scoring "
@@ -130,8 +133,8 @@ def compute_score_with_std(data_source: str, solution_str: str, ground_truth: An
 
 def compute_score_batch(data_sources: Sequence[str], solution_strs: Sequence[str], ground_truths: Sequence[Any],
                         extra_infos: Sequence[dict | None] | None = None, **kwargs: Any) -> list[float]:
-    """verl <= 0.8 ``BatchRewardManager`` form (``reward_model.reward_manager=batch``; verl 0.9.1's
-    reward loop has no ``batch`` manager): all responses of a batch in one request.
+    """The ``BatchRewardManager`` form of verl releases older than 0.7 (``reward_model.reward_manager=batch``;
+    verl 0.7.1, 0.8.0 and 0.9.1 have no ``batch`` manager): all responses of a batch in one request.
 
     Returns:
         One aggregated reward per response, in order.

