@@ -1,7 +1,12 @@
 """Cached units of work: a unit fills its own folder under OUTPUT/units/ and is marked finished
 by a ``done`` file written atomically *last*, holding a fingerprint (a hash of everything the
-unit depends on). `UnitRunner` skips finished units, wipes a folder left by different inputs,
-and lets an unfinished one continue (policy runs resume from their own checkpoints)."""
+unit depends on). `execute_unit` wipes a folder left by different inputs, lets an unfinished one
+continue (policy runs resume from their own checkpoints) and writes the unit's log to
+``log.txt`` in its folder. Which units run when, and where, is `robust_rlhf.experiments.scheduler`.
+
+A `Unit` is a picklable description -- a module-level function and its arguments -- so the same
+unit runs in this process, in a local worker process or as a Ray task on another machine.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,6 +25,7 @@ log = logging.getLogger(__name__)
 
 DONE_FILE = "done"
 UNIT_FILE = "unit.json"
+LOG_FILE = "log.txt"
 
 
 def fingerprint(spec: Any) -> str:
@@ -34,9 +40,13 @@ def units_root(output_dir: Path) -> Path:
     return output_dir / "units"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Unit:
-    """One cacheable piece of work: ``run(folder)`` fills the folder and returns a summary."""
+    """One cacheable piece of work: ``fn(folder, **args)`` fills the folder and returns a summary.
+
+    ``fn`` must be a module-level function and ``args`` picklable: a unit travels to worker
+    processes and Ray nodes (a closure cannot).
+    """
 
     key: str
     """folder under units/, e.g. rm/bt or runs/ppo-mean/s0"""
@@ -44,83 +54,94 @@ class Unit:
     """shown in progress: data, reward models, pools, calibration, policies"""
     spec: dict
     """everything the result depends on (its fingerprint decides whether a cached result is valid)"""
-    run: Callable[[Path], dict]
-    """does the work into the folder; the returned dict is stored in the done marker"""
+    fn: Callable[..., dict]
+    """does the work into the folder (first argument); the returned dict is stored in the done marker"""
+    args: dict = field(default_factory=dict)
+    """keyword arguments of ``fn`` (picklable: paths, configs, numbers)"""
+    after: tuple[str, ...] = ()
+    """keys of the units whose folders this one reads (they finish first)"""
+
+    def __post_init__(self) -> None:
+        qualname = getattr(self.fn, "__qualname__", "")
+        if not callable(self.fn) or "<locals>" in qualname or "<lambda>" in qualname or not getattr(self.fn, "__module__", None):
+            raise TypeError(f"unit {self.key!r}: fn must be a module-level function (units travel to worker "
+                            f"processes), got {qualname or self.fn!r}")
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.spec)
 
+    def run(self, folder: Path) -> dict:
+        return self.fn(folder, **self.args) or {}
 
-class UnitRunner:
-    """Executes units once: a unit with a valid ``done`` marker is skipped; a folder left by a
-    unit of different inputs is wiped first; ``done`` is written atomically and last.
 
-    Args:
-        root: the units/ folder.
-        total: planned number of units (progress bar; grows if more are added).
-        on_unit_start: test hook called with the unit key before the unit runs (e.g. to
-            inject a crash).
-        before_run: called just before each unit that runs (not a cached one), while nothing of
-            ours is busy: the lab re-checks its torch thread count here (`robust_rlhf.threads`).
+def read_done(root: Path, unit: Unit) -> dict | None:
+    """The unit's done record (``fingerprint``, ``seconds``, ``summary``) when it is finished with
+    these inputs; None otherwise (missing, unreadable or left by other inputs)."""
+    marker = root / unit.key / DONE_FILE
+    if not marker.exists():
+        return None
+    try:
+        done = read_json(marker)
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+        return None
+    if not isinstance(done, dict) or done.get("fingerprint") != unit.fingerprint:
+        return None
+    return done
+
+
+class _UnitLog:
+    """Copies the records of this process to ``folder/log.txt`` (appending: a resumed unit keeps
+    the log of its earlier attempts) while the unit runs."""
+
+    def __init__(self, folder: Path) -> None:
+        self.handler = logging.FileHandler(folder / LOG_FILE, encoding="utf-8")
+        self.handler.setLevel(logging.INFO)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        self.ours = logging.getLogger("robust_rlhf")
+        self.level = self.ours.level
+
+    def __enter__(self) -> None:
+        logging.getLogger().addHandler(self.handler)
+        if not self.ours.isEnabledFor(logging.INFO):
+            self.ours.setLevel(logging.INFO)
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeHandler(self.handler)
+        self.ours.setLevel(self.level)
+        self.handler.close()
+
+
+def execute_unit(unit: Unit, root: str | Path) -> dict:
+    """Run one unit into ``root/unit.key`` (in whichever process or node this is called).
+
+    A folder left by a unit of different inputs is wiped; one of the same inputs is continued.
+    ``unit.json`` is written first, ``done`` atomically last -- a unit killed in between leaves
+    no ``done``, so the cache never holds half a unit.
+
+    Returns:
+        the done record: ``{"fingerprint", "seconds", "summary"}``.
     """
-
-    def __init__(self, root: Path, total: int, on_unit_start: Callable[[str], None] | None = None,
-                 progress: bool = True, before_run: Callable[[], None] | None = None) -> None:
-        from tqdm.auto import tqdm
-
-        self.root = root
-        self.executed: list[str] = []
-        self.skipped: list[str] = []
-        self.on_unit_start = on_unit_start
-        self.before_run = before_run
-        self.bar = tqdm(total=total, desc="experiment", unit="unit", disable=not progress, dynamic_ncols=True)
-
-    def is_done(self, unit: Unit) -> bool:
-        marker = self.root / unit.key / DONE_FILE
-        if not marker.exists():
-            return False
+    folder = Path(root) / unit.key
+    if folder.exists():
+        recorded = folder / UNIT_FILE
         try:
-            return read_json(marker).get("fingerprint") == unit.fingerprint
-        except (json.JSONDecodeError, OSError):
-            return False
-
-    def __call__(self, unit: Unit) -> dict:
-        folder = self.root / unit.key
-        if self.is_done(unit):
-            self.skipped.append(unit.key)
-            self.bar.update(1)
-            return read_json(folder / DONE_FILE)["summary"]
-        if folder.exists():
-            recorded = folder / UNIT_FILE
             same = recorded.exists() and read_json(recorded).get("fingerprint") == unit.fingerprint
-            if not same:
-                log.info("%s: inputs changed (or unknown leftovers); starting this unit afresh", unit.key)
-                shutil.rmtree(folder)
-            else:
-                log.info("%s: continuing an unfinished unit", unit.key)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / UNIT_FILE, {"key": unit.key, "fingerprint": unit.fingerprint, "spec": unit.spec})
-        done = len(self.executed) + len(self.skipped)
-        self.bar.set_description(f"{unit.stage}")
-        self.bar.set_postfix_str(unit.key, refresh=True)
-        log.info("[%d/%d] %s: %s", done + 1, self.bar.total, unit.stage, unit.key)
-        if self.on_unit_start is not None:
-            self.on_unit_start(unit.key)
-        if self.before_run is not None:
-            self.before_run()
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError, AttributeError):
+            same = False
+        if not same:
+            log.info("%s: inputs changed (or unknown leftovers); starting this unit afresh", unit.key)
+            shutil.rmtree(folder)
+        else:
+            log.info("%s: continuing an unfinished unit", unit.key)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / UNIT_FILE, {"key": unit.key, "fingerprint": unit.fingerprint, "spec": unit.spec})
+    with _UnitLog(folder):
+        log.info("%s (%s) started", unit.key, unit.stage)
         t0 = time.time()
-        summary = unit.run(folder) or {}
+        summary = unit.run(folder)
         seconds = time.time() - t0
-        atomic_write_json(folder / DONE_FILE, {"fingerprint": unit.fingerprint, "seconds": seconds, "summary": summary})
-        self.executed.append(unit.key)
-        self.bar.update(1)
-        log.info("%s finished in %.0f s", unit.key, seconds)
-        return summary
-
-    def grow(self, n: int) -> None:
-        self.bar.total += n
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
+        log.info("%s finished in %.1f s", unit.key, seconds)
+    done = {"fingerprint": unit.fingerprint, "seconds": seconds, "summary": summary}
+    atomic_write_json(folder / DONE_FILE, done)
+    return done
