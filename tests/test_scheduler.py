@@ -333,3 +333,17 @@ def test_eta_from_measured_stage_means():
     eta = eta_seconds({"a": 3, "b": 1}, [("c", 15.0)], {"a": [10.0, 10.0], "c": [40.0]}, slots=3)
     assert eta == pytest.approx(25.0)
     assert eta_seconds({"a": 1}, [], {}, slots=1) is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "0"], "argument --workers: must be a positive integer or auto, got '0'"),
+    (["--address", "auto"], "robust-rlhf: error: --address needs --executor ray"),
+])
+def test_cli_bad_execution_flags_are_one_line_exit_2(argv, message, tmp_path, capsys):
+    from robust_rlhf.cli import main
+
+    out = tmp_path / "exp"
+    assert main(["experiment", "run", "--config", "experiment_tiny", "--output-dir", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err, err
+    assert not out.exists()
