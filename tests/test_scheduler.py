@@ -347,3 +347,22 @@ def test_cli_bad_execution_flags_are_one_line_exit_2(argv, message, tmp_path, ca
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err, err
     assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--workers", "0,2"], "a comma-separated list of positive integers, got '0,2'"),
+    (["--address", "auto"], "--address needs --executor ray"),
+    (["--config", "experiment_tiny", "--set", "nosuch=1"], "unknown key 'nosuch'"),
+])
+def test_bench_workers_bad_input_is_one_line_exit_2(argv, message, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_bench_workers", Path(__file__).parent.parent / "benchmarks" /
+                                                  "bench_workers.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    with pytest.raises(SystemExit) as e:
+        bench.main(argv)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert message in err, err

@@ -17,9 +17,12 @@ one calibration probe) lives in its own folder under ``OUTPUT/units/`` and is ma
 by a ``done`` file written atomically *last*, holding a fingerprint of everything the unit
 depends on. A killed experiment therefore resumes where it stopped (a policy run also resumes
 from its own last checkpoint); a unit whose inputs changed is re-run; re-running a finished
-experiment only re-computes the analysis and re-renders the report.
+experiment only re-computes the analysis and re-renders the report. `run_experiment` declares
+the units with their dependencies, then `robust_rlhf.experiments.scheduler` runs them: one after
+another in this process, in N local worker processes, or as Ray tasks -- with the same results.
 
     robust-rlhf experiment run --config experiment_demo --output-dir runs/demo
+    robust-rlhf experiment run --config experiment_study --output-dir runs/study --workers 4
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
 """The experiment's units: data, proxy reward models, best-of-n pools and their proxy scores,
-policy runs (via the policy recipes), and the shifted evaluation sets of seed 001."""
+policy runs (via the policy recipes), and the shifted evaluation sets of seed 001.
+
+Each ``*_unit`` function declares a `Unit`: its key, its fingerprint spec, a module-level
+``_run_*`` function with picklable arguments (the unit may run in another process or on another
+machine) and the keys of the units whose folders it reads (``after``)."""
 
 from __future__ import annotations
 
