@@ -9,7 +9,8 @@ empty folder (every unit runs; nothing is cached), timed from start to exit -- t
 analysis included. The experiment's ``num_threads`` (default auto) decides the threads per unit;
 set it with ``--set num_threads=1`` to compare workers at a fixed thread count. Run it on idle
 cores: a busy machine measures the other processes. The last line is one JSON object
-{"config", "cores", "cells": [{workers, wall_s, units, units_per_hour, unit_seconds_sum, speedup}]}.
+{"config", "executor", "cores", "cells": [{workers, threads_per_unit, wall_s, units, units_per_hour,
+unit_seconds_sum, speedup}]}.
 """
 
 from __future__ import annotations
@@ -58,7 +59,8 @@ def run_cell(config: str, workers: int, folder: Path, extra: list[str]) -> dict:
         sys.exit(f"bench_workers: `{' '.join(cmd)}` failed ({r.returncode}):\n{tail}")
     timing = json.loads((folder / "results.json").read_text())["timing"]
     units = len(timing["units_run"])
-    return {"workers": workers, "wall_s": round(wall, 1), "units": units,
+    return {"workers": workers, "threads_per_unit": timing["execution"]["threads_per_unit"],
+            "wall_s": round(wall, 1), "units": units,
             "units_per_hour": round(units / wall * 3600, 1),
             "unit_seconds_sum": round(sum(timing["unit_seconds"][k] for k in timing["units_run"]), 1)}
 
@@ -94,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             cell = run_cell(a.config, n, folder, extra)
             cell["speedup"] = round(cells[0]["wall_s"] / cell["wall_s"], 2) if cells else 1.0
             cells.append(cell)
-            print(f"workers {n:3d}: {cell['wall_s']:8.1f} s  {cell['units']:4d} units  "
+            print(f"workers {n:3d} x {cell['threads_per_unit']} threads: {cell['wall_s']:8.1f} s  {cell['units']:4d} units  "
                   f"{cell['units_per_hour']:8.1f} units/h  x{cell['speedup']:.2f}", flush=True)
     finally:
         if not a.keep:

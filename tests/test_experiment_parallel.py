@@ -51,6 +51,7 @@ def test_two_local_workers_give_the_serial_results(serial, tmp_path):
     assert got["units"] == expected["units"] and got["summaries"] == expected["summaries"]
     assert got["results"] == expected["results"]
     assert sorted(outcome.executed) == expected["units"]
+    assert outcome.results["timing"]["execution"] == {"executor": "local", "workers": 2, "threads_per_unit": 1}
     assert (out / "units" / "runs" / "ppo-bt" / "s0" / "log.txt").read_text().count("finished in") == 1
     # a finished folder is cached whatever the executor
     assert run_experiment(cfg, out, progress=False, render=False, execution=Execution(workers=2)).executed == []

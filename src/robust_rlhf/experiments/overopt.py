@@ -253,7 +253,8 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
         scheduler.run()
         results = analyse(cfg, out, methods, plan.rm_units, plan.pools, plan.pool_scores, run_index, coefs,
                           plan.shift_units)
-        results["timing"] = {"wall_time_s": time.time() - t0, "units_run": scheduler.executed,
+        results["timing"] = {"wall_time_s": time.time() - t0, "execution": backend.describe,
+                             "units_run": scheduler.executed,
                              "units_cached": scheduler.skipped,
                              "unit_seconds": {k: read_json(root / k / DONE_FILE)["seconds"]
                                               for k in scheduler.executed + scheduler.skipped}}

@@ -188,6 +188,7 @@ class InlineBackend:
         self.root = root
         self.before_run = before_run
         self.queue: list[Unit] = []
+        self.describe = {"executor": "local", "workers": 1, "threads_per_unit": "this process's"}
 
     def submit(self, unit: Unit) -> None:
         self.queue.append(unit)
@@ -270,6 +271,7 @@ class LocalProcessBackend:
         self.busy: list[_Worker] = []
         self.started = 0
         self.gpus = _visible_gpus()
+        self.describe = {"executor": "local", "workers": workers, "threads_per_unit": threads}
 
     def submit(self, unit: Unit) -> None:
         if self.idle:
@@ -381,6 +383,8 @@ class RayBackend:
         self.task = ray.remote(_ray_execute).options(num_cpus=threads, num_gpus=gpus, max_retries=retries,
                                                      retry_exceptions=False)
         self.refs: dict[Any, str] = {}
+        self.describe = {"executor": "ray", "workers": slots or "auto", "threads_per_unit": threads,
+                         "gpus_per_unit": gpus}
         log.info("ray: %s, %d CPU(s) and %.2g GPU per unit", ray.cluster_resources(), threads, gpus)
 
     def submit(self, unit: Unit) -> None:
