@@ -569,39 +569,43 @@ def test_torn_policy_checkpoint_resumes_from_the_one_before(tmp_path):
     assert [json.loads(x)["step"] for x in (tmp_path / "metrics.jsonl").read_text().splitlines()] == [1]
 
 
+def _pool_unit_fn(folder: Path, calls: str) -> dict:
+    """A unit's work (module level: units must be picklable): writes pool.json, counts its runs."""
+    with open(calls, "a") as f:
+        f.write("1")
+    (folder / "pool.json").write_text(json.dumps({"responses": [["a"] * 50] * 20}))
+    return {"n": 20}
+
+
 def test_torn_unit_files_are_recomputed_and_a_torn_record_is_refused_when_read(tmp_path):
     """The experiment's unit cache: a truncated output file, a torn done marker and a torn
     unit record each make the unit run again; reading a torn record directly is one line."""
-    from robust_rlhf.experiments.units import Unit, UnitRunner, read_json
+    from robust_rlhf.experiments.units import Unit, execute_unit, read_done, read_json
 
-    calls = []
-
-    def run(folder: Path) -> dict:
-        calls.append(1)
-        (folder / "pool.json").write_text(json.dumps({"responses": [["a"] * 50] * 20}))
-        return {"n": 20}
-
-    unit = Unit("pool/s0", "pools", {"seed": 0}, run)
+    calls = tmp_path / "calls"
+    calls.write_text("")
+    unit = Unit("pool/s0", "pools", {"seed": 0}, _pool_unit_fn, {"calls": str(calls)})
     root = tmp_path / "units"
 
-    def go():
-        runner = UnitRunner(root, 1, progress=False)
-        summary = runner(unit)
-        runner.close()
-        return summary
+    def go():  # what the scheduler does with one unit: cached when its done record is valid
+        done = read_done(root, unit)
+        return (done or execute_unit(unit, root))["summary"]
 
-    assert go() == {"n": 20} and len(calls) == 1
-    assert go() == {"n": 20} and len(calls) == 1  # cached
+    def runs() -> int:
+        return len(calls.read_text())
+
+    assert go() == {"n": 20} and runs() == 1
+    assert go() == {"n": 20} and runs() == 1  # cached
     _truncate(root / "pool/s0" / "pool.json", 0.7)
     with pytest.raises(UserError, match=r"pool\.json: cannot read \(torn or not JSON\)"):
         read_json(root / "pool/s0" / "pool.json")
-    assert go() == {"n": 20} and len(calls) == 2
+    assert go() == {"n": 20} and runs() == 2
     json.loads((root / "pool/s0" / "pool.json").read_text())
     _truncate(root / "pool/s0" / "done", 0.5)
-    assert go() == {"n": 20} and len(calls) == 3
+    assert go() == {"n": 20} and runs() == 3
     _truncate(root / "pool/s0" / "unit.json", 0.3)
     (root / "pool/s0" / "done").unlink()
-    assert go() == {"n": 20} and len(calls) == 4
+    assert go() == {"n": 20} and runs() == 4
 
 
 # ------------------------------------------------------------------- model folders ----------

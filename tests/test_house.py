@@ -96,8 +96,8 @@ def test_experiment_run_prints_its_summary(tmp_path, monkeypatch, capsys):
     out = tmp_path / "exp"
     seen = {}
 
-    def fake_run(cfg, output_dir, progress=True):
-        seen["cfg"], seen["progress"] = cfg, progress
+    def fake_run(cfg, output_dir, progress=True, execution=None):
+        seen["cfg"], seen["progress"], seen["execution"] = cfg, progress, execution
         return SimpleNamespace(output_dir=out, report=out / "report.html",
                                results={"summary": ["BRME keeps gold reward up", "LCB stops earlier"]})
 
@@ -107,6 +107,7 @@ def test_experiment_run_prints_its_summary(tmp_path, monkeypatch, capsys):
     assert printed == [f"results: {out / 'results.json'}", f"report:  {out / 'report.html'}",
                        "  - BRME keeps gold reward up", "  - LCB stops earlier"]
     assert seen["progress"] is False and seen["cfg"].name
+    assert (seen["execution"].workers, seen["execution"].executor) == ("auto", "local")  # the defaults
 
 
 @pytest.mark.parametrize("flag,value,message", [

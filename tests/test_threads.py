@@ -194,29 +194,6 @@ def test_apply_threads_sets_torch_and_logs_once(torch_threads, caplog):
     assert torch.get_num_threads() == 1
 
 
-def test_unit_runner_rechecks_before_each_unit_that_runs(tmp_path):
-    """The lab's hook runs before every executed unit and never for a cached one."""
-    from robust_rlhf.experiments.units import Unit, UnitRunner
-
-    calls: list[str] = []
-    order: list[str] = []
-
-    def unit(key):
-        def run(folder):
-            order.append(key)
-            return {}
-
-        return Unit(key=key, stage="test", spec={"k": key}, run=run)
-
-    runner = UnitRunner(tmp_path, 3, progress=False, before_run=lambda: calls.append(f"check#{len(order)}"))
-    for k in ("a", "b"):
-        runner(unit(k))
-    assert calls == ["check#0", "check#1"]  # each check before its unit ran
-    runner2 = UnitRunner(tmp_path, 3, progress=False, before_run=lambda: calls.append("cached?"))
-    runner2(unit("a"))
-    assert calls == ["check#0", "check#1"] and runner2.skipped == ["a"]
-
-
 @pytest.mark.parametrize("command", [["rm", "train", "--config", "rm_tiny"],
                                      ["policy", "train", "--config", "policy_tiny"]])
 def test_cli_bad_omp_num_threads_is_one_line_exit_2(command, tmp_path, monkeypatch, cli_error):

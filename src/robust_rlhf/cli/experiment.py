@@ -30,6 +30,8 @@ def register(sub) -> None:
             "Presets: experiment_demo (about 10 minutes on 2 CPU cores), experiment_study (each seed paper's claim "
             "with 95% intervals and a verdict; ~50 minutes on 2 CPU cores), experiment_tiny (tests), experiment_paper "
             "(a GPU; seed 002's scale).\n\n"
+            "Parallel: units whose inputs are finished run at once -- on this machine with --workers N, on a Ray "
+            "cluster with --executor ray --address auto. The results are those of a serial run.\n\n"
             "Override any key with key=value, e.g.\n"
             "  robust-rlhf experiment run --output-dir runs/demo seeds=[0,1,2] data.label_noise=0.25"),
     )
@@ -37,6 +39,17 @@ def register(sub) -> None:
                    help="YAML file or built-in preset name (default: %(default)s)")
     r.add_argument("--output-dir", required=True, help="experiment folder (units/, results.json, plots/, report.html)")
     r.add_argument("--no-progress", action="store_true", help="hide the progress bar (logging still reports each unit)")
+    r.add_argument("--workers", default="auto", type=_workers, metavar="N|auto",
+                   help="units at once on this machine (each a separate process; threads per unit split so that "
+                        "workers x threads <= free cores; 1 = one after another in this process). With --executor "
+                        "ray: the most units submitted at once. Default: auto (from the free cores)")
+    r.add_argument("--executor", choices=["local", "ray"], default="local",
+                   help="local (this machine) or ray (each unit a Ray task; the output folder must be on a path "
+                        "every node sees; pip install -e '.[ray]'). Default: %(default)s")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster to join (auto, ray://HEAD:10001); default: start a local Ray")
+    r.add_argument("--gpus-per-unit", type=float, default=None, metavar="F",
+                   help="Ray: GPUs per unit, fractional to share a GPU (default: 0.25 when the cluster has GPUs)")
     r.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (dotted keys)")
     r.set_defaults(func=cmd_run)
 
@@ -47,17 +60,27 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_report)
 
 
+def _workers(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer or auto, got {text!r}")
+    return int(text)
+
+
 def cmd_run(args) -> int:
     from robust_rlhf.experiments.config import load_experiment_config
     from robust_rlhf.experiments.overopt import run_experiment
-
+    from robust_rlhf.experiments.scheduler import Execution
     from robust_rlhf.utils import check_output_dir
 
     check_output_dir(args.output_dir)
+    execution = Execution(workers=args.workers, executor=args.executor, address=args.address,
+                          gpus_per_unit=args.gpus_per_unit)
     cfg = load_experiment_config(args.config, args.overrides)
     check_experiment(cfg)  # every refusal the plan can make, before the folder is touched
     with unchanged_on_refusal(args.output_dir):
-        outcome = run_experiment(cfg, args.output_dir, progress=not args.no_progress)
+        outcome = run_experiment(cfg, args.output_dir, progress=not args.no_progress, execution=execution)
     print(f"results: {outcome.output_dir / 'results.json'}")
     if outcome.report is not None:
         print(f"report:  {outcome.report}")

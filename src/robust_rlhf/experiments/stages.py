@@ -1,5 +1,9 @@
 """The experiment's units: data, proxy reward models, best-of-n pools and their proxy scores,
-policy runs (via the policy recipes), and the shifted evaluation sets of seed 001."""
+policy runs (via the policy recipes), and the shifted evaluation sets of seed 001.
+
+Each ``*_unit`` function declares a `Unit`: its key, its fingerprint spec, a module-level
+``_run_*`` function with picklable arguments (the unit may run in another process or on another
+machine) and the keys of the units whose folders it reads (``after``)."""
 
 from __future__ import annotations
 
@@ -14,6 +18,10 @@ from robust_rlhf.experiments.config import ExperimentConfig, MethodSpec, Prompts
 from robust_rlhf.experiments.units import Unit, read_json
 from robust_rlhf.policy.tracking import _flatten
 from robust_rlhf.utils import atomic_write_json, atomic_write_jsonl
+
+
+DATA_KEY = "data"
+"""the data unit's key: every unit reads its prompts or preference files"""
 
 
 def load_prompts(cfg: PromptsConfig) -> list[str]:
@@ -31,32 +39,33 @@ def load_prompts(cfg: PromptsConfig) -> list[str]:
     return prompts
 
 
-def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
-    def run(folder: Path) -> dict:
-        from robust_rlhf.data.builtin_task import TaskConfig, build_task
+def _run_data(folder: Path, cfg: ExperimentConfig, prompts: list[str]) -> dict:
+    from robust_rlhf.data.builtin_task import TaskConfig, build_task
 
-        atomic_write_jsonl(folder / "prompts.jsonl", ({"prompt": p} for p in prompts))
-        d = cfg.data
-        if d.source == "builtin":
-            from robust_rlhf.data.preferences import FIXTURE_DIR, SPLITS
+    atomic_write_jsonl(folder / "prompts.jsonl", ({"prompt": p} for p in prompts))
+    d = cfg.data
+    if d.source == "builtin":
+        from robust_rlhf.data.preferences import FIXTURE_DIR, SPLITS
 
-            if cfg.gold != "vader":
-                raise UserError("data.source=builtin holds VADER labels; use gold: vader or data.source: generate")
-            summary = json.loads((FIXTURE_DIR / "builtin_task.json").read_text())["summary"]
-            for split in SPLITS:
-                shutil.copyfile(FIXTURE_DIR / f"builtin_{split}.jsonl", folder / f"builtin_{split}.jsonl")
-            return summary
-        fields = {k: v for k, v in config_to_dict(d).items() if k != "source"}
-        fields["split_fractions"] = tuple(fields["split_fractions"])
-        task = TaskConfig(policy=cfg.policy, gold=cfg.gold, **fields)
-        summary = build_task(task, folder, prompts)
-        for split in ("train", "validation", "test"):
-            if summary[split]["pairs"] == 0:
-                raise UserError(f"data: the {split} split got no preference pairs; use more prompts or completions")
+        if cfg.gold != "vader":
+            raise UserError("data.source=builtin holds VADER labels; use gold: vader or data.source: generate")
+        summary = json.loads((FIXTURE_DIR / "builtin_task.json").read_text())["summary"]
+        for split in SPLITS:
+            shutil.copyfile(FIXTURE_DIR / f"builtin_{split}.jsonl", folder / f"builtin_{split}.jsonl")
         return summary
+    fields = {k: v for k, v in config_to_dict(d).items() if k != "source"}
+    fields["split_fractions"] = tuple(fields["split_fractions"])
+    task = TaskConfig(policy=cfg.policy, gold=cfg.gold, **fields)
+    summary = build_task(task, folder, prompts)
+    for split in ("train", "validation", "test"):
+        if summary[split]["pairs"] == 0:
+            raise UserError(f"data: the {split} split got no preference pairs; use more prompts or completions")
+    return summary
 
+
+def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
     spec = {"policy": cfg.policy, "gold": cfg.gold, "prompts": prompts, "data": config_to_dict(cfg.data)}
-    return Unit("data", "data", spec, run)
+    return Unit(DATA_KEY, "data", spec, _run_data, {"cfg": cfg, "prompts": prompts})
 
 
 def rm_config(spec: RewardModelSpec, data_dir: Path, seed: int, device: str):
@@ -70,27 +79,28 @@ def rm_config(spec: RewardModelSpec, data_dir: Path, seed: int, device: str):
     return build_dataclass(RewardTrainConfig, raw, f"reward_models[{spec.name}]")
 
 
+def _run_rm(folder: Path, rm_cfg, data_dir: Path) -> dict:
+    from robust_rlhf.data.preferences import load_preferences
+    from robust_rlhf.report.reward_eval import write_eval_report
+    from robust_rlhf.reward.evaluate import evaluate_reward_model
+    from robust_rlhf.reward.model import RewardModel
+    from robust_rlhf.reward.train import train_reward_model
+
+    train_reward_model(rm_cfg, folder / "model")
+    model = RewardModel.from_pretrained(folder / "model")
+    test = load_preferences(data_dir / "builtin_test.jsonl")
+    metrics, arrays = evaluate_reward_model(model, test)
+    write_eval_report(metrics, arrays, folder / "eval")
+    keep = {k: [float(x) for x in arrays[k]] for k in ("chosen_var", "diff_var") if k in arrays}
+    atomic_write_json(folder / "eval" / "arrays.json", keep)
+    return {"accuracy": metrics["accuracy"], "accuracy_ci95": metrics["accuracy_ci95"],
+            "num_heads": metrics["num_heads"], "head_type": rm_cfg.model.head_type}
+
+
 def rm_unit(spec: RewardModelSpec, data: Unit, data_dir: Path, cfg: ExperimentConfig) -> Unit:
     rm_cfg = rm_config(spec, data_dir, cfg.data.seed, cfg.device)
-
-    def run(folder: Path) -> dict:
-        from robust_rlhf.data.preferences import load_preferences
-        from robust_rlhf.report.reward_eval import write_eval_report
-        from robust_rlhf.reward.evaluate import evaluate_reward_model
-        from robust_rlhf.reward.model import RewardModel
-        from robust_rlhf.reward.train import train_reward_model
-
-        train_reward_model(rm_cfg, folder / "model")
-        model = RewardModel.from_pretrained(folder / "model")
-        test = load_preferences(data_dir / "builtin_test.jsonl")
-        metrics, arrays = evaluate_reward_model(model, test)
-        write_eval_report(metrics, arrays, folder / "eval")
-        keep = {k: [float(x) for x in arrays[k]] for k in ("chosen_var", "diff_var") if k in arrays}
-        atomic_write_json(folder / "eval" / "arrays.json", keep)
-        return {"accuracy": metrics["accuracy"], "accuracy_ci95": metrics["accuracy_ci95"],
-                "num_heads": metrics["num_heads"], "head_type": rm_cfg.model.head_type}
-
-    return Unit(f"rm/{spec.name}", "reward models", {"data": data.fingerprint, "rm": config_to_dict(rm_cfg)}, run)
+    return Unit(f"rm/{spec.name}", "reward models", {"data": data.fingerprint, "rm": config_to_dict(rm_cfg)},
+                _run_rm, {"rm_cfg": rm_cfg, "data_dir": data_dir}, after=(data.key,))
 
 
 def eval_prompts(cfg: ExperimentConfig, prompts_file: Path) -> list[str]:
@@ -106,50 +116,54 @@ def pool_unit(cfg: ExperimentConfig, seed: int, data: Unit, prompts_file: Path) 
     """N base-policy samples per held-out prompt, gold-scored: best-of-n for every n <= N and
     the reference policy's gold reward (n = 1) come from it."""
     ev = cfg.evaluation
-
-    def run(folder: Path) -> dict:
-        import torch
-
-        from robust_rlhf.gold import load_gold
-        from robust_rlhf.models.generation import SamplingConfig, generate
-        from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
-
-        prompts = eval_prompts(cfg, prompts_file)
-        lm = load_causal_lm(cfg.policy).eval()
-        tok = load_tokenizer(cfg.policy)
-        flat = [p for p in prompts for _ in range(ev.pool_size)]
-        torch.manual_seed(1_000_003 * seed + 17)
-        ro = generate(lm, tok, flat, SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature))
-        gold = load_gold(cfg.gold)(ro.prompts, ro.responses)
-        N = ev.pool_size
-        pool = {"prompts": prompts, "pool_size": N,
-                "responses": [ro.responses[i * N : (i + 1) * N] for i in range(len(prompts))],
-                "gold": [gold[i * N : (i + 1) * N] for i in range(len(prompts))]}
-        atomic_write_json(folder / "pool.json", pool)
-        return {"gold_mean": sum(gold) / len(gold), "num_prompts": len(prompts)}
-
     spec = {"data": data.fingerprint, "policy": cfg.policy, "gold": cfg.gold, "evaluation": config_to_dict(ev),
             "seed": seed}
-    return Unit(f"pool/s{seed}", "best-of-n pools", spec, run)
+    return Unit(f"pool/s{seed}", "best-of-n pools", spec, _run_pool,
+                {"cfg": cfg, "seed": seed, "prompts_file": prompts_file}, after=(data.key,))
+
+
+def _run_pool(folder: Path, cfg: ExperimentConfig, seed: int, prompts_file: Path) -> dict:
+    import torch
+
+    from robust_rlhf.gold import load_gold
+    from robust_rlhf.models.generation import SamplingConfig, generate
+    from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
+
+    ev = cfg.evaluation
+    prompts = eval_prompts(cfg, prompts_file)
+    lm = load_causal_lm(cfg.policy).eval()
+    tok = load_tokenizer(cfg.policy)
+    flat = [p for p in prompts for _ in range(ev.pool_size)]
+    torch.manual_seed(1_000_003 * seed + 17)
+    ro = generate(lm, tok, flat, SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature))
+    gold = load_gold(cfg.gold)(ro.prompts, ro.responses)
+    N = ev.pool_size
+    pool = {"prompts": prompts, "pool_size": N,
+            "responses": [ro.responses[i * N : (i + 1) * N] for i in range(len(prompts))],
+            "gold": [gold[i * N : (i + 1) * N] for i in range(len(prompts))]}
+    atomic_write_json(folder / "pool.json", pool)
+    return {"gold_mean": sum(gold) / len(gold), "num_prompts": len(prompts)}
+
+
+def _run_pool_scores(folder: Path, pool_dir: Path, rm_dir: Path) -> dict:
+    from robust_rlhf.reward.model import RewardModel
+
+    p = read_json(pool_dir / "pool.json")
+    model = RewardModel.from_pretrained(rm_dir / "model")
+    prompts = [x for x, rs in zip(p["prompts"], p["responses"]) for _ in rs]
+    responses = [r for rs in p["responses"] for r in rs]
+    out = model.score(prompts, responses)
+    atomic_write_json(folder / "scores.json", {
+        "per_head": out.per_head.tolist(),
+        "per_head_std": None if out.per_head_std is None else out.per_head_std.tolist(),
+        "head_stats": model.config.head_stats})
+    return {"num_samples": len(responses)}
 
 
 def pool_score_unit(rm: Unit, pool: Unit, root: Path) -> Unit:
-    def run(folder: Path) -> dict:
-        from robust_rlhf.reward.model import RewardModel
-
-        p = read_json(root / pool.key / "pool.json")
-        model = RewardModel.from_pretrained(root / rm.key / "model")
-        prompts = [x for x, rs in zip(p["prompts"], p["responses"]) for _ in rs]
-        responses = [r for rs in p["responses"] for r in rs]
-        out = model.score(prompts, responses)
-        atomic_write_json(folder / "scores.json", {
-            "per_head": out.per_head.tolist(),
-            "per_head_std": None if out.per_head_std is None else out.per_head_std.tolist(),
-            "head_stats": model.config.head_stats})
-        return {"num_samples": len(responses)}
-
     rm_name, seed = rm.key.split("/", 1)[1], pool.key.split("/", 1)[1]
-    return Unit(f"pool_scores/{rm_name}/{seed}", "best-of-n pools", {"rm": rm.fingerprint, "pool": pool.fingerprint}, run)
+    return Unit(f"pool_scores/{rm_name}/{seed}", "best-of-n pools", {"rm": rm.fingerprint, "pool": pool.fingerprint},
+                _run_pool_scores, {"pool_dir": root / pool.key, "rm_dir": root / rm.key}, after=(rm.key, pool.key))
 
 
 # ---------------------------------------------------------------------------- policy runs
@@ -264,7 +278,7 @@ def policy_unit(cfg: ExperimentConfig, method: MethodSpec, seed: int, head: int 
                  key: str | None = None, stage: str = "policies") -> Unit:
     rm_dir = root / rm.key / "model"
     cfg_dict = policy_config_dict(cfg, method, seed, rm_dir, prompts_file, kl_coef, steps)
-    cls, train = trainer(method.type)
+    cls, _ = trainer(method.type)
     policy_cfg = build_dataclass(cls, cfg_dict, f"methods[{method.name}]")
 
     keep_var = head is not None and bool(getattr(getattr(policy_cfg, "kl", None), "variance_aware", False))
@@ -272,21 +286,25 @@ def policy_unit(cfg: ExperimentConfig, method: MethodSpec, seed: int, head: int 
         raise UserError(f"method {method.name!r}: variance-aware training per head needs aggregator mean "
                         f"(the reward is the head's own), got {method.aggregator.name}")
 
-    def run(folder: Path) -> dict:
-        source = _ExperimentRewardSource(rm_dir, head, keep_ensemble_variance=keep_var)
-        train(policy_cfg, folder, reward_source=source)
-        shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the final policy/ stays
-        rows = [r for r in read_metrics(folder) if r.get("gold_reward") is not None]
-        if not rows:
-            raise UserError(f"{folder}: the run logged no gold evaluation (set log.eval_every > 0)")
-        last = rows[-1]
-        return {"final_gold": last["gold_reward"], "final_kl": last.get("gold/kl", last.get("kl")),
-                "final_proxy": last.get("gold/proxy_reward")}
-
     suffix = f"s{seed}" + ("" if head is None else f"-h{head}")
     spec = {"rm": rm.fingerprint, "prompts": str(prompts_file), "config": config_to_dict(policy_cfg), "head": head,
             "type": method.type}
-    return Unit(key or f"runs/{method.name}/{suffix}", stage, spec, run)
+    args = {"policy_cfg": policy_cfg, "method_type": method.type, "rm_dir": rm_dir, "head": head, "keep_var": keep_var}
+    return Unit(key or f"runs/{method.name}/{suffix}", stage, spec, _run_policy, args,
+                after=(DATA_KEY, rm.key))
+
+
+def _run_policy(folder: Path, policy_cfg, method_type: str, rm_dir: Path, head: int | None, keep_var: bool) -> dict:
+    _, train = trainer(method_type)
+    source = _ExperimentRewardSource(rm_dir, head, keep_ensemble_variance=keep_var)
+    train(policy_cfg, folder, reward_source=source)
+    shutil.rmtree(folder / "checkpoints", ignore_errors=True)  # the final policy/ stays
+    rows = [r for r in read_metrics(folder) if r.get("gold_reward") is not None]
+    if not rows:
+        raise UserError(f"{folder}: the run logged no gold evaluation (set log.eval_every > 0)")
+    last = rows[-1]
+    return {"final_gold": last["gold_reward"], "final_kl": last.get("gold/kl", last.get("kl")),
+            "final_proxy": last.get("gold/proxy_reward")}
 
 
 # ---------------------------------------------------------------------------- shifted sets (seed 001)
@@ -302,57 +320,60 @@ SHIFT_SETS = ("prompt", "response", "in_domain")
 def shift_sets_unit(cfg: ExperimentConfig, data: Unit, prompts_file: Path) -> Unit:
     """The shifted evaluation sets: responses_per_prompt base-policy responses per prompt, gold-scored."""
     sh, ev = cfg.shift, cfg.evaluation
-
-    def run(folder: Path) -> dict:
-        import torch
-
-        from robust_rlhf.data.prompts import load_prompts_file
-        from robust_rlhf.gold import load_gold
-        from robust_rlhf.models.generation import SamplingConfig, generate
-        from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
-
-        shifted = load_prompts_file(sh.prompt_source) if sh.prompt_source else list(SHIFTED_PROMPTS)
-        held_out = eval_prompts(cfg, prompts_file)
-        plan = {"prompt": (shifted[: sh.num_prompts], ev.temperature),
-                "response": (held_out[: sh.num_prompts], sh.response_temperature),
-                "in_domain": (held_out[: sh.num_prompts], ev.temperature)}
-        lm = load_causal_lm(cfg.policy).eval()
-        tok = load_tokenizer(cfg.policy)
-        gold_fn = load_gold(cfg.gold)
-        n = sh.responses_per_prompt
-        sets = {}
-        for i, (name, (prompts, temp)) in enumerate(plan.items()):
-            flat = [p for p in prompts for _ in range(n)]
-            torch.manual_seed(1_000_003 * sh.seed + 31 * i + 5)
-            ro = generate(lm, tok, flat, SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=temp))
-            gold = gold_fn(ro.prompts, ro.responses)
-            sets[name] = {"prompts": list(prompts), "temperature": temp,
-                          "responses": [ro.responses[j * n : (j + 1) * n] for j in range(len(prompts))],
-                          "gold": [gold[j * n : (j + 1) * n] for j in range(len(prompts))]}
-        atomic_write_json(folder / "sets.json", sets)
-        return {name: len(s["prompts"]) for name, s in sets.items()}
-
     spec = {"data": data.fingerprint, "policy": cfg.policy, "gold": cfg.gold, "shift": config_to_dict(sh),
             "evaluation": config_to_dict(ev)}
-    return Unit("shift/sets", "shifted sets", spec, run)
+    return Unit("shift/sets", "shifted sets", spec, _run_shift_sets, {"cfg": cfg, "prompts_file": prompts_file},
+                after=(data.key,))
+
+
+def _run_shift_sets(folder: Path, cfg: ExperimentConfig, prompts_file: Path) -> dict:
+    import torch
+
+    from robust_rlhf.data.prompts import load_prompts_file
+    from robust_rlhf.gold import load_gold
+    from robust_rlhf.models.generation import SamplingConfig, generate
+    from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
+
+    sh, ev = cfg.shift, cfg.evaluation
+    shifted = load_prompts_file(sh.prompt_source) if sh.prompt_source else list(SHIFTED_PROMPTS)
+    held_out = eval_prompts(cfg, prompts_file)
+    plan = {"prompt": (shifted[: sh.num_prompts], ev.temperature),
+            "response": (held_out[: sh.num_prompts], sh.response_temperature),
+            "in_domain": (held_out[: sh.num_prompts], ev.temperature)}
+    lm = load_causal_lm(cfg.policy).eval()
+    tok = load_tokenizer(cfg.policy)
+    gold_fn = load_gold(cfg.gold)
+    n = sh.responses_per_prompt
+    sets = {}
+    for i, (name, (prompts, temp)) in enumerate(plan.items()):
+        flat = [p for p in prompts for _ in range(n)]
+        torch.manual_seed(1_000_003 * sh.seed + 31 * i + 5)
+        ro = generate(lm, tok, flat, SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=temp))
+        gold = gold_fn(ro.prompts, ro.responses)
+        sets[name] = {"prompts": list(prompts), "temperature": temp,
+                      "responses": [ro.responses[j * n : (j + 1) * n] for j in range(len(prompts))],
+                      "gold": [gold[j * n : (j + 1) * n] for j in range(len(prompts))]}
+    atomic_write_json(folder / "sets.json", sets)
+    return {name: len(s["prompts"]) for name, s in sets.items()}
 
 
 def shift_score_unit(rm: Unit, sets: Unit, root: Path) -> Unit:
     """One proxy on the shifted sets: its reward (mean over heads) and the hidden-state norm of every response."""
-
-    def run(folder: Path) -> dict:
-        from robust_rlhf.reward.model import RewardModel
-
-        data = read_json(root / sets.key / "sets.json")
-        model = RewardModel.from_pretrained(root / rm.key / "model")
-        out = {}
-        for name, s in data.items():
-            prompts = [p for p, rs in zip(s["prompts"], s["responses"]) for _ in rs]
-            responses = [r for rs in s["responses"] for r in rs]
-            scores, feats = model.score(prompts, responses, return_features=True)
-            out[name] = {"reward": scores.mean.tolist(), "norm": feats.double().norm(dim=1).tolist()}
-        atomic_write_json(folder / "scores.json", out)
-        return {name: len(v["reward"]) for name, v in out.items()}
-
     rm_name = rm.key.split("/", 1)[1]
-    return Unit(f"shift/scores/{rm_name}", "shifted sets", {"rm": rm.fingerprint, "sets": sets.fingerprint}, run)
+    return Unit(f"shift/scores/{rm_name}", "shifted sets", {"rm": rm.fingerprint, "sets": sets.fingerprint},
+                _run_shift_scores, {"sets_dir": root / sets.key, "rm_dir": root / rm.key}, after=(rm.key, sets.key))
+
+
+def _run_shift_scores(folder: Path, sets_dir: Path, rm_dir: Path) -> dict:
+    from robust_rlhf.reward.model import RewardModel
+
+    data = read_json(sets_dir / "sets.json")
+    model = RewardModel.from_pretrained(rm_dir / "model")
+    out = {}
+    for name, s in data.items():
+        prompts = [p for p, rs in zip(s["prompts"], s["responses"]) for _ in rs]
+        responses = [r for rs in s["responses"] for r in rs]
+        scores, feats = model.score(prompts, responses, return_features=True)
+        out[name] = {"reward": scores.mean.tolist(), "norm": feats.double().norm(dim=1).tolist()}
+    atomic_write_json(folder / "scores.json", out)
+    return {name: len(v["reward"]) for name, v in out.items()}

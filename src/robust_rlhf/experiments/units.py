@@ -1,9 +1,14 @@
 """Cached units of work: a unit fills its own folder under OUTPUT/units/ and is marked finished
 by a ``done`` file written atomically *last*, holding a fingerprint (a hash of everything the
-unit depends on) and the size of every file the unit wrote. `UnitRunner` skips finished units
-whose files are all still whole, wipes a folder left by different inputs, and lets an unfinished
-one continue (policy runs resume from their own checkpoints); a finished unit with a torn or
-unreadable file (its size changed, a broken marker) counts as unfinished and is recomputed."""
+unit depends on) and the size of every file the unit wrote. A finished unit with a torn or
+unreadable file (its size changed, a broken marker) counts as unfinished and is recomputed
+(`read_done`). `execute_unit` wipes a folder left by different inputs, lets an unfinished one
+continue (policy runs resume from their own checkpoints) and writes the unit's log to
+``log.txt`` in its folder. Which units run when, and where, is `robust_rlhf.experiments.scheduler`.
+
+A `Unit` is a picklable description -- a module-level function and its arguments -- so the same
+unit runs in this process, in a local worker process or as a Ray task on another machine.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +17,7 @@ import json
 import logging
 import shutil
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,6 +28,7 @@ log = logging.getLogger(__name__)
 
 DONE_FILE = "done"
 UNIT_FILE = "unit.json"
+LOG_FILE = "log.txt"
 
 
 def fingerprint(spec: Any) -> str:
@@ -48,9 +54,9 @@ def _read_object(path: Path) -> dict | None:
 
 
 def file_sizes(folder: Path) -> dict[str, int]:
-    """Relative path -> size of every file in a unit folder (its done marker excepted)."""
+    """Relative path -> size of every file in a unit folder (its done marker and log excepted)."""
     return {str(p.relative_to(folder)): p.stat().st_size for p in sorted(folder.rglob("*"))
-            if p.is_file() and not p.is_symlink() and p.name != DONE_FILE}
+            if p.is_file() and not p.is_symlink() and p.name not in (DONE_FILE, LOG_FILE)}
 
 
 def torn_file(folder: Path, sizes: dict) -> str | None:
@@ -68,9 +74,13 @@ def units_root(output_dir: Path) -> Path:
     return output_dir / "units"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Unit:
-    """One cacheable piece of work: ``run(folder)`` fills the folder and returns a summary."""
+    """One cacheable piece of work: ``fn(folder, **args)`` fills the folder and returns a summary.
+
+    ``fn`` must be a module-level function and ``args`` picklable: a unit travels to worker
+    processes and Ray nodes (a closure cannot).
+    """
 
     key: str
     """folder under units/, e.g. rm/bt or runs/ppo-mean/s0"""
@@ -78,94 +88,99 @@ class Unit:
     """shown in progress: data, reward models, pools, calibration, policies"""
     spec: dict
     """everything the result depends on (its fingerprint decides whether a cached result is valid)"""
-    run: Callable[[Path], dict]
-    """does the work into the folder; the returned dict is stored in the done marker"""
+    fn: Callable[..., dict]
+    """does the work into the folder (first argument); the returned dict is stored in the done marker"""
+    args: dict = field(default_factory=dict)
+    """keyword arguments of ``fn`` (picklable: paths, configs, numbers)"""
+    after: tuple[str, ...] = ()
+    """keys of the units whose folders this one reads (they finish first)"""
+
+    def __post_init__(self) -> None:
+        qualname = getattr(self.fn, "__qualname__", "")
+        if not callable(self.fn) or "<locals>" in qualname or "<lambda>" in qualname or not getattr(self.fn, "__module__", None):
+            raise TypeError(f"unit {self.key!r}: fn must be a module-level function (units travel to worker "
+                            f"processes), got {qualname or self.fn!r}")
 
     @property
     def fingerprint(self) -> str:
         return fingerprint(self.spec)
 
+    def run(self, folder: Path) -> dict:
+        return self.fn(folder, **self.args) or {}
 
-class UnitRunner:
-    """Executes units once: a unit with a valid ``done`` marker is skipped; a folder left by a
-    unit of different inputs is wiped first; ``done`` is written atomically and last.
 
-    Args:
-        root: the units/ folder.
-        total: planned number of units (progress bar; grows if more are added).
-        on_unit_start: test hook called with the unit key before the unit runs (e.g. to
-            inject a crash).
-        before_run: called just before each unit that runs (not a cached one), while nothing of
-            ours is busy: the lab re-checks its torch thread count here (`robust_rlhf.threads`).
+def read_done(root: Path, unit: Unit) -> dict | None:
+    """The unit's done record (``fingerprint``, ``seconds``, ``summary``, ``files``) when it is
+    finished with these inputs and every file it wrote is still whole; None otherwise (missing,
+    left by other inputs, or torn: a torn marker or file makes the unit recompute from scratch)."""
+    folder = root / unit.key
+    marker = folder / DONE_FILE
+    if not marker.exists():
+        return None
+    done = _read_object(marker)
+    if done is None or not isinstance(done.get("files"), dict) or "summary" not in done:
+        log.warning("%s: its done marker is torn or unreadable; recomputing this unit", unit.key)
+        return None
+    if done.get("fingerprint") != unit.fingerprint:
+        return None
+    torn = torn_file(folder, done["files"])
+    if torn is not None:
+        log.warning("%s: %s is torn or gone since the unit finished; recomputing this unit", unit.key, torn)
+        marker.unlink(missing_ok=True)
+        (folder / UNIT_FILE).unlink(missing_ok=True)  # a cache: start it afresh
+        return None
+    return done
+
+
+class _UnitLog:
+    """Copies the records of this process to ``folder/log.txt`` (appending: a resumed unit keeps
+    the log of its earlier attempts) while the unit runs."""
+
+    def __init__(self, folder: Path) -> None:
+        self.handler = logging.FileHandler(folder / LOG_FILE, encoding="utf-8")
+        self.handler.setLevel(logging.INFO)
+        self.handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+        self.ours = logging.getLogger("robust_rlhf")
+        self.level = self.ours.level
+
+    def __enter__(self) -> None:
+        logging.getLogger().addHandler(self.handler)
+        if not self.ours.isEnabledFor(logging.INFO):
+            self.ours.setLevel(logging.INFO)
+
+    def __exit__(self, *exc) -> None:
+        logging.getLogger().removeHandler(self.handler)
+        self.ours.setLevel(self.level)
+        self.handler.close()
+
+
+def execute_unit(unit: Unit, root: str | Path) -> dict:
+    """Run one unit into ``root/unit.key`` (in whichever process or node this is called).
+
+    A folder left by a unit of different inputs is wiped; one of the same inputs is continued.
+    ``unit.json`` is written first, ``done`` atomically last -- a unit killed in between leaves
+    no ``done``, so the cache never holds half a unit.
+
+    Returns:
+        the done record: ``{"fingerprint", "seconds", "summary", "files"}``.
     """
-
-    def __init__(self, root: Path, total: int, on_unit_start: Callable[[str], None] | None = None,
-                 progress: bool = True, before_run: Callable[[], None] | None = None) -> None:
-        from tqdm.auto import tqdm
-
-        self.root = root
-        self.executed: list[str] = []
-        self.skipped: list[str] = []
-        self.on_unit_start = on_unit_start
-        self.before_run = before_run
-        self.bar = tqdm(total=total, desc="experiment", unit="unit", disable=not progress, dynamic_ncols=True)
-
-    def is_done(self, unit: Unit) -> bool:
-        """A valid marker of these inputs, and every file the unit wrote still whole."""
-        marker = self.root / unit.key / DONE_FILE
-        if not marker.exists():
-            return False
-        done = _read_object(marker)
-        if done is None or not isinstance(done.get("files"), dict) or "summary" not in done:
-            log.warning("%s: its done marker is torn or unreadable; recomputing this unit", unit.key)
-            return False
-        if done.get("fingerprint") != unit.fingerprint:
-            return False
-        torn = torn_file(self.root / unit.key, done["files"])
-        if torn is not None:
-            log.warning("%s: %s is torn or gone since the unit finished; recomputing this unit", unit.key, torn)
-            marker.unlink(missing_ok=True)
-            (self.root / unit.key / UNIT_FILE).unlink(missing_ok=True)  # a cache: start it afresh
-            return False
-        return True
-
-    def __call__(self, unit: Unit) -> dict:
-        folder = self.root / unit.key
-        if self.is_done(unit):
-            self.skipped.append(unit.key)
-            self.bar.update(1)
-            return read_json(folder / DONE_FILE)["summary"]
-        if folder.exists():
-            recorded = folder / UNIT_FILE
-            same = (_read_object(recorded) or {}).get("fingerprint") == unit.fingerprint
-            if not same:
-                log.info("%s: inputs changed (or unknown leftovers); starting this unit afresh", unit.key)
-                shutil.rmtree(folder)
-            else:
-                log.info("%s: continuing an unfinished unit", unit.key)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(folder / UNIT_FILE, {"key": unit.key, "fingerprint": unit.fingerprint, "spec": unit.spec})
-        done = len(self.executed) + len(self.skipped)
-        self.bar.set_description(f"{unit.stage}")
-        self.bar.set_postfix_str(unit.key, refresh=True)
-        log.info("[%d/%d] %s: %s", done + 1, self.bar.total, unit.stage, unit.key)
-        if self.on_unit_start is not None:
-            self.on_unit_start(unit.key)
-        if self.before_run is not None:
-            self.before_run()
+    folder = Path(root) / unit.key
+    if folder.exists():
+        recorded = folder / UNIT_FILE
+        same = (_read_object(recorded) or {}).get("fingerprint") == unit.fingerprint
+        if not same:
+            log.info("%s: inputs changed (or unknown leftovers); starting this unit afresh", unit.key)
+            shutil.rmtree(folder)
+        else:
+            log.info("%s: continuing an unfinished unit", unit.key)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / UNIT_FILE, {"key": unit.key, "fingerprint": unit.fingerprint, "spec": unit.spec})
+    with _UnitLog(folder):
+        log.info("%s (%s) started", unit.key, unit.stage)
         t0 = time.time()
-        summary = unit.run(folder) or {}
+        summary = unit.run(folder)
         seconds = time.time() - t0
-        atomic_write_json(folder / DONE_FILE, {"fingerprint": unit.fingerprint, "seconds": seconds, "summary": summary,
-                                               "files": file_sizes(folder)})
-        self.executed.append(unit.key)
-        self.bar.update(1)
-        log.info("%s finished in %.0f s", unit.key, seconds)
-        return summary
-
-    def grow(self, n: int) -> None:
-        self.bar.total += n
-        self.bar.refresh()
-
-    def close(self) -> None:
-        self.bar.close()
+        log.info("%s finished in %.1f s", unit.key, seconds)
+    done = {"fingerprint": unit.fingerprint, "seconds": seconds, "summary": summary, "files": file_sizes(folder)}
+    atomic_write_json(folder / DONE_FILE, done)
+    return done
