@@ -342,7 +342,8 @@ def shift_score_unit(rm: Unit, sets: Unit, root: Path) -> Unit:
             prompts = [p for p, rs in zip(s["prompts"], s["responses"]) for _ in rs]
             responses = [r for rs in s["responses"] for r in rs]
             scores, feats = model.score(prompts, responses, return_features=True)
-            out[name] = {"reward": scores.mean.tolist(), "norm": feats.double().norm(dim=1).tolist()}
+            out[name] = {"reward": scores.mean.tolist(), "norm": feats.double().norm(dim=1).tolist(),
+                         "per_head": scores.per_head.tolist()}  # (R, K): uncertainty under shift (uncertainty_shift.py)
         atomic_write_json(folder / "scores.json", out)
         return {name: len(v["reward"]) for name, v in out.items()}
 

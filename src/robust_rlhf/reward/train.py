@@ -328,6 +328,10 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
 
     # Validate everything -- config, output location, inputs, resources -- before the first
     # write, so bad input leaves the output folder exactly as it was.
+    if cfg.model.head_type == "deep_ensemble":  # K whole member runs (reward/deep_ensemble.py)
+        from robust_rlhf.reward.deep_ensemble import train_deep_ensemble
+
+        return train_deep_ensemble(cfg, output_dir)
     out = check_output_dir(output_dir)
     t0 = time.time()
     _check_run_config(cfg, out)
@@ -388,7 +392,12 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
             train_feats = cached_features(model, train, cache / "train_features.safetensors")
             val_feats = cached_features(model, val, cache / "val_features.safetensors") if val else None
         t_stage2 = time.time()
-        summary["stage2"] = train_stage2(model, train_feats, val_feats, stage1_head, cfg, log_rows, device)
+        if cfg.laplace.enabled:  # Bayesian last layer: K heads drawn around the stage-1 head (reward/laplace.py)
+            from robust_rlhf.reward.laplace import laplace_heads
+
+            summary["stage2"] = laplace_heads(model, train_feats, stage1_head, cfg)
+        else:
+            summary["stage2"] = train_stage2(model, train_feats, val_feats, stage1_head, cfg, log_rows, device)
         summary["stage2"].update(features_s=t_stage2 - t_feat, heads_s=time.time() - t_stage2)
         model.heads.to(device)
     else:
