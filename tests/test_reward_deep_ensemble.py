@@ -61,7 +61,7 @@ def test_deep_ensemble_presets_tiny_run(tmp_path, preset, data):
         inp.write_text("".join(json.dumps({"prompt": p, "response": r}) + "\n" for p, r in zip(PROMPTS, RESPONSES)))
         assert main(["rm", "score", "--model", str(out), "--input", str(inp), "--output", str(tmp_path / "o.jsonl")]) == 0
         rows = [json.loads(l) for l in open(tmp_path / "o.jsonl")]
-        assert [r["rewards_per_head"] for r in rows] == pytest.approx(scores.per_head.tolist(), abs=1e-5)
+        torch.testing.assert_close(torch.tensor([r["rewards_per_head"] for r in rows]), scores.per_head, rtol=0, atol=1e-5)
         p0 = {json.loads(l)["prompt"] for l in open(out / "members" / "data" / "member_0.jsonl")}
         p1 = {json.loads(l)["prompt"] for l in open(out / "members" / "data" / "member_1.jsonl")}
         assert not p0 & p1 and sum(sizes) == 24
