@@ -53,6 +53,8 @@ def test_overscoring_by_hand():
     assert r["threshold"] == pytest.approx(0.75 * 2 * b)  # 75th percentile of the 6 values (linear)
     # positives: 2a (std .3) and 2b (std .4); negatives .1 .2 .5 .05 -> 6 of 8 comparisons won
     assert r["auroc"] == pytest.approx(6 / 8)
+    # baseline z(proxy): positives a, 2b above every negative z (-a, 0, -b, -b)
+    assert r["auroc_proxy_baseline"] == pytest.approx(1.0)
     std_ranks = [2, 3, 4, 6, 1, 5]
     o_ranks = [1, 4, 6, 2.5, 2.5, 5]
     assert r["spearman"] == pytest.approx(np.corrcoef(std_ranks, o_ranks)[0, 1])

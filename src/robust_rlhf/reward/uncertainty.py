@@ -12,7 +12,7 @@ Metrics (issue 23):
   pick's std for "the pick's gold is below its prompt's median gold" (a reward-hacked pick);
 * `overscoring`: within-prompt over-scoring ``z(proxy) - z(gold)`` (z = standardised across the
   prompt's N responses); AUROC of the std for over-scoring in the top quartile of all texts, and
-  Spearman of std vs over-scoring;
+  Spearman of std vs over-scoring; beside them the AUROC of z(proxy) itself (the baseline);
 * `lcb_pick_gain`: mean gold of the pick by mean - std minus that of the pick by the mean;
 * `bootstrap_se`: standard error of any of these by resampling prompts;
 * `step_overscoring`: the same questions on PPO evaluation samples, per evaluation step (as KL grows).
@@ -69,12 +69,15 @@ def overscoring(proxy: np.ndarray, gold: np.ndarray, std: np.ndarray,
                 quantile: float = OVERSCORING_QUANTILE) -> dict:
     """proxy, gold, std: (P, N). Over-scoring o = z(proxy) - z(gold), z within each prompt (`within_prompt_z`).
     Returns {"auroc": AUROC of std for o above its `quantile` over all P*N texts, "spearman":
-    Spearman(std, o) over all texts, "threshold": that quantile, "overscore": (P, N)}."""
+    Spearman(std, o) over all texts, "auroc_proxy_baseline": AUROC of z(proxy) itself for the same
+    texts (the honest baseline: o grows with z(proxy) by construction, so the std adds something only
+    if it beats this), "threshold": that quantile, "overscore": (P, N)}."""
     proxy, gold, std = (np.asarray(a, dtype=float) for a in (proxy, gold, std))
-    o = within_prompt_z(proxy) - within_prompt_z(gold)  # (P, N)
+    zp = within_prompt_z(proxy)
+    o = zp - within_prompt_z(gold)  # (P, N)
     thr = float(np.quantile(o, quantile))
     return {"auroc": auroc(std.ravel(), o.ravel() > thr), "spearman": spearman(std.ravel(), o.ravel()),
-            "threshold": thr, "overscore": o}
+            "auroc_proxy_baseline": auroc(zp.ravel(), o.ravel() > thr), "threshold": thr, "overscore": o}
 
 
 def lcb_pick_gain(proxy: np.ndarray, gold: np.ndarray, std: np.ndarray, coef: float = 1.0) -> float:
@@ -121,7 +124,8 @@ def pool_uncertainty(per_head: np.ndarray, gold: np.ndarray, per_head_std: np.nd
     out = {"num_prompts": P, "samples_per_prompt": int(proxy.shape[1]), "num_heads": int(per_head.shape[2]),
            "mean_std": float(std.mean()), "top_pick_num_bad": tp["num_bad"],
            "top_pick_auroc": _num(tp["auroc"]), "overscoring_auroc": _num(ov["auroc"]),
-           "overscoring_spearman": _num(ov["spearman"]), "lcb_pick_gold_gain": lcb_pick_gain(proxy, gold, std)}
+           "overscoring_spearman": _num(ov["spearman"]), "overscoring_auroc_proxy_baseline": _num(ov["auroc_proxy_baseline"]),
+           "lcb_pick_gold_gain": lcb_pick_gain(proxy, gold, std)}
     if per_head.shape[2] > 1 or per_head_std is not None:
         out["top_pick_auroc_se"] = _num(bootstrap_se(lambda i: top_pick_flags(proxy[i], gold[i], std[i])["auroc"], P, num_boot, seed))
         ov_boot: dict = {}
