@@ -19,7 +19,7 @@ PKG = "robust_rlhf"
 LAYERS: list[tuple[str, list[str]]] = [
     ("foundation", [PKG, "_lazy", "errors", "utils", "config", "checkpoint", "threads"]),
     ("components", ["models", "data", "gold", "aggregate", "reward", "policy", "integrations"]),
-    ("recipes", ["reward.train", "reward.train_config", "reward.stage2", "policy.recipe", "policy.tracking",
+    ("recipes", ["reward.train", "reward.train_deep_ensemble", "reward.train_config", "reward.stage2", "policy.recipe", "policy.tracking",
                  "policy.ppo", "policy.rloo", "policy.best_of_n"]),
     ("lab", ["experiments", "report"]),
     ("cli", ["cli"]),

@@ -17,7 +17,6 @@ from robust_rlhf.integrations.protocol import ServerConfig
 from robust_rlhf.integrations.server import BackgroundServer, RewardService, create_app
 from robust_rlhf.reward.output import RewardOutput
 
-from test_bad_input_generated import run_bad
 from test_server import fake_score, http
 
 K = 3
@@ -49,12 +48,12 @@ def _finished_experiment(folder: Path) -> Path:
     ("methods=[{name: ppo-mean, type: ppo, reward_model: ens, aggregator: {name: brme_nominal}}]",
      "gaussian"),                                                       # aggregator vs the reward model
 ])
-def test_experiment_bad_override_leaves_finished_and_fresh_folders_unchanged(tmp_path, capsys, override, expected):
+def test_experiment_bad_override_leaves_finished_and_fresh_folders_unchanged(tmp_path, cli_error, override, expected):
     done = _finished_experiment(tmp_path / "done")
-    run_bad(["experiment", "run", "--config", "experiment_tiny", "--output-dir", done, override], capsys, expected,
+    cli_error(["experiment", "run", "--config", "experiment_tiny", "--output-dir", done, override], expected,
             watch=done)
     fresh = tmp_path / "fresh"
-    run_bad(["experiment", "run", "--config", "experiment_tiny", "--output-dir", fresh, override], capsys, expected,
+    cli_error(["experiment", "run", "--config", "experiment_tiny", "--output-dir", fresh, override], expected,
             watch=tmp_path)
     assert not fresh.exists()
 
@@ -65,15 +64,15 @@ def test_experiment_bad_override_leaves_finished_and_fresh_folders_unchanged(tmp
     ("device=cuda:99", "cuda:99"),
     ("model.name=acme-labs/policy-7b", "acme-labs/policy-7b"),
 ])
-def test_policy_bad_override_writes_nothing(tmp_path, capsys, override, expected):
+def test_policy_bad_override_writes_nothing(tmp_path, cli_error, override, expected):
     (tmp_path / "not_a_model").mkdir()
-    run_bad(["policy", "train", "--config", "policy_tiny", "--output-dir", tmp_path / "run",
-             override.format(tmp=tmp_path)], capsys, expected, watch=tmp_path)
+    cli_error(["policy", "train", "--config", "policy_tiny", "--output-dir", tmp_path / "run",
+             override.format(tmp=tmp_path)], expected, watch=tmp_path)
     assert not (tmp_path / "run").exists()
 
 
-def test_rm_train_bad_device_writes_nothing(tmp_path, capsys):
-    run_bad(["rm", "train", "--config", "rm_tiny", "--output-dir", tmp_path / "rm", "device=cuda:42"], capsys,
+def test_rm_train_bad_device_writes_nothing(tmp_path, cli_error):
+    cli_error(["rm", "train", "--config", "rm_tiny", "--output-dir", tmp_path / "rm", "device=cuda:42"],
             "cuda:42", watch=tmp_path)
 
 
@@ -104,9 +103,9 @@ def test_backstop_restores_config_record_when_nothing_else_was_written(tmp_path)
     ("r.jsonl", '{"prompt": [{"role": "narrator", "content": "once"}], "chosen": [{"role": "assistant", '
                 '"content": "a"}], "rejected": [{"role": "assistant", "content": "b"}]}\n', "role 'narrator'"),
 ])
-def test_preference_readers_refuse_surrogates_nul_invisible_and_unknown_roles(tmp_path, capsys, name, content, expected):
+def test_preference_readers_refuse_surrogates_nul_invisible_and_unknown_roles(tmp_path, cli_error, name, content, expected):
     data = write(tmp_path / name, content)
-    run_bad(["rm", "train", "--config", "rm_tiny", "--output-dir", tmp_path / "o", f"data.train={data}"], capsys,
+    cli_error(["rm", "train", "--config", "rm_tiny", "--output-dir", tmp_path / "o", f"data.train={data}"],
             expected, watch=tmp_path)
 
 
@@ -148,11 +147,11 @@ def test_server_trl_and_verl_refuse_bad_text_and_unknown_roles(monkeypatch):
 
 
 # ------------------------------------------------------------------ numbers: flags and results
-def test_simulate_refuses_overflowing_inputs_and_nonfinite_results(tmp_path, capsys):
+def test_simulate_refuses_overflowing_inputs_and_nonfinite_results(tmp_path, cli_error):
     r = write(tmp_path / "r.txt", "3e200\n-2e200\n1e200\n4e200\n")
-    run_bad(["simulate", "bandit", "--r-star", r, "--trials", "5", "--out", tmp_path / "o"], capsys,
+    cli_error(["simulate", "bandit", "--r-star", r, "--trials", "5", "--out", tmp_path / "o"],
             "non-finite value", watch=tmp_path)  # |r*|^2 overflows
-    run_bad(["simulate", "scoring", "--delta", "1e300", "--trials", "5", "--out", tmp_path / "o"], capsys,
+    cli_error(["simulate", "scoring", "--delta", "1e300", "--trials", "5", "--out", tmp_path / "o"],
             "magnitude", watch=tmp_path)
 
 
@@ -165,14 +164,14 @@ def test_simulate_refuses_overflowing_inputs_and_nonfinite_results(tmp_path, cap
     (["--allow-client", "10.0.0.0/33"], "--allow-client"),
     (["--token", "two words"], "printable ASCII"),
 ])
-def test_serve_flags_checked_before_loading(tmp_path, capsys, argv, expected):
-    run_bad(["serve", "--model", tmp_path / "no-model", "--port", "0", *argv], capsys, expected, watch=tmp_path)
+def test_serve_flags_checked_before_loading(tmp_path, cli_error, argv, expected):
+    cli_error(["serve", "--model", tmp_path / "no-model", "--port", "0", *argv], expected, watch=tmp_path)
 
 
 # ------------------------------------------------------------------ folders and saved models
-def test_experiment_report_on_a_folder_of_another_kind(tmp_path, capsys):
+def test_experiment_report_on_a_folder_of_another_kind(tmp_path, cli_error):
     folder = write(tmp_path / "eval" / "results.json", '{"accuracy": 0.7, "num_pairs": 10}').parent
-    run_bad(["experiment", "report", "--output-dir", folder], capsys, "not an experiment's results", watch=tmp_path)
+    cli_error(["experiment", "report", "--output-dir", folder], "not an experiment's results", watch=tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -202,10 +201,10 @@ def _edited_copy(saved_rm: Path, dest: Path, edit) -> Path:
     (lambda c: c.__setitem__("head_stats", {"mean": [0, 0], "std": [1, 1]}), "2 values but the model has 3"),
     (lambda c: c.__setitem__("num_heads", 5), "num_heads=5 in reward_config.json"),
 ])
-def test_saved_model_edits_named_with_file_and_folder(saved_rm, tmp_path, capsys, edit, expected):
+def test_saved_model_edits_named_with_file_and_folder(saved_rm, tmp_path, cli_error, edit, expected):
     model = _edited_copy(saved_rm, tmp_path / "m", edit)
     inp = write(tmp_path / "in.jsonl", '{"prompt": "p", "response": " r"}\n')
-    line = run_bad(["rm", "score", "--model", model, "--input", inp, "--output", tmp_path / "out.jsonl"], capsys,
+    line = cli_error(["rm", "score", "--model", model, "--input", inp, "--output", tmp_path / "out.jsonl"],
                    expected, watch=tmp_path)
     assert str(model) in line
 
@@ -229,14 +228,14 @@ def test_client_refuses_an_empty_token_from_either_source(monkeypatch):
         RewardClient("http://127.0.0.1:9")
 
 
-def test_hub_looking_model_fails_at_once_unless_the_hub_is_enabled(tmp_path, capsys, monkeypatch):
+def test_hub_looking_model_fails_at_once_unless_the_hub_is_enabled(tmp_path, cli_error, monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
     monkeypatch.delenv("ROBUST_RLHF_HUB", raising=False)
     monkeypatch.chdir(tmp_path)
     t0 = time.time()
-    run_bad(["rm", "train", "--config", "rm_tiny", "--output-dir", tmp_path / "o", "model.backbone=zeta-org/enc-small"],
-            capsys, "ROBUST_RLHF_HUB=1", watch=tmp_path)
+    cli_error(["rm", "train", "--config", "rm_tiny", "--output-dir", tmp_path / "o", "model.backbone=zeta-org/enc-small"],
+             "ROBUST_RLHF_HUB=1", watch=tmp_path)
     assert time.time() - t0 < 20  # no network retries
 
 
@@ -367,5 +366,5 @@ def test_verl_function_imports_nothing_outside_the_standard_library():
     (["policy", "train", "--config", "policy_tiny"], "sampling.temperature=1e999"),
     (["rm", "train", "--config", "rm_tiny"], "stage1.lr=NaN"),
 ])
-def test_config_numbers_must_be_finite_even_when_written_as_text(tmp_path, capsys, command, override):
-    run_bad([*command, "--output-dir", tmp_path / "o", override], capsys, "must be a finite number", watch=tmp_path)
+def test_config_numbers_must_be_finite_even_when_written_as_text(tmp_path, cli_error, command, override):
+    cli_error([*command, "--output-dir", tmp_path / "o", override], "must be a finite number", watch=tmp_path)

@@ -42,7 +42,10 @@ def register(sub) -> None:
                                       "variance histograms, uncertainty AUROC and calibration, hidden-state-norm "
                                       "dispersion, reward scale.")
     e.add_argument("--model", required=True, help="folder written by `rm train` (or save_pretrained)")
-    e.add_argument("--data", required=True, help="preference pairs: .jsonl/.csv/.parquet, datasets folder, hf:org/name[:split] or builtin:<split>")
+    e.add_argument("--data", default=None, help="preference pairs: .jsonl/.csv/.parquet, datasets folder, hf:org/name[:split] or builtin:<split>")
+    e.add_argument("--pool", default=None,
+                   help="best-of-n pool for uncertainty under shift (pool/... keys): prompt/response rows, several "
+                        "responses per prompt, gold from --gold or a `gold` field; or builtin:validation|test")
     e.add_argument("--output-dir", required=True, help="where metrics.json and the plots go")
     e.add_argument("--batch-size", type=int, default=64, help="texts per forward pass (default: %(default)s)")
     e.add_argument("--gold", default=None,
@@ -107,16 +110,42 @@ def cmd_eval(args) -> int:
 
     _check_batch_size(args.batch_size)
     check_output_dir(args.output_dir)
+    if args.data is None and args.pool is None:
+        raise UserError("rm eval: give --data (preference pairs), --pool (a best-of-n pool) or both")
     gold = None
     if args.gold is not None:
         from robust_rlhf.gold import load_gold
 
         gold = load_gold(args.gold)  # a bad spec fails before the model is loaded
+    pool = None
+    if args.pool is not None:
+        from robust_rlhf.reward.evaluate import read_pool
+
+        pool = read_pool(args.pool, gold is not None)  # bad rows fail before the model is loaded
     model = RewardModel.from_pretrained(args.model)
-    pairs = load_preferences(args.data)
-    check_prompt_lengths(pairs, model.tokenizer, model.config.max_length)
-    metrics, arrays = evaluate_reward_model(model, pairs, batch_size=args.batch_size, gold=gold)
-    metrics["model"], metrics["data"] = str(args.model), str(args.data)
+    if args.data is not None:
+        pairs = load_preferences(args.data)
+        check_prompt_lengths(pairs, model.tokenizer, model.config.max_length)
+        metrics, arrays = evaluate_reward_model(model, pairs, batch_size=args.batch_size, gold=gold)
+    else:
+        metrics, arrays = {}, {}
+    if pool is not None:
+        from robust_rlhf.reward.evaluate import evaluate_pool
+
+        prompts, responses, pool_gold = pool
+        metrics.update(evaluate_pool(model, prompts, responses, pool_gold if gold is None else gold(prompts, responses),
+                                     batch_size=args.batch_size))
+        metrics["pool"] = str(args.pool)
+    metrics["model"], metrics["data"] = str(args.model), None if args.data is None else str(args.data)
+    if args.data is None:
+        from robust_rlhf.utils import atomic_write_json, write_errors
+
+        with write_errors(Path(args.output_dir)):
+            Path(args.output_dir).mkdir(parents=True, exist_ok=True)
+        atomic_write_json(Path(args.output_dir) / "metrics.json", metrics)
+        _print_pool(metrics)
+        print(f"wrote {Path(args.output_dir) / 'metrics.json'}")
+        return 0
     written = write_eval_report(metrics, arrays, args.output_dir)
     print(f"pairs: {metrics['num_pairs']}   accuracy (mean reward): {metrics['accuracy']:.3f} "
           f"[{metrics['accuracy_ci95'][0]:.3f}, {metrics['accuracy_ci95'][1]:.3f}]   "
@@ -131,8 +160,23 @@ def cmd_eval(args) -> int:
              if metrics.get("uncertainty/auroc_gold_abs_error") is not None else ""))
     if metrics.get("truncated_texts"):
         print(f"note: {metrics['truncated_texts']} texts were truncated to max_length")
+    _print_pool(metrics)
     print("wrote " + ", ".join(str(p) for p in written))
     return 0
+
+
+def _print_pool(metrics: dict) -> None:
+    if "pool/num_prompts" not in metrics:
+        return
+
+    def f(key: str) -> str:
+        v, se = metrics.get(f"pool/{key}"), metrics.get(f"pool/{key}_se")
+        return "n/a" if v is None else f"{v:.3f}" + ("" if se is None else f" ± {se:.3f}")
+
+    print(f"pool: {metrics['pool/num_prompts']} prompts x {metrics['pool/samples_per_prompt']} responses   "
+          f"top picks below their prompt's median gold: {metrics['pool/top_pick_num_bad']}   "
+          f"AUROC(std) for them: {f('top_pick_auroc')}   over-scoring AUROC(std): {f('overscoring_auroc')}   "
+          f"Spearman: {f('overscoring_spearman')}")
 
 
 SCORE_CHUNK_ROWS = 2048

@@ -126,6 +126,9 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
     results["early_warning"] = _early_warning_summary(results)
     if shift_units:
         results["shift"] = _shift_results(root, shift_units, level)
+    from robust_rlhf.experiments.uncertainty_shift import uncertainty_shift_results  # issue 23
+
+    results["uncertainty_shift"] = uncertainty_shift_results(root, pool_data, score_data, shift_units, run_index)
     results["claims"] = build_claims(cfg.claims, results)
     results["summary"] = summary_lines(results) + early_warning_lines(results)
     return results

@@ -374,6 +374,7 @@ def _run_shift_scores(folder: Path, sets_dir: Path, rm_dir: Path) -> dict:
         prompts = [p for p, rs in zip(s["prompts"], s["responses"]) for _ in rs]
         responses = [r for rs in s["responses"] for r in rs]
         scores, feats = model.score(prompts, responses, return_features=True)
-        out[name] = {"reward": scores.mean.tolist(), "norm": feats.double().norm(dim=1).tolist()}
+        out[name] = {"reward": scores.mean.tolist(), "norm": feats.double().norm(dim=1).tolist(),
+                     "per_head": scores.per_head.tolist()}  # (R, K): uncertainty under shift (uncertainty_shift.py)
     atomic_write_json(folder / "scores.json", out)
     return {name: len(v["reward"]) for name, v in out.items()}

@@ -332,7 +332,9 @@ def evaluate_reward_model(model, pairs: Sequence[PreferencePair], batch_size: in
     if gold is not None:
         gc = np.asarray(gold(prompts, [p.chosen for p in pairs]), float)
         gr = np.asarray(gold(prompts, [p.rejected for p in pairs]), float)
-    metrics, arrays = evaluate_rewards(chosen, rejected, pairs, fc, fr, model.heads.linear.weight.detach().cpu(),
+    linear = getattr(getattr(model, "heads", None), "linear", None)  # a deep ensemble has no shared heads
+    metrics, arrays = evaluate_rewards(chosen, rejected, pairs, fc, fr,
+                                       None if linear is None else linear.weight.detach().cpu(),
                                        model.config.head_stats, gc, gr)
     if gold is not None:
         metrics["gold"] = getattr(gold, "name", str(gold))

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-HeadType = Literal["scalar", "ensemble", "gaussian", "layer_ensemble"]  # layer_ensemble: reward/layer_ensemble.py
+HeadType = Literal["scalar", "ensemble", "gaussian", "layer_ensemble", "deep_ensemble"]  # layer_ensemble: reward/layer_ensemble.py; deep_ensemble: reward/deep_ensemble.py
 Pooling = Literal["last", "cls", "mean"]
 
 

@@ -76,8 +76,9 @@ class RewardModelConfig:
     Heads always run in fp32."""
 
     def __post_init__(self) -> None:
-        if self.head_type not in ("scalar", "ensemble", "gaussian", "layer_ensemble"):
-            raise ValueError(f"head_type must be scalar, ensemble, gaussian or layer_ensemble, got {self.head_type!r}")
+        if self.head_type not in ("scalar", "ensemble", "gaussian", "layer_ensemble", "deep_ensemble"):
+            raise ValueError(f"head_type must be scalar, ensemble, gaussian, layer_ensemble or deep_ensemble, "
+                             f"got {self.head_type!r}")
         if not isinstance(self.top_layers, int) or self.top_layers < 1:
             raise ValueError(f"top_layers must be an integer >= 1, got {self.top_layers!r}")
         if self.pooling not in (None, "last", "cls", "mean"):
@@ -103,9 +104,14 @@ def default_pooling(backbone_config) -> Pooling:
 class RewardModel(nn.Module):
     """Backbone + `RewardHeads`. `score()` for inference; `forward_texts()` for training."""
 
+    config_class = RewardModelConfig
+
     def __init__(self, config: RewardModelConfig, backbone: nn.Module | None = None, tokenizer=None,
                  backbone_source: str | None = None):
         super().__init__()
+        if config.head_type == "deep_ensemble":
+            raise UserError("head_type=deep_ensemble is K whole reward models: train it with `rm train` "
+                            "(reward/deep_ensemble.py) and load it with RewardModel.from_pretrained")
         if config.head_type == "scalar":
             config.num_heads = 1
         self.config = config
@@ -326,6 +332,10 @@ class RewardModel(nn.Module):
             raise UserError(f"{cfg_file}: cannot read ({e.strerror})") from None
         if not isinstance(raw, dict):
             raise UserError(f"{cfg_file}: expected a JSON object, got {type(raw).__name__}")
+        if raw.get("head_type") == "deep_ensemble":  # K member folders (reward/deep_ensemble.py)
+            from robust_rlhf.reward.deep_ensemble import load_deep_ensemble
+
+            return load_deep_ensemble(path, raw, cls, device)
         location = raw.pop("backbone_location", None)
         if location is not None and (not isinstance(location, str) or not location.strip()):
             raise UserError(f"{cfg_file}: field 'backbone_location': expected the backbone's folder or name, "

@@ -243,7 +243,6 @@ MAX_HEADS = 4096
 def _check_run_config(cfg: RewardTrainConfig, out: Path) -> None:
     """Before anything is written: no input lies where this run writes, and a folder that holds
     another run (its config.yaml differs) is refused rather than overwritten."""
-    own_backbone = out / "backbone"
     inputs = [("data.train", cfg.data.train), ("data.validation", cfg.data.validation),
               ("model.backbone", cfg.model.backbone)]
     for key, value in inputs:
@@ -373,7 +372,12 @@ def _stage2_heads(run: _Run, stage1_head: torch.nn.Linear | None, log_rows: list
         train_feats = cached_features(run.model, run.train, cache / "train_features.safetensors")
         val_feats = cached_features(run.model, run.val, cache / "val_features.safetensors") if run.val else None
     t_stage2 = time.time()
-    summary = train_stage2(run.model, train_feats, val_feats, stage1_head, run.cfg, log_rows, run.device)
+    if run.cfg.laplace.enabled:  # Bayesian last layer: K heads drawn around the stage-1 head (reward/laplace.py)
+        from robust_rlhf.reward.laplace import laplace_heads
+
+        summary = laplace_heads(run.model, train_feats, stage1_head, run.cfg)
+    else:
+        summary = train_stage2(run.model, train_feats, val_feats, stage1_head, run.cfg, log_rows, run.device)
     summary.update(features_s=t_stage2 - t_feat, heads_s=time.time() - t_stage2)
     run.model.heads.to(run.device)
     return summary
@@ -436,9 +440,13 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     `RewardModel.from_pretrained(output_dir)`), with `config.yaml`, `train_log.jsonl` and
     `train_summary.json` beside it. Returns `output_dir`.
 
-    validate + load (nothing written) -> stage 1 -> stage 2 (by head type, `stage2_step`) -> save."""
-    import yaml
+    validate + load (nothing written) -> stage 1 -> stage 2 (by head type, `stage2_step`) -> save.
+    A deep ensemble (``model.head_type: deep_ensemble``) is K such runs, one per member
+    (`robust_rlhf.reward.deep_ensemble`)."""
+    if cfg.model.head_type == "deep_ensemble":
+        from robust_rlhf.reward.train_deep_ensemble import train_deep_ensemble
 
+        return train_deep_ensemble(cfg, output_dir, train_reward_model, _check_run_config)
     run = _validate_and_load(cfg, output_dir)
     with write_errors(run.out):
         run.out.mkdir(parents=True, exist_ok=True)

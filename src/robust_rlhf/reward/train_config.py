@@ -7,6 +7,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal
 
+from robust_rlhf.reward.deep_ensemble import MembersConfig
+from robust_rlhf.reward.laplace import LaplaceConfig
 from robust_rlhf.reward.layer_ensemble import LayerEnsembleConfig
 from robust_rlhf.reward.model import RewardModelConfig
 
@@ -106,6 +108,10 @@ class RewardTrainConfig:
     """Frozen-backbone multi-head stage (ensemble / gaussian only)."""
     layer_ensemble: LayerEnsembleConfig = field(default_factory=LayerEnsembleConfig)
     """Stage 2 of model.head_type=layer_ensemble: K top-layer copies over the frozen trunk."""
+    members: MembersConfig = field(default_factory=MembersConfig)
+    """model.head_type=deep_ensemble: each of the K members' data and per-member overrides (backbone, LoRA)."""
+    laplace: LaplaceConfig = field(default_factory=LaplaceConfig)
+    """Bayesian last layer: K heads drawn from the Laplace posterior of the stage-1 head instead of trained heads."""
     seed: int = 0
     """Seed for init, data order, bootstrap and dropout."""
     device: str | None = None
@@ -124,6 +130,11 @@ class RewardTrainConfig:
             self.model.num_heads = 1
         if self.model.head_type != "scalar" and not self.stage1.enabled and self.stage1.lora:
             raise ValueError("stage1.lora has no effect when stage1.enabled is false")
+        if self.laplace.enabled and (self.model.head_type != "ensemble" or not self.stage1.enabled):
+            raise ValueError("laplace.enabled needs model.head_type=ensemble and stage1.enabled=true "
+                             "(the heads are drawn around the stage-1 head)")
+        if not (self.laplace.prior_precision > 0 and math.isfinite(self.laplace.prior_precision)):
+            raise ValueError(f"laplace.prior_precision must be a finite number > 0, got {self.laplace.prior_precision}")
         if self.stage1.batch_size < 1 or self.stage2.batch_size < 1:
             raise ValueError("batch sizes must be >= 1")
         if self.stage2.epochs < 1:
