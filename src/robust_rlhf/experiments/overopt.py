@@ -56,7 +56,8 @@ from robust_rlhf.experiments.stages import (
     pool_score_unit,
     pool_unit,
     rm_config,
-    rm_unit,
+    bon_study_units,
+    rm_units_of,
     shift_score_unit,
     shift_sets_unit,
     trainer,
@@ -137,7 +138,7 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
     data_dir = root / data.key
     prompts_file = data_dir / "prompts.jsonl"
     rm_specs = {r.name: r for r in cfg.reward_models}
-    rm_units = {name: rm_unit(spec, data, data_dir, cfg) for name, spec in rm_specs.items()}
+    rm_units = rm_units_of(cfg, data, data_dir)  # recipes and their replicate seeds
     rm_heads = {name: rm_config(spec, data_dir, cfg.data.seed, cfg.device).model for name, spec in rm_specs.items()}
     rm_heads = {n: (1 if m.head_type == "scalar" else m.num_heads) for n, m in rm_heads.items()}
     methods = expanded_methods(cfg)
@@ -153,7 +154,8 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
     if cfg.shift.enabled:
         sets = shift_sets_unit(cfg, data, prompts_file)
         shift_units = {"sets": sets, **{r: shift_score_unit(u, sets, root) for r, u in rm_units.items()}}
-    total = 1 + len(rm_units) + len(pools) + len(pool_scores) + len(shift_units) + n_policy + n_calib
+    bon_units = bon_study_units(cfg, data, rm_units, root) if cfg.bon_study.enabled else {}
+    total = len(bon_units) + 1 + len(rm_units) + len(pools) + len(pool_scores) + len(shift_units) + n_policy + n_calib
     recheck = None if isinstance(cfg.num_threads, int) else (lambda: _set_threads(cfg.num_threads, True))
     runner = UnitRunner(root, total, on_unit_start, progress, before_run=recheck)
     try:
@@ -165,6 +167,8 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
         for u in pool_scores.values():
             runner(u)
         for u in shift_units.values():
+            runner(u)
+        for u in bon_units.values():
             runner(u)
         coefs = calibrate_all(cfg, methods, rm_units, rm_heads, root, prompts_file, runner)
         run_index: list[dict] = []
@@ -180,7 +184,7 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
                     run_index.append({"method": m.name, "seed": seed, "head": head, "key": u.key})
     finally:
         runner.close()
-    results = analyse(cfg, out, methods, rm_units, pools, pool_scores, run_index, coefs, shift_units)
+    results = analyse(cfg, out, methods, rm_units, pools, pool_scores, run_index, coefs, shift_units, bon_units)
     results["timing"] = {"wall_time_s": time.time() - t0, "units_run": runner.executed,
                          "units_cached": runner.skipped,
                          "unit_seconds": {k: read_json(root / k / DONE_FILE)["seconds"]

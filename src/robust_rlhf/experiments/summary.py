@@ -103,12 +103,15 @@ def early_warning_lines(results: dict) -> list[str]:
         c, n = ew["outcomes"], ew["num_policies"]
         before = c.get("warned before downturn", 0)
         downturns = before + c.get("warned after downturn", 0) + c.get("downturn without warning", 0)
+        early = c.get("peak before earliest warning", 0)
+        early_note = (f"; {early} more peaked before the earliest possible warning (counted apart)" if early else "")
         if downturns == 0:
             lines.append(f"Early warning, {name}: no gold downturn in any of its {n} policies, so there was nothing to "
-                         f"warn of ({c.get('no gold downturn (false alarm)', 0)} ensemble-std rises anyway).")
+                         f"warn of ({c.get('no gold downturn (false alarm)', 0)} ensemble-std rises anyway{early_note}).")
             continue
         lead = ew["mean_lead_eval_steps"]
         lines.append(f"Early warning, {name}: the ensemble std on its own samples rose before the gold peaked in "
-                     f"{before} of {downturns} policies whose gold turned down ({n} policies in all)"
+                     f"{before} of {downturns} policies whose gold turned down by more than 2 standard errors "
+                     f"({n} policies in all{early_note})"
                      + (f"; mean lead {lead:+.1f} evaluation steps" if lead is not None else "") + ".")
     return lines
