@@ -13,7 +13,7 @@ from robust_rlhf.experiments.fits import fit_gao, interpolate_at, t_interval, we
 from robust_rlhf.experiments.claims import build_claims
 from robust_rlhf.experiments.stages import read_metrics
 from robust_rlhf.experiments.stats import early_warning_se, first_crossing, norm_dispersion, per_prompt_kendall
-from robust_rlhf.experiments.summary import early_warning_lines, summary_lines
+from robust_rlhf.experiments.summary import bon_study_lines, early_warning_lines, summary_lines
 from robust_rlhf.experiments.units import DONE_FILE, read_json, units_root
 
 
@@ -153,7 +153,7 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
         info = {rm: results["reward_models"][rm] for rm in bon_scores}
         results["bon_study"] = analyse_bon_study(cfg.bon_study, bon_pool, bon_scores, info, level)
     results["claims"] = build_claims(cfg.claims, results)
-    results["summary"] = summary_lines(results) + early_warning_lines(results)
+    results["summary"] = summary_lines(results) + early_warning_lines(results) + bon_study_lines(results)
     return results
 
 

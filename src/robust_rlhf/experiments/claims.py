@@ -90,10 +90,11 @@ def _shift_claim(spec: ClaimSpec, shift: dict) -> dict:
     out: dict = {"n_policies": None, "kl": None, "null": 0.0}
     tau = spec.statistic == "kendall_tau_difference"
 
-    def per_prompt(arm: list[dict]) -> np.ndarray:  # (P,) mean tau over the arm's reward models
+    def per_prompt(arm: list[dict]) -> np.ndarray:  # (P,) mean tau over the arm's reward models (NaN: all undefined)
         a = np.array([[nan if x is None else x for x in r["kendall_tau_per_prompt"]] for r in arm], dtype=float)
-        with np.errstate(all="ignore"):
-            return np.nanmean(np.where(np.isfinite(a), a, np.nan), axis=0) if np.isfinite(a).any() else a[0]
+        ok = np.isfinite(a)
+        total, count = np.where(ok, a, 0.0).sum(axis=0), ok.sum(axis=0)
+        return np.where(count > 0, total / np.maximum(count, 1), nan)
 
     tests: dict = {}
     if tau:
@@ -105,6 +106,7 @@ def _shift_claim(spec: ClaimSpec, shift: dict) -> dict:
         xc = [key(r) for r in arm_c if key(r) is not None and math.isfinite(key(r))]
         w, wt = welch_difference(xt, xc, LEVEL), welch_test(xt, xc)
         out.update(value=w["diff"], ci95=[w["ci_low"], w["ci_high"]], p=wt["p"],
+                   n={"reward_models": {spec.treatment: len(xt), spec.control: len(xc)}},
                    n_units={"unit": "reward models", spec.treatment: len(xt), spec.control: len(xc)},
                    mde_of=lambda a: mde_t(wt["se"], wt["df"], a, POWER))
         tests["welch_over_reward_models"] = {**wt, "treatment": xt, "control": xc}

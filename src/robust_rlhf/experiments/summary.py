@@ -96,6 +96,24 @@ def summary_lines(results: dict) -> list[str]:
     return lines
 
 
+def bon_study_lines(results: dict) -> list[str]:
+    """One sentence per proxy of the best-of-n study: which aggregator ends highest at n = N, and where the mean peaks."""
+    bon = results.get("bon_study")
+    if not bon:
+        return []
+    N, lines = bon["pool_size"], []
+    for rm, curves in bon["reward_models"].items():
+        best = max(curves, key=lambda a: curves[a]["gold"][N - 1])
+        c, m = curves[best], curves["mean"]
+        top = (f"the highest gold is {best} ({c['gold'][N - 1]:.3f} [{c['ci_low'][N - 1]:.3f}, "
+               f"{c['ci_high'][N - 1]:.3f}]) vs mean {m['gold'][N - 1]:.3f}" if best != "mean" else
+               f"no aggregator beats the mean ({m['gold'][N - 1]:.3f} [{m['ci_low'][N - 1]:.3f}, {m['ci_high'][N - 1]:.3f}]"
+               + (f" over {len(curves) - 1} others)" if len(curves) > 1 else ", the only one of a one-head proxy)"))
+        lines.append(f"Best-of-n study, {rm} ({bon['num_prompts']} prompts): at n = {N} {top}; the mean's curve peaks at "
+                     f"n = {m['peak_n']} (reference {bon['reference_gold']:.3f}).")
+    return lines
+
+
 def early_warning_lines(results: dict) -> list[str]:
     """One sentence per method with an ensemble: did its disagreement rise before the gold turned down?"""
     lines = []

@@ -39,7 +39,7 @@ from robust_rlhf.policy.rewards import (
 )
 from robust_rlhf.policy.sampling import DataConfig, SamplingConfig, train_eval_prompts
 from robust_rlhf.policy.tracking import LogConfig, Run
-from robust_rlhf.utils import atomic_save_dir, set_seed
+from robust_rlhf.utils import atomic_save_dir, atomic_write_text, set_seed
 from robust_rlhf.utils import resolve_device as _resolve_device
 
 __all__ = ["TRAIN_KEY_ALIASES", "PolicyRecipeConfig", "PolicySamplingConfig", "TrainConfig", "PolicySession", "make_optimizer", "require_one_process",
@@ -223,7 +223,8 @@ def evaluate_held_out(policy, prompts: list[str], samples_per_prompt: int, sampl
 
 def append_eval_samples(path: Path, step: int, samples: list[dict]) -> None:
     """Append one evaluation's samples to ``eval_samples.jsonl`` (rows of a step already there --
-    a resumed run re-evaluating it -- are replaced, so every step appears once)."""
+    a resumed run re-evaluating it -- are replaced, so every step appears once). The file is
+    rewritten atomically, so a kill never leaves a half row."""
     import json
 
     rows = []
@@ -231,8 +232,6 @@ def append_eval_samples(path: Path, step: int, samples: list[dict]) -> None:
         rows = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.strip() and json.loads(line)["step"] != step]
     rows += [json.dumps({"step": step, **s}) for s in samples]
-    from robust_rlhf.utils import atomic_write_text
-
     atomic_write_text(path, "\n".join(rows) + "\n")
 
 
