@@ -256,8 +256,8 @@ def _claims_section(claims: list[dict]) -> list[str]:
     rows = []
     for c in claims:
         st, (lo, hi) = c["statistic"], c["ci95"]
-        units = c.get("n_units") or {}
-        n_txt = f"{_arms(units)} {_e(units.get('unit', ''))}"
+        units = c.get("n_units") or c.get("n_matched") or c.get("n") or {}  # results.json before n_units: the counts
+        n_txt = f"{_arms(units)} {_e(units.get('unit', ''))}".strip()
         if c.get("n_matched") and c.get("n_policies"):
             n_txt += f" (matched at the KL; of {_arms(c['n_policies'])})"
         kl = c.get("kl")
