@@ -456,7 +456,8 @@ def test_two_processes_lock_one_folder_exactly_one_wins(tmp_path):
 
 def test_rm_train_into_a_folder_another_run_holds_is_refused(tmp_path):
     from robust_rlhf.config import load_config
-    from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+    from robust_rlhf.reward.train import train_reward_model
+    from robust_rlhf.reward.train_config import RewardTrainConfig
     from robust_rlhf.utils import folder_lock
 
     cfg = load_config(RewardTrainConfig, "rm_tiny", ["data.limit=8", "data.validation=null"])

@@ -11,7 +11,8 @@ from robust_rlhf.errors import UserError
 from robust_rlhf.reward.deep_ensemble import member_pairs, member_prompt_sets
 from robust_rlhf.reward.laplace import bt_laplace_precision, laplace_head_weights
 from robust_rlhf.reward.model import RewardModel
-from robust_rlhf.reward.train import RewardTrainConfig, train_reward_model
+from robust_rlhf.reward.train import train_reward_model
+from robust_rlhf.reward.train_config import RewardTrainConfig
 
 PROMPTS = ["This movie was", "The film is really", "I went to see"]
 RESPONSES = [" wonderful and moving.", " a dull, lifeless mess.", " it twice, and loved it."]

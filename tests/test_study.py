@@ -10,9 +10,10 @@ import pytest
 
 from robust_rlhf.experiments.stats import (
     dispersion_difference,
-    early_warning,
+    first_crossing,
+    first_crossing_se,
     kendall_tau_b,
-    matched_gold,
+    matched_first,
     norm_dispersion,
     paired_difference,
     per_prompt_kendall,
@@ -96,12 +97,17 @@ def test_paired_difference_hand_values():
     assert res["ci_high"] - 2 == pytest.approx(4.302653 / math.sqrt(3), rel=1e-6)
 
 
-def test_matched_gold_interpolates_and_tolerates_short_runs():
-    runs = [{"curve": {"d": [0, 1, 2], "gold": [0, 1, 0]}, "final_kl": 4.0, "final_gold": 0.0},
-            {"curve": {"d": [0, 1.9], "gold": [0, 0.5]}, "final_kl": 1.9**2, "final_gold": 0.5},  # within 15 %
-            {"curve": {"d": [0, 1.0], "gold": [0, 0.5]}, "final_kl": 1.0, "final_gold": 0.5}]  # too short
-    assert matched_gold(runs, 1.5) == pytest.approx([0.5, 0.5 * 1.5 / 1.9])
-    assert matched_gold(runs, 2.0) == pytest.approx([0.0, 0.5])
+def test_first_crossing_takes_the_first_segment_not_a_sorted_curve():
+    # d goes 0, 1, 2, back to 1.5, then 3: the first time d reaches 1.5 is halfway between d = 1 and d = 2
+    d, y = [0, 1, 2, 1.5, 3], [0, 1, 0.5, 2, 3]
+    assert first_crossing(d, y, 1.5) == pytest.approx(0.75)
+    assert first_crossing(d, y, 2.0) == pytest.approx(0.5)  # a point exactly at d*
+    assert first_crossing(d, y, 4.0) is None  # never reached
+    # se of the interpolation: w = 0.5 -> sqrt(0.25 * 0.1^2 + 0.25 * 0.2^2)
+    assert first_crossing_se(d, [0, 0.1, 0.2, 0.3, 0.4], 1.5) == pytest.approx(math.sqrt(0.25 * 0.01 + 0.25 * 0.04))
+    runs = [{"curve": {"d": d, "gold": y, "gold_se": [0.0] * 5}}, {"curve": {"d": [0, 1.0], "gold": [0, 0.5]}}]
+    vals, ses = matched_first(runs, 1.5)
+    assert vals == pytest.approx([0.75]) and ses == [0.0]  # the short run is not counted: matched count 1 of 2
 
 
 # ----------------------------------------------------------------------------- verdict
@@ -117,31 +123,6 @@ def test_matched_gold_interpolates_and_tolerates_short_runs():
 ])
 def test_verdict_rule(lo, hi, null, direction, expected):
     assert verdict(lo, hi, null, direction) == expected
-
-
-# ----------------------------------------------------------------------------- early warning
-def test_early_warning_hand_worked():
-    # std doubles from step 4 on; trailing mean over 2 steps first exceeds 1.25 x 1.0 at step 4
-    std = [1.0, 1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0]
-    steps = list(range(1, 9))
-    # gold: peak 0.5 at step 6, drops to 0.4 at step 8 (> 0.02 below)
-    res = early_warning(steps, std, [0, 2, 4, 6, 8], [0.1, 0.3, 0.4, 0.5, 0.4], window=2, rise=0.25, gold_drop=0.02)
-    assert res["warning_step"] == 4 and res["peak_step"] == 6 and res["downturn_step"] == 8
-    assert res["lead_eval_steps"] == pytest.approx(1.0)  # (6 - 4) / eval interval 2
-    assert res["outcome"] == "warned before downturn"
-
-
-def test_early_warning_other_outcomes():
-    flat = [1.0] * 8
-    steps = list(range(1, 9))
-    rising_gold = ([0, 4, 8], [0.1, 0.2, 0.3])
-    assert early_warning(steps, flat, *rising_gold)["outcome"] == "no gold downturn, no warning"
-    assert early_warning(steps, [1, 1, 1, 1, 1, 1, 3, 3], *rising_gold)["outcome"] == "no gold downturn (false alarm)"
-    falling = ([0, 2, 4, 6, 8], [0.1, 0.5, 0.3, 0.2, 0.1])
-    res = early_warning(steps, flat, *falling)
-    assert res["outcome"] == "downturn without warning" and res["peak_step"] == 2 and res["lead_eval_steps"] is None
-    late = early_warning(steps, [1, 1, 1, 1, 1, 1, 3, 3], *falling)
-    assert late["outcome"] == "warned after downturn" and late["lead_eval_steps"] == pytest.approx((2 - 7) / 2)
 
 
 # ----------------------------------------------------------------------------- the study, tiny, end to end
@@ -166,18 +147,26 @@ def one_thread():
 
 def test_tiny_study_claims_end_to_end(tmp_path, one_thread):
     """The study's pieces on the tiny configuration: the max aggregator, variance-aware PPO per head
-    (validation-scaled), the shifted sets (Kendall tau, norms), early warning, the claims list with
-    verdicts that follow the rule, the claims table first in the report, and a cached re-run."""
+    (validation-scaled), several samples per held-out prompt logged in eval_samples.jsonl with every
+    head, replicate reward models as the unit of the reward-model claims, the shifted sets, the
+    best-of-n study and its claims, early warning under the standard-error rule, Holm and MDE in
+    every claims row, the claims table first in the report, and a cached re-run."""
     from robust_rlhf.experiments.config import load_experiment_config
     from robust_rlhf.experiments.overopt import run_experiment
 
     overrides = one_thread + [
+        "reward_models=[{name: bt, preset: rm_tiny, overrides: {model.head_type: scalar, stage1.max_steps: 4,"
+        " data.limit: null}, seeds: [0, 1]},"
+        " {name: ens, preset: rm_tiny, overrides: {stage1.max_steps: 4, stage2.epochs: 3, data.limit: null},"
+        " seeds: [0, 1]}]",
         "methods=[{name: ppo-heads, type: ppo, reward_model: ens, train_on: each_head, heads: [0, 1],"
         " aggregator: {name: max}},"
         " {name: ppo-var-heads, type: ppo, reward_model: ens, train_on: each_head, heads: [0, 1],"
         " overrides: {kl.variance_aware: true, kl.variance_scale: validation}}]",
-        "baseline=ppo-heads", "early_warning.window=1", "policy_overrides.log.eval_every=2",
+        "baseline=ppo-heads", "early_warning.window=1", "policy_overrides.log.eval_every=1",
+        "evaluation.samples_per_prompt=2",
         "shift.enabled=true", "shift.num_prompts=3",
+        "bon_study.enabled=true", "bon_study.num_prompts=5", "bon_study.pool_size=4", "bon_study.n_boot=50",
         "claims=[{seed: '002', claim: lower variance, statistic: variance_ratio, treatment: ppo-var-heads,"
         " control: ppo-heads, direction: less},"
         " {seed: '002', claim: lower mean, statistic: gold_difference, treatment: ppo-var-heads, control: ppo-heads,"
@@ -185,48 +174,75 @@ def test_tiny_study_claims_end_to_end(tmp_path, one_thread):
         " {seed: '001', claim: tau, statistic: kendall_tau_difference, treatment: ens, control: bt, direction: greater,"
         " shift: response},"
         " {seed: '001', claim: dispersion, statistic: dispersion_difference, treatment: ens, control: bt,"
-        " direction: less, shift: prompt}]",
+        " direction: less, shift: prompt},"
+        " {seed: '000', claim: conservative beats mean, statistic: bon_gold_difference, treatment: 'ens:lcb',"
+        " control: 'ens:mean', direction: greater}]",
     ]
     cfg = load_experiment_config("experiment_tiny", overrides)
     out = tmp_path / "study"
     res = run_experiment(cfg, out, progress=False).results
     claims = res["claims"]
-    assert [c["seed"] for c in claims] == ["002", "002", "001", "001"]
+    assert [c["seed"] for c in claims] == ["002", "002", "001", "001", "000"]
     for c in claims:
-        assert set(c) >= {"claim", "seed", "statistic", "ci95", "n_policies", "kl", "verdict"}
+        assert set(c) >= {"claim", "seed", "statistic", "ci95", "n_policies", "kl", "verdict", "verdict_holm", "mde",
+                          "n_units", "p", "p_holm"}
         assert c["verdict"] == _rule(c["ci95"][0], c["ci95"][1], c["statistic"]["null"], c["statistic"]["direction"])
-    var, gold, tau, disp = claims
-    assert var["n_policies"] == {"ppo-var-heads": 2, "ppo-heads": 2} and var["statistic"]["null"] == 1.0
-    finals = {m: [r["final_gold"] for r in res["methods"][m]["runs"]] for m in ("ppo-var-heads", "ppo-heads")}
-    assert set(var["kl"]) == {"ppo-var-heads", "ppo-heads", "matched_at"}
-    # the variance ratio is that of the gold at the matched KL, from the stored curves
-    from robust_rlhf.experiments.stats import matched_gold
+        if c["p_holm"] is None or c["p_holm"] >= 0.05:
+            assert c["verdict_holm"] == "inconclusive"
+    from robust_rlhf.experiments.stats import holm_adjust
 
-    d = math.sqrt(var["kl"]["matched_at"])
-    a, b = (matched_gold(res["methods"][m]["runs"], d) for m in ("ppo-var-heads", "ppo-heads"))
-    if len(a) == 2 == len(b) and np.var(b) > 0:
-        assert var["statistic"]["value"] == pytest.approx(np.var(a, ddof=1) / np.var(b, ddof=1))
-    assert tau["n_policies"] is None and tau["kl"] is None and tau["n"]["prompts"] <= 3
-    # the tau claim's value is the mean paired difference of the per-prompt taus stored in results
+    assert [c["p_holm"] for c in claims] == holm_adjust([c["p"] for c in claims])
+    var, gold, tau, disp, bon = claims
+    assert var["n_policies"] == {"ppo-var-heads": 2, "ppo-heads": 2} and var["statistic"]["null"] == 1.0
+    assert var["n_units"]["unit"] == "policies" and var["n_units"]["ppo-heads"] == var["n_matched"]["ppo-heads"]
+    assert set(var["kl"]) == {"ppo-var-heads", "ppo-heads", "matched_at"}
+    # the matched gold is read at the first crossing of the stored curves
+    d = math.sqrt(gold["kl"]["matched_at"])
+    a, _ = matched_first(res["methods"]["ppo-var-heads"]["runs"], d)
+    if a and gold["statistic"]["value"] is not None:
+        b, _ = matched_first(res["methods"]["ppo-heads"]["runs"], d)
+        assert gold["statistic"]["value"] == pytest.approx(np.mean(a) - np.mean(b))
+    # reward-model claims: two independently trained reward models per arm are the unit
+    assert tau["n_units"]["unit"] == "reward models" and tau["n_units"]["ens"] <= 2 and tau["n_units"]["bt"] <= 2
+    assert disp["n_units"] == {"unit": "reward models", "ens": 2, "bt": 2}
     per = res["shift"]["reward_models"]
-    pairs = [(a, b) for a, b in zip(per["ens"]["response"]["kendall_tau_per_prompt"],
-                                    per["bt"]["response"]["kendall_tau_per_prompt"]) if a is not None and b is not None]
-    if pairs:
-        assert tau["statistic"]["value"] == pytest.approx(float(np.mean([a - b for a, b in pairs])))
-    assert disp["statistic"]["value"] == pytest.approx(per["ens"]["prompt"]["norm_dispersion"]
-                                                       - per["bt"]["prompt"]["norm_dispersion"])
-    assert len(per["bt"]["prompt"]["norms"]) == 3 * 4  # 3 shifted prompts x 4 responses
-    assert all(len(f) == 2 for f in finals.values())
-    # early warning: computed for the ensemble-trained policies, reported
-    for r in res["methods"]["ppo-var-heads"]["runs"]:  # per head, but its KL weight uses the ensemble's std
-        if True:
-            assert r["early_warning"]["outcome"] in {
-                "warned before downturn", "warned after downturn", "downturn without warning",
-                "no gold downturn (false alarm)", "no gold downturn, no warning"}
-    assert "ppo-var-heads" in res["early_warning"]
-    assert "ppo-heads" not in res["early_warning"]  # one head alone: no ensemble std, no warning computed
+    assert set(per) == {"bt", "bt@s1", "ens", "ens@s1"}
+    assert disp["statistic"]["value"] == pytest.approx(
+        np.mean([per[k]["prompt"]["norm_dispersion"] for k in ("ens", "ens@s1")])
+        - np.mean([per[k]["prompt"]["norm_dispersion"] for k in ("bt", "bt@s1")]))
+    assert "paired_over_prompts" in tau["tests"] and "p_sign" in tau["tests"]["paired_over_prompts"]
+    # best-of-n study: every aggregator of the ensemble, the one-head proxy as mean only, gold at n = 1..4
+    bs = res["bon_study"]
+    assert bs["num_prompts"] == 5 and bs["pool_size"] == 4 and bs["n"] == [1, 2, 3, 4]
+    assert set(bs["reward_models"]["bt"]) == {"mean"}
+    assert set(bs["reward_models"]["ens"]) == {"mean", "min", "max", "lcb", "uwo", "brme_l0"}
+    assert bon["n_units"] == {"unit": "prompts", "ens:lcb": 5, "ens:mean": 5}
+    pool = json.loads((out / "units" / "bon" / "pool" / "pool.json").read_text())
+    g1 = np.mean(pool["gold"])  # best-of-1 = the reference policy's mean gold, whatever the proxy
+    assert bs["reward_models"]["ens"]["lcb"]["gold"][0] == pytest.approx(g1)
+    # per-sample evaluation log: every evaluation step x prompts x samples, every head of the ensemble
+    run_dir = out / "units" / "runs" / "ppo-heads" / "s0-h1"
+    rows = [json.loads(line) for line in (run_dir / "eval_samples.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    evals = [m for m in metrics if m.get("gold_reward") is not None]
+    assert sorted({r["step"] for r in rows}) == [m["step"] for m in evals]
+    assert all(set(r) == {"step", "kl", "prompt", "response", "per_head", "gold"} for r in rows)
+    assert all(len(r["per_head"]) == 3 and r["kl"] >= 0 for r in rows)  # trained on head 1, scored by all 3
+    for m in evals:
+        mine = [r for r in rows if r["step"] == m["step"]]
+        assert len(mine) == m["gold/num_samples"] == 2 * len({r["prompt"] for r in mine})
+        assert m["gold_reward"] == pytest.approx(np.mean([r["gold"] for r in mine]))
+        assert m["gold/kl"] == pytest.approx(np.mean([r["kl"] for r in mine]))
+        assert m["gold/reward_se"] == pytest.approx(np.std([r["gold"] for r in mine], ddof=1) / math.sqrt(len(mine)))
+    # early warning: every ensemble run now, per-head ones included
+    assert "ppo-heads" in res["early_warning"] and "ppo-var-heads" in res["early_warning"]
+    from robust_rlhf.experiments.stats import EW_OUTCOMES
+
+    for r in res["methods"]["ppo-heads"]["runs"]:
+        assert r["early_warning"]["outcome"] in EW_OUTCOMES
     html = (out / "report.html").read_text()
     assert html.index("Claims of the seed papers") < html.index("Summary")
+    assert "verdict (Holm)" in html and "MDE (80 %)" in html and "Best-of-n study" in html
     assert "Early warning of reward hacking" in html and "Shifted sets" in html
     again = run_experiment(cfg, out, progress=False)
-    assert again.executed == [] and "shift/sets" in again.skipped and "shift/scores/bt" in again.skipped
+    assert again.executed == [] and "shift/sets" in again.skipped and "bon/pool" in again.skipped

@@ -130,7 +130,7 @@ def check_policy_inputs(cfg) -> None:
     check_input_path("reward.model", getattr(reward, "model", None), "reward_config.json")
     data = getattr(cfg, "data", None)
     if getattr(data, "prompts", None):
-        from robust_rlhf.policy.sampling import train_eval_prompts
+        from robust_rlhf.data.prompts import train_eval_prompts
 
         train_eval_prompts(data)
     model = getattr(cfg, "model", None)

@@ -6,14 +6,14 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-from robust_rlhf.aggregate import AggregatorConfig
 from robust_rlhf.config import config_to_dict
 from robust_rlhf.experiments.config import ExperimentConfig, MethodSpec, heads_of
 from robust_rlhf.experiments.fits import fit_gao, interpolate_at, t_interval, welch_difference
+from robust_rlhf.experiments.bon_study import aggregated_scores
 from robust_rlhf.experiments.claims import build_claims
 from robust_rlhf.experiments.stages import read_metrics
-from robust_rlhf.experiments.stats import early_warning, norm_dispersion, per_prompt_kendall
-from robust_rlhf.experiments.summary import early_warning_lines, summary_lines
+from robust_rlhf.experiments.stats import early_warning_se, first_crossing, norm_dispersion, per_prompt_kendall
+from robust_rlhf.experiments.summary import bon_study_lines, early_warning_lines, summary_lines
 from robust_rlhf.experiments.units import DONE_FILE, read_json, units_root
 
 
@@ -23,24 +23,6 @@ def _bon_ns(N: int) -> list[int]:
         ns.append(n)
         n *= 2
     return ns + [N]
-
-
-def _aggregated(scores: dict, agg: AggregatorConfig, head: int | None):
-    """(S,) aggregated proxy reward of pool samples from stored per-head scores."""
-    import torch
-
-    from robust_rlhf.aggregate import aggregate
-    from robust_rlhf.reward.output import RewardOutput
-
-    ph = torch.tensor(scores["per_head"], dtype=torch.float32)  # (S, K)
-    std = None if scores["per_head_std"] is None else torch.tensor(scores["per_head_std"], dtype=torch.float32)
-    stats = scores.get("head_stats") or {}
-    hs = (torch.tensor(stats["mean"]), torch.tensor(stats["std"])) if agg.normalize and stats.get("mean") else None
-    if head is not None:
-        ph = ph[:, head : head + 1]
-        std = None if std is None else std[:, head : head + 1]
-        hs = None if hs is None else (hs[0][head : head + 1], hs[1][head : head + 1])
-    return aggregate(RewardOutput(ph, std), agg, hs)
 
 
 def _best_of_n_curve(pool: dict, proxy_flat, ns: list[int]) -> dict:
@@ -63,8 +45,18 @@ def _stats(values: list[float], level: float) -> dict:
     return t_interval(values, level)
 
 
+def _reference_std(scores: dict) -> float:
+    """Mean over pool samples of the std across ALL heads (the early warning's reference level)."""
+    import torch
+
+    from robust_rlhf.reward.output import RewardOutput
+
+    return float(RewardOutput(torch.tensor(scores["per_head"], dtype=torch.float64), None).std.mean())
+
+
 def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: dict, pool_scores: dict,
-            run_index: list[dict], coefs: dict[str, float], shift_units: dict | None = None) -> dict:
+            run_index: list[dict], coefs: dict[str, float], shift_units: dict | None = None,
+            bon_units: dict | None = None) -> dict:
     """Assemble results.json from the finished units (pure reading + statistics)."""
     root = units_root(out)
     level = cfg.confidence
@@ -72,6 +64,11 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
     score_data = {k: read_json(root / u.key / "scores.json") for k, u in pool_scores.items()}
     reference_gold = {s: float(sum(sum(g) for g in p["gold"]) / sum(len(g) for g in p["gold"]))
                       for s, p in pool_data.items()}
+    reference_se = {}
+    for s, p in pool_data.items():
+        g = [x for row in p["gold"] for x in row]
+        m = sum(g) / len(g)
+        reference_se[s] = math.sqrt(sum((x - m) ** 2 for x in g) / (len(g) - 1) / len(g)) if len(g) > 1 else 0.0
     results: dict = {"name": cfg.name, "config": config_to_dict(cfg), "confidence": level,
                      "reference": {"per_seed": {str(s): v for s, v in reference_gold.items()},
                                    "final_gold": _stats(list(reference_gold.values()), level)},
@@ -93,7 +90,7 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
         heads = heads_of(m, results["reward_models"][m.reward_model]["num_heads"])
         for seed in seeds:
             for head in heads:
-                proxy0 = _aggregated(score_data[(m.reward_model, seed)], m.aggregator, head)
+                proxy0 = aggregated_scores(score_data[(m.reward_model, seed)], m.aggregator, head)
                 if m.type == "best_of_n":
                     c = _best_of_n_curve(pool_data[seed], proxy0, _bon_ns(cfg.evaluation.pool_size))
                     runs.append({"seed": seed, "head": head, "final_gold": c["gold"][-1], "final_kl": c["kl"][-1],
@@ -103,6 +100,11 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
                 rows = [r for r in read_metrics(root / entry["key"]) if r.get("gold_reward") is not None]
                 curve = {"d": [0.0] + [math.sqrt(max(r.get("gold/kl", r.get("kl", 0.0)), 0.0)) for r in rows],
                          "gold": [reference_gold[seed]] + [r["gold_reward"] for r in rows],
+                         "gold_se": [reference_se[seed]] + [r.get("gold/reward_se") for r in rows],
+                         "kl_se": [0.0] + [r.get("gold/kl_se") for r in rows],
+                         "num_samples": [None] + [r.get("gold/num_samples") for r in rows],
+                         "ensemble_std": [_reference_std(score_data[(m.reward_model, seed)])]
+                         + [r.get("gold/ensemble_std") for r in rows],
                          "proxy": [float(proxy0.mean())] + [r.get("gold/proxy_reward") for r in rows],
                          "step": [0] + [r["step"] for r in rows]}
                 train_rows = read_metrics(root / entry["key"])
@@ -113,12 +115,11 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
                                              "kl": [r.get("kl") for r in train_rows],
                                              "proxy": [r.get("proxy_reward") for r in train_rows],
                                              "ensemble_std": [r.get("reward/ensemble_std") for r in train_rows]}})
-                std_rows = [r for r in train_rows if r.get("reward/ensemble_std") is not None]
-                if std_rows and max(r["reward/ensemble_std"] for r in std_rows) > 0:  # 0: one head, no ensemble
+                stds = curve["ensemble_std"]
+                if all(x is not None for x in stds) and max(stds) > 0:  # 0: a one-head reward model, no ensemble
                     ew = cfg.early_warning
-                    runs[-1]["early_warning"] = early_warning(
-                        [r["step"] for r in std_rows], [r["reward/ensemble_std"] for r in std_rows], curve["step"],
-                        curve["gold"], ew.window, ew.rise, ew.gold_drop)
+                    runs[-1]["early_warning"] = early_warning_se(
+                        curve["step"], stds, curve["gold"], curve["gold_se"], ew.window, ew.rise, ew.gold_drop_se)
         results["methods"][m.name] = _method_summary(m, study, runs, reference_gold, level,
                                                      coefs.get(m.name, coefs.get(m.name.split("@", 1)[0])))
     _compare(cfg, results)
@@ -126,11 +127,18 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
     results["early_warning"] = _early_warning_summary(results)
     if shift_units:
         results["shift"] = _shift_results(root, shift_units, level)
+    if bon_units:
+        from robust_rlhf.experiments.bon_study import analyse_bon_study
+
+        bon_pool = read_json(root / bon_units["pool"].key / "pool.json")
+        bon_scores = {rm: read_json(root / u.key / "scores.json") for rm, u in bon_units.items() if rm != "pool"}
+        info = {rm: results["reward_models"][rm] for rm in bon_scores}
+        results["bon_study"] = analyse_bon_study(cfg.bon_study, bon_pool, bon_scores, info, level)
     from robust_rlhf.experiments.uncertainty_shift import uncertainty_shift_results  # issue 23
 
     results["uncertainty_shift"] = uncertainty_shift_results(root, pool_data, score_data, shift_units, run_index)
     results["claims"] = build_claims(cfg.claims, results)
-    results["summary"] = summary_lines(results) + early_warning_lines(results)
+    results["summary"] = summary_lines(results) + early_warning_lines(results) + bon_study_lines(results)
     return results
 
 
@@ -156,9 +164,9 @@ def _method_summary(m: MethodSpec, study: str, runs: list[dict], reference_gold:
 
 
 def _compare(cfg: ExperimentConfig, results: dict) -> None:
-    """Each main method vs the baseline: at the baseline's final sqrt(KL) d* (each run's curve
-    interpolated there; a run that stops short of d* counts with its final value only if it ends
-    within 15 % of d*), and on final gold reward with each method's own final KL beside it."""
+    """Each main method vs the baseline: at the baseline's final sqrt(KL) d* (each run's gold where
+    its curve FIRST reaches d*; a run that never reaches it is not counted -- `matched_coverage`),
+    and on final gold reward with each method's own final KL beside it."""
     methods = results["methods"]
     main = [n for n, v in methods.items() if v["study"] == "main"]
     baseline = cfg.baseline or main[0]
@@ -167,10 +175,7 @@ def _compare(cfg: ExperimentConfig, results: dict) -> None:
     def matched(name: str) -> list[float]:
         vals = []
         for r in methods[name]["runs"]:
-            v = interpolate_at(r["curve"]["d"], r["curve"]["gold"], d_star)
-            d_final = math.sqrt(max(r["final_kl"], 0.0))
-            if v is None and abs(d_final - d_star) <= 0.15 * max(d_star, 1e-9):
-                v = r["final_gold"]
+            v = first_crossing(r["curve"]["d"], r["curve"]["gold"], d_star)
             if v is not None:
                 vals.append(v)
         return vals
@@ -227,8 +232,9 @@ def _studies(cfg: ExperimentConfig, results: dict) -> None:
 
 
 def _early_warning_summary(results: dict) -> dict:
-    """Per method: outcome counts over its policies, and the mean lead (evaluation steps) of the
-    ensemble-std warning before the gold peak, over policies that had both."""
+    """Per method: outcome counts over its policies (peaks before the earliest possible warning
+    counted apart), and the mean lead (evaluation steps) of the ensemble-std warning before the
+    gold peak, over policies that had both."""
     out = {}
     for name, v in results["methods"].items():
         ews = [r["early_warning"] for r in v["runs"] if r.get("early_warning")]

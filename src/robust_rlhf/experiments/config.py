@@ -74,6 +74,13 @@ class RewardModelSpec:
     """rm preset name or YAML file (rm_bt_minilm, rm_bsr_minilm, rm_ensemble_minilm, rm_brme_minilm, rm_tiny, ...)"""
     overrides: dict[str, Any] = field(default_factory=dict)
     """keys of the rm config to change, nested or dotted (e.g. {stage1.max_steps: 40, model.num_heads: 5})"""
+    seeds: list[int] | None = None
+    """independently trained replicates (training seeds): the first is `rm/<name>` (the one methods use), the
+    others `rm/<name>@s<seed>`; reward-model claims then take the reward models as their unit (null = one model)"""
+
+    def __post_init__(self) -> None:
+        if self.seeds is not None and (not self.seeds or len(set(self.seeds)) != len(self.seeds)):
+            raise ValueError(f"reward_models[{self.name}].seeds must be distinct training seeds (or null)")
 
 
 @dataclass
@@ -106,7 +113,10 @@ class EvaluationConfig:
     eval_fraction: float = 0.2
     """share of prompts held out from policy training; gold is measured on them"""
     eval_prompts: int = 32
-    """how many held-out prompts are evaluated"""
+    """how many held-out prompts are evaluated (at most: the held-out split may hold fewer)"""
+    samples_per_prompt: int = 1
+    """responses sampled per held-out prompt at every policy evaluation (gold evaluations per point =
+    prompts x this; the study uses >= 64); each is logged in the run's eval_samples.jsonl"""
     split_seed: int = 0
     """seed of the policy train / held-out split"""
     max_new_tokens: int = 24
@@ -115,6 +125,10 @@ class EvaluationConfig:
     """sampling temperature of every policy"""
     pool_size: int = 16
     """best-of-n pool: N base-policy samples per held-out prompt (every n <= N is estimated from it)"""
+
+    def __post_init__(self) -> None:
+        if self.samples_per_prompt < 1:
+            raise ValueError(f"evaluation.samples_per_prompt must be >= 1, got {self.samples_per_prompt}")
 
 
 @dataclass
@@ -197,38 +211,85 @@ class ShiftConfig:
 
 @dataclass
 class EarlyWarningConfig:
-    """Reward-hacking early warning per policy (robust_rlhf.experiments.stats.early_warning): does
-    `reward/ensemble_std` on the policy's own samples rise before the held-out gold turns down?"""
+    """Reward-hacking early warning per policy (robust_rlhf.experiments.stats.early_warning_se): does the
+    ensemble std (all heads of the run's reward model) on the policy's own held-out samples rise before
+    the held-out gold turns down? Both are read at every evaluation (the reference policy's pool first)."""
 
     window: int = 2
-    """training steps averaged (the first `window` steps are the baseline level)"""
+    """evaluations averaged (the first `window`, the reference included, are the baseline level)"""
     rise: float = 0.25
     """warning when the trailing mean exceeds (1 + rise) x the baseline"""
-    gold_drop: float = 0.02
-    """gold downturn when an evaluation is this far below the best gold so far"""
+    gold_drop_se: float = 2.0
+    """gold downturn when an evaluation is more than this many standard errors (of the difference) below
+    the best gold so far"""
 
 
-CLAIM_STATISTICS = ("variance_ratio", "gold_difference", "kendall_tau_difference", "dispersion_difference")
+CLAIM_STATISTICS = ("variance_ratio", "gold_difference", "kendall_tau_difference", "dispersion_difference",
+                    "bon_gold_difference")
+BON_AGGREGATORS = ("mean", "min", "max", "lcb", "uwo", "brme_l0", "brme_l05", "brme_l1")
+
+
+@dataclass
+class BonStudyConfig:
+    """Best-of-n with the power to decide (robust_rlhf.experiments.bon_study): ``pool_size`` reference-policy
+    samples on each of ``num_prompts`` prompts none of the proxies was trained on, gold-scored once; every proxy
+    x every aggregator selects -> gold at n = 1..pool_size (Coste's unbiased estimator per prompt) with
+    prompt-bootstrap intervals. Claims (statistic bon_gold_difference) compare two `<rm>:<aggregator>` at n."""
+
+    enabled: bool = False
+    """build the pool and score it with every proxy"""
+    num_prompts: int = 200
+    """prompts (at most the source's count)"""
+    prompt_source: str | None = None
+    """JSONL with `prompt` (or text, one per line); null = the built-in held-out review openings (240, none in the
+    built-in task the proxies are trained on)"""
+    pool_size: int = 64
+    """N samples per prompt from the reference policy"""
+    reward_models: list[str] | None = None
+    """proxies to score the pool with (null = every reward model)"""
+    beta: float = 1.0
+    """lcb = mean - beta * std over heads"""
+    uwo_lam: float = 0.5
+    """UWO's variance weight"""
+    n: int | None = None
+    """the n at which bon_gold_difference claims are judged (null = pool_size)"""
+    n_boot: int = 1000
+    """prompt-bootstrap resamples of the curves' intervals"""
+    seed: int = 0
+    """seed of the sampling and of the bootstrap"""
+
+    def __post_init__(self) -> None:
+        if self.num_prompts < 2 or self.pool_size < 2:
+            raise ValueError("bon_study.num_prompts and bon_study.pool_size must be >= 2")
+        if self.n is not None and not 1 <= self.n <= self.pool_size:
+            raise ValueError(f"bon_study.n must be in [1, pool_size={self.pool_size}], got {self.n}")
+
 
 
 @dataclass
 class ClaimSpec:
     """One headline claim of a seed paper, tested with a 95 % interval (robust_rlhf.experiments.claims).
 
-    Statistics (treatment vs control): variance_ratio = var(gold)/var(gold) over policies and
-    gold_difference = mean gold difference (Welch), both at matched KL (each policy's gold
-    interpolated at the smaller of the two arms' mean final sqrt(KL)); kendall_tau_difference =
-    mean over prompts of tau(treatment) - tau(control) on a shifted set (paired t); and
-    dispersion_difference = std/mean of hidden-state norms, treatment - control (paired bootstrap)."""
+    Statistics (treatment vs control): variance_ratio = between-policy variance of gold, net of each
+    policy's sampling noise, treatment / control, and gold_difference = mean gold difference (Welch),
+    both at matched KL (each policy's gold at the FIRST crossing of the smaller of the two arms' mean
+    final sqrt(KL)); kendall_tau_difference = mean Kendall tau vs the gold and dispersion_difference =
+    std/mean of hidden-state norms on a shifted set, treatment - control, over independently trained
+    reward models (reward_models[].seeds; with one model per arm: paired over prompts / bootstrap over
+    texts); bon_gold_difference = best-of-n gold at bon_study.n, `<rm>:<aggregator>` treatment -
+    control, paired over the study's prompts. Every claim gets a two-sided p, its Holm-adjusted p
+    and verdict over the whole table, and its minimum detectable effect at 80 % power."""
 
     claim: str
     """the claim in words (shown in the report)"""
     seed: str
     """which seed paper makes it: "000", "001" or "002" (quote it in YAML)"""
     statistic: str
-    """variance_ratio, gold_difference (methods) or kendall_tau_difference, dispersion_difference (reward models)"""
+    """variance_ratio, gold_difference (methods), kendall_tau_difference, dispersion_difference (reward models)
+    or bon_gold_difference (best-of-n study)"""
     treatment: str
-    """method name (variance_ratio, gold_difference) or reward-model name (kendall_tau / dispersion)"""
+    """method name (variance_ratio, gold_difference), reward-model name (kendall_tau / dispersion) or
+    `<reward model>:<aggregator>` (bon_gold_difference; aggregators mean, min, max, lcb, uwo, brme_l0/l05/l1)"""
     control: str
     """the method / reward model it is compared with"""
     direction: Literal["less", "greater"]
@@ -278,6 +339,8 @@ class ExperimentConfig:
     """seed 001's prompt- / response-shifted evaluation sets (Kendall tau, hidden-state norms)"""
     early_warning: EarlyWarningConfig = field(default_factory=EarlyWarningConfig)
     """reward-hacking early warning from the ensemble's disagreement during training"""
+    bon_study: BonStudyConfig = field(default_factory=BonStudyConfig)
+    """best-of-n over many held-out prompts, every proxy x every aggregator (its claims: bon_gold_difference)"""
     claims: list[ClaimSpec] = field(default_factory=list)
     """headline claims tested with 95 % intervals and a verdict (results.json `claims`, first in the report)"""
     baseline: str | None = None
@@ -325,7 +388,21 @@ class ExperimentConfig:
         all_methods = method_names + [f"{self.perturbation.base}@{m}" for m in ("over", "under")
                                       if self.perturbation.base] + [
             f"{self.lambda_sweep.base}@lam={lam:g}" for lam in self.lambda_sweep.lambdas if self.lambda_sweep.base]
+        bon_rms = self.bon_study.reward_models if self.bon_study.reward_models is not None else names
+        for r in bon_rms:
+            if r not in names:
+                raise ValueError(f"bon_study.reward_models: {r!r} is not one of {names}")
         for c in self.claims:
+            if c.statistic == "bon_gold_difference":
+                if not self.bon_study.enabled:
+                    raise ValueError("claims: bon_gold_difference needs the best-of-n study (bon_study.enabled: true)")
+                for n in (c.treatment, c.control):
+                    rm, _, agg = n.partition(":")
+                    if rm not in bon_rms or agg not in BON_AGGREGATORS:
+                        raise ValueError(f"claims: bon_gold_difference compares <reward model>:<aggregator> with a "
+                                         f"reward model of {bon_rms} and an aggregator of {list(BON_AGGREGATORS)}; "
+                                         f"got {n!r}")
+                continue
             pool = all_methods if c.statistic in ("variance_ratio", "gold_difference") else names
             what = "methods" if pool is all_methods else "reward_models"
             for n in (c.treatment, c.control):
@@ -377,3 +454,8 @@ def heads_of(method: MethodSpec, num_heads: int) -> list[int | None]:
     if bad:
         raise UserError(f"method {method.name!r}: head {bad[0]} does not exist (the reward model has {num_heads})")
     return heads
+
+
+def replicate_of(name: str) -> str:
+    """The recipe a reward-model unit name belongs to (`bt@s3` -> `bt`)."""
+    return name.split("@", 1)[0]

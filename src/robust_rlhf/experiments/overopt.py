@@ -46,7 +46,8 @@ from robust_rlhf.experiments.stages import (
     pool_score_unit,
     pool_unit,
     rm_config,
-    rm_unit,
+    bon_study_units,
+    rm_units_of,
     shift_score_unit,
     shift_sets_unit,
     trainer,
@@ -119,6 +120,8 @@ class _Plan:
     """calibrated method -> (method, seed, head, rm unit, the methods that take its coefficient)"""
     total: int
     """planned units (calibrations at their max_probes)"""
+    bon_units: dict[str, Unit]
+    """the best-of-n study: its pool ("pool") and each reward model's scores of it"""
 
 
 def _plan(cfg: ExperimentConfig, root: Path, prompts: list[str], methods) -> _Plan:
@@ -127,7 +130,7 @@ def _plan(cfg: ExperimentConfig, root: Path, prompts: list[str], methods) -> _Pl
     data_dir = root / data.key
     prompts_file = data_dir / "prompts.jsonl"
     rm_specs = {r.name: r for r in cfg.reward_models}
-    rm_units = {name: rm_unit(spec, data, data_dir, cfg) for name, spec in rm_specs.items()}
+    rm_units = rm_units_of(cfg, data, data_dir)  # recipes and their replicate seeds
     rm_models = {name: rm_config(spec, data_dir, cfg.data.seed, cfg.device).model for name, spec in rm_specs.items()}
     rm_heads = {n: (1 if m.head_type == "scalar" else m.num_heads) for n, m in rm_models.items()}
     _check_methods(cfg, methods, rm_specs, rm_heads, data_dir, root, prompts_file)
@@ -153,9 +156,10 @@ def _plan(cfg: ExperimentConfig, root: Path, prompts: list[str], methods) -> _Pl
         policies += _policy_units(cfg, m, seeds, rm_heads, rm_units, root, prompts_file, None)
     n_policy = sum(len(seeds) * len(heads_of(m, rm_heads[m.reward_model]))
                    for m, seeds, _ in methods if m.type != "best_of_n")
-    total = (1 + len(rm_units) + len(pools) + len(pool_scores) + len(shift_units) + n_policy
+    bon_units = bon_study_units(cfg, data, rm_units, root) if cfg.bon_study.enabled else {}
+    total = (len(bon_units) + 1 + len(rm_units) + len(pools) + len(pool_scores) + len(shift_units) + n_policy
              + cfg.calibration.max_probes * len(calibrated))
-    return _Plan(data, rm_units, rm_heads, pools, pool_scores, shift_units, policies, calibrated, total)
+    return _Plan(data, rm_units, rm_heads, pools, pool_scores, shift_units, policies, calibrated, total, bon_units)
 
 
 def _policy_units(cfg: ExperimentConfig, m: MethodSpec, seeds, rm_heads, rm_units, root: Path, prompts_file: Path,
@@ -228,7 +232,7 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
         scheduler = Scheduler(root, backend, plan.total, progress, on_unit_start, retries=execution.retries)
         for u in [plan.data, *plan.rm_units.values(), *plan.pools.values(), *plan.pool_scores.values(),
-                  *plan.shift_units.values()]:
+                  *plan.shift_units.values(), *plan.bon_units.values()]:
             scheduler.add(u)
         coefs: dict[str, float] = {}
         run_index = [entry for entry, _ in plan.policies]
@@ -238,7 +242,7 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
             scheduler.add(u)
         scheduler.run()
         results = analyse(cfg, out, methods, plan.rm_units, plan.pools, plan.pool_scores, run_index, coefs,
-                          plan.shift_units)
+                          plan.shift_units, plan.bon_units)
         results["timing"] = {"wall_time_s": time.time() - t0, "execution": backend.describe,
                              "units_run": scheduler.executed,
                              "units_cached": scheduler.skipped,

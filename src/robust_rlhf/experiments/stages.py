@@ -103,6 +103,20 @@ def rm_unit(spec: RewardModelSpec, data: Unit, data_dir: Path, cfg: ExperimentCo
                 _run_rm, {"rm_cfg": rm_cfg, "data_dir": data_dir}, after=(data.key,))
 
 
+def rm_units_of(cfg: ExperimentConfig, data: Unit, data_dir: Path) -> dict[str, Unit]:
+    """Every reward-model unit: one per recipe (`rm/<name>`, trained with its first seed when
+    ``seeds`` is set) and one per further replicate seed (`rm/<name>@s<seed>`, same recipe)."""
+    out = {}
+    for spec in cfg.reward_models:
+        seeds = spec.seeds or [None]
+        for i, seed in enumerate(seeds):
+            own = spec if seed is None else dataclasses.replace(
+                spec, name=spec.name if i == 0 else f"{spec.name}@s{seed}",
+                overrides=_merge(nest_dotted(spec.overrides), {"seed": seed}))
+            out[own.name] = rm_unit(own, data, data_dir, cfg)
+    return out
+
+
 def eval_prompts(cfg: ExperimentConfig, prompts_file: Path) -> list[str]:
     from robust_rlhf.data.prompts import PromptDataConfig, train_eval_prompts
 
@@ -196,10 +210,21 @@ class _ExperimentRewardSource:
 
         return RewardModelSource.validation_uncertainty(self, form)
 
+    def all_heads(self, prompts, responses):
+        """(B, K) every head of the reward model (held-out evaluation scores all of them, whatever
+        the run trains on; `robust_rlhf.policy.recipe.all_heads`)."""
+        key = (tuple(prompts), tuple(responses))
+        if self._last is not None and self._last[0] == key:
+            return self._last[1].per_head
+        return self.model.score(list(prompts), list(responses)).per_head
+
+    _last = None
+
     def __call__(self, prompts, responses):
         from robust_rlhf.reward.output import RewardOutput
 
         out = self.model.score(list(prompts), list(responses))
+        self._last = ((tuple(prompts), tuple(responses)), out)
         if self.head is None:
             return out
         k = self.head
@@ -247,7 +272,8 @@ def policy_config_dict(cfg: ExperimentConfig, method: MethodSpec, seed: int, rm_
     base = {"model": {"name": cfg.policy},
             "data": {"prompts": str(prompts_file), "eval_fraction": ev.eval_fraction, "split_seed": ev.split_seed},
             "sampling": {"max_new_tokens": ev.max_new_tokens, "temperature": ev.temperature},
-            "log": {"eval_prompts": ev.eval_prompts, "progress": False},
+            "log": {"eval_prompts": ev.eval_prompts, "eval_samples_per_prompt": ev.samples_per_prompt,
+                    "progress": False},
             "device": cfg.device}
     d = _merge(base, user)
     d = _merge(d, {"reward": {"model": str(rm_dir), "aggregator": config_to_dict(method.aggregator)},
@@ -378,3 +404,52 @@ def _run_shift_scores(folder: Path, sets_dir: Path, rm_dir: Path) -> dict:
                      "per_head": scores.per_head.tolist()}  # (R, K): uncertainty under shift (uncertainty_shift.py)
     atomic_write_json(folder / "scores.json", out)
     return {name: len(v["reward"]) for name, v in out.items()}
+
+
+# ---------------------------------------------------------------------------- best-of-n study
+def bon_pool_unit(cfg: ExperimentConfig, data: Unit) -> Unit:
+    """The best-of-n study's pool: bon_study.pool_size reference-policy samples on each of its prompts, gold-scored."""
+    bs, ev = cfg.bon_study, cfg.evaluation
+    spec = {"data": data.fingerprint, "policy": cfg.policy, "gold": cfg.gold, "max_new_tokens": ev.max_new_tokens,
+            "temperature": ev.temperature, "num_prompts": bs.num_prompts, "prompt_source": bs.prompt_source,
+            "pool_size": bs.pool_size, "seed": bs.seed}
+    return Unit("bon/pool", "best-of-n study", spec, _run_bon_pool, {"cfg": cfg})
+
+
+def _run_bon_pool(folder: Path, cfg: ExperimentConfig) -> dict:
+    import torch
+
+    from robust_rlhf.data.prompts import load_prompts_file
+    from robust_rlhf.experiments.bon_study import HELD_OUT_PROMPTS
+    from robust_rlhf.gold import load_gold
+    from robust_rlhf.models.generation import SamplingConfig, generate
+    from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
+
+    bs, ev = cfg.bon_study, cfg.evaluation
+    source = load_prompts_file(bs.prompt_source) if bs.prompt_source else list(HELD_OUT_PROMPTS)
+    prompts = source[: bs.num_prompts]
+    lm = load_causal_lm(cfg.policy).eval()
+    tok = load_tokenizer(cfg.policy)
+    N = bs.pool_size
+    torch.manual_seed(1_000_003 * bs.seed + 101)
+    ro = generate(lm, tok, [p for p in prompts for _ in range(N)],
+                  SamplingConfig(max_new_tokens=ev.max_new_tokens, temperature=ev.temperature))
+    gold = load_gold(cfg.gold)(ro.prompts, ro.responses)
+    atomic_write_json(folder / "pool.json", {
+        "prompts": prompts, "pool_size": N,
+        "responses": [ro.responses[i * N : (i + 1) * N] for i in range(len(prompts))],
+        "gold": [gold[i * N : (i + 1) * N] for i in range(len(prompts))]})
+    return {"num_prompts": len(prompts), "gold_mean": sum(gold) / len(gold)}
+
+
+def bon_score_unit(rm: Unit, pool: Unit, root: Path) -> Unit:
+    """One proxy's per-head scores of the best-of-n study's pool (`pool_score_unit` on that pool)."""
+    u = pool_score_unit(rm, pool, root)
+    return Unit(f"bon/scores/{rm.key.split('/', 1)[1]}", "best-of-n study", u.spec, u.fn, u.args, u.after)
+
+
+def bon_study_units(cfg: ExperimentConfig, data: Unit, rm_units: dict[str, Unit], root: Path) -> dict[str, Unit]:
+    """{"pool": the study's pool, <rm>: its scores} for bon_study.reward_models (null = every recipe)."""
+    pool = bon_pool_unit(cfg, data)
+    names = cfg.bon_study.reward_models or [r.name for r in cfg.reward_models]
+    return {"pool": pool, **{r: bon_score_unit(rm_units[r], pool, root) for r in names}}

@@ -96,6 +96,24 @@ def summary_lines(results: dict) -> list[str]:
     return lines
 
 
+def bon_study_lines(results: dict) -> list[str]:
+    """One sentence per proxy of the best-of-n study: which aggregator ends highest at n = N, and where the mean peaks."""
+    bon = results.get("bon_study")
+    if not bon:
+        return []
+    N, lines = bon["pool_size"], []
+    for rm, curves in bon["reward_models"].items():
+        best = max(curves, key=lambda a: curves[a]["gold"][N - 1])
+        c, m = curves[best], curves["mean"]
+        top = (f"the highest gold is {best} ({c['gold'][N - 1]:.3f} [{c['ci_low'][N - 1]:.3f}, "
+               f"{c['ci_high'][N - 1]:.3f}]) vs mean {m['gold'][N - 1]:.3f}" if best != "mean" else
+               f"no aggregator beats the mean ({m['gold'][N - 1]:.3f} [{m['ci_low'][N - 1]:.3f}, {m['ci_high'][N - 1]:.3f}]"
+               + (f" over {len(curves) - 1} others)" if len(curves) > 1 else ", the only one of a one-head proxy)"))
+        lines.append(f"Best-of-n study, {rm} ({bon['num_prompts']} prompts): at n = {N} {top}; the mean's curve peaks at "
+                     f"n = {m['peak_n']} (reference {bon['reference_gold']:.3f}).")
+    return lines
+
+
 def early_warning_lines(results: dict) -> list[str]:
     """One sentence per method with an ensemble: did its disagreement rise before the gold turned down?"""
     lines = []
@@ -103,12 +121,15 @@ def early_warning_lines(results: dict) -> list[str]:
         c, n = ew["outcomes"], ew["num_policies"]
         before = c.get("warned before downturn", 0)
         downturns = before + c.get("warned after downturn", 0) + c.get("downturn without warning", 0)
+        early = c.get("peak before earliest warning", 0)
+        early_note = (f"; {early} more peaked before the earliest possible warning (counted apart)" if early else "")
         if downturns == 0:
             lines.append(f"Early warning, {name}: no gold downturn in any of its {n} policies, so there was nothing to "
-                         f"warn of ({c.get('no gold downturn (false alarm)', 0)} ensemble-std rises anyway).")
+                         f"warn of ({c.get('no gold downturn (false alarm)', 0)} ensemble-std rises anyway{early_note}).")
             continue
         lead = ew["mean_lead_eval_steps"]
         lines.append(f"Early warning, {name}: the ensemble std on its own samples rose before the gold peaked in "
-                     f"{before} of {downturns} policies whose gold turned down ({n} policies in all)"
+                     f"{before} of {downturns} policies whose gold turned down by more than 2 standard errors "
+                     f"({n} policies in all{early_note})"
                      + (f"; mean lead {lead:+.1f} evaluation steps" if lead is not None else "") + ".")
     return lines

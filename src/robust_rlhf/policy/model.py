@@ -97,6 +97,8 @@ class ForwardOutput:
     logprobs: torch.Tensor
     entropy: torch.Tensor | None = None
     values: torch.Tensor | None = None
+    logprobs_all: torch.Tensor | None = None
+    """(B, T, V) log-probs of every vocabulary token (``with_full_logprobs``; held-out evaluation's exact KL)"""
 
 
 class Policy(nn.Module):
@@ -149,6 +151,7 @@ class Policy(nn.Module):
         with_values: bool = False,
         with_entropy: bool = False,
         reference: bool = False,
+        with_full_logprobs: bool = False,
     ) -> ForwardOutput:
         """Log-probs (and values / entropy) of the response tokens.
 
@@ -158,16 +161,18 @@ class Policy(nn.Module):
             temperature: the sampling temperature; log-probs are of ``softmax(logits / temperature)``,
                 the distribution the tokens were drawn from.
             reference: score with the reference instead of the policy (no values).
+            with_full_logprobs: also return the (B, T, V) log-probs over the vocabulary.
         Returns:
             ForwardOutput with (B, T) tensors; positions where ``response_mask`` is 0 hold
             garbage the caller must mask.
         """
         if reference:
             with self.reference() as ref:
-                return _forward(ref, None, query_ids, query_mask, response_ids, response_mask, temperature, False, with_entropy)
+                return _forward(ref, None, query_ids, query_mask, response_ids, response_mask, temperature, False,
+                                with_entropy, with_full_logprobs)
         return _forward(
             self.lm, self.value_head if with_values else None, query_ids, query_mask,
-            response_ids, response_mask, temperature, with_values, with_entropy,
+            response_ids, response_mask, temperature, with_values, with_entropy, with_full_logprobs,
         )
 
     # --- persistence ----------------------------------------------------------------------
@@ -208,7 +213,8 @@ class TrainForward(nn.Module):
                                             with_values=True, with_entropy=with_entropy)
 
 
-def _forward(lm, value_head, query_ids, query_mask, response_ids, response_mask, temperature, with_values, with_entropy):
+def _forward(lm, value_head, query_ids, query_mask, response_ids, response_mask, temperature, with_values, with_entropy,
+             with_full_logprobs=False):
     from robust_rlhf.policy.losses import entropy_from_logits
 
     P, T = query_ids.shape[1], response_ids.shape[1]
@@ -234,7 +240,8 @@ def _forward(lm, value_head, query_ids, query_mask, response_ids, response_mask,
     if with_values and value_head is not None:
         hidden = out.hidden_states[-1][:, P - 1 : P + T - 1]  # (B, T, H): the states that predict each token
         values = value_head(hidden.float())  # (B, T)
-    return ForwardOutput(logprobs=logprobs, entropy=entropy, values=values)
+    return ForwardOutput(logprobs=logprobs, entropy=entropy, values=values,
+                         logprobs_all=logprobs_all if with_full_logprobs else None)
 
 
 def load_policy(cfg: ModelConfig, with_value_head: bool = True, adapter_path: str | Path | None = None,

@@ -33,10 +33,10 @@ from robust_rlhf.models.generation import SamplingConfig
 from robust_rlhf.policy.kl import KLConfig
 from robust_rlhf.policy.losses import masked_mean
 from robust_rlhf.policy.model import ModelConfig, load_policy
-from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, evaluate_policy, reward_metrics
+from robust_rlhf.policy.rewards import RewardConfig, TrainingReward, reward_metrics
 from robust_rlhf.policy.tracking import LogConfig, Run
 from robust_rlhf.reward.sources import RewardSource, load_reward_source
-from robust_rlhf.utils import atomic_save_dir, resolve_device, set_seed
+from robust_rlhf.utils import atomic_save_dir, atomic_write_text, resolve_device, set_seed
 
 __all__ = ["PolicyRecipeConfig", "build_reward_source", "PolicySamplingConfig", "TrainConfig", "PolicySession", "make_optimizer", "require_one_process",
            "sample_seed", "step_seed"]
@@ -153,6 +153,99 @@ def require_one_process(method: str) -> None:
                         "(multi-process policy training is supported for method=ppo)")
 
 
+EVAL_SAMPLES_FILE = "eval_samples.jsonl"
+"""Per-sample held-out evaluation of a policy run: one JSON row per (evaluation step, sample),
+``{"step", "kl", "prompt", "response", "per_head", "gold"}`` (`append_eval_samples`)."""
+
+
+def exact_token_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
+    """Per-token KL(pi || pi_ref) summed over the whole vocabulary: ``sum_v p(v) (log p(v) - log q(v))``.
+
+    Args:
+        logprobs, ref_logprobs: (B, T, V) log-probs of the policy and of the reference at each
+            response position (the sampled prefix as context).
+    Returns:
+        (B, T) exact KL per position, >= 0 (up to rounding, clamped at 0): summed over a response
+        it is the Rao-Blackwellised sequence-KL estimate, unbiased and never negative.
+    """
+    return (logprobs.exp() * (logprobs - ref_logprobs)).sum(-1).clamp(min=0.0)
+
+
+def all_heads(reward: TrainingReward, prompts: list[str], responses: list[str], scored) -> torch.Tensor:
+    """(B, K) every head of the run's reward model on these texts, whatever the run trains on: a
+    source with ``all_heads(prompts, responses)`` (one head of an ensemble) answers for the whole
+    ensemble; otherwise the heads it scored (``scored``, its `RewardOutput`)."""
+    source = getattr(reward, "source", None)
+    fn = getattr(source, "all_heads", None)
+    return (fn(prompts, responses) if fn is not None else scored.per_head).detach().float().cpu()
+
+
+@torch.no_grad()
+def evaluate_held_out(policy, prompts: list[str], samples_per_prompt: int, sampling_cfg: SamplingConfig,
+                      reward: TrainingReward, gold, seed: int, chunk: int = 16) -> tuple[dict[str, float], list[dict]]:
+    """Held-out evaluation: ``samples_per_prompt`` responses per prompt (own RNG stream, so training
+    randomness is untouched), each scored by the gold, the proxy (every head) and its exact
+    sequence KL to the reference (`exact_token_kl`, summed over the response).
+
+    The gold reward is only logged here; it never feeds training.
+
+    Returns:
+        (metrics, samples): the logged means with their standard errors (``gold_reward``,
+        ``gold/reward_se``, ``gold/kl``, ``gold/kl_se``, ``gold/ensemble_std`` over all heads, ...),
+        and one dict per sample ``{"kl", "prompt", "response", "per_head", "gold"}``.
+    """
+    from robust_rlhf.models.generation import generate
+    from robust_rlhf.reward.output import RewardOutput
+
+    flat = [p for p in prompts for _ in range(samples_per_prompt)]
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        ro = generate(policy.lm, policy.tokenizer, flat, sampling_cfg)
+    gold_scores = torch.tensor(gold(ro.prompts, ro.responses), dtype=torch.float64)  # (S,)
+    scored, proxy = reward.score(ro.prompts, ro.responses)
+    heads = all_heads(reward, ro.prompts, ro.responses, scored)  # (S, K)
+    kls = []
+    for i in range(0, len(flat), chunk):
+        part = [t[i : i + chunk] for t in (ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask)]
+        out = policy.forward_response(*part, sampling_cfg.temperature, with_full_logprobs=True)
+        ref = policy.forward_response(*part, sampling_cfg.temperature, reference=True, with_full_logprobs=True)
+        kls.append((exact_token_kl(out.logprobs_all, ref.logprobs_all) * part[3]).sum(1).double().cpu())  # (b,)
+    kl = torch.cat(kls)  # (S,)
+    n = len(flat)
+
+    def se(x: torch.Tensor) -> float:
+        return float(x.std() / n**0.5) if n > 1 else 0.0
+
+    metrics = {
+        "gold_reward": gold_scores.mean().item(),
+        "gold/reward_std": gold_scores.std().item() if n > 1 else 0.0,
+        "gold/reward_se": se(gold_scores),
+        "gold/proxy_reward": proxy.mean().item(),
+        "gold/kl": kl.mean().item(),
+        "gold/kl_se": se(kl),
+        "gold/ensemble_std": RewardOutput(heads, None).std.mean().item(),
+        "gold/num_samples": n,
+        "gold/response_length": ro.response_mask.sum(1).float().mean().item(),
+    }
+    samples = [{"kl": float(kl[j]), "prompt": ro.prompts[j], "response": ro.responses[j],
+                "per_head": [float(v) for v in heads[j]], "gold": float(gold_scores[j])} for j in range(n)]
+    return metrics, samples
+
+
+def append_eval_samples(path: Path, step: int, samples: list[dict]) -> None:
+    """Append one evaluation's samples to ``eval_samples.jsonl`` (rows of a step already there --
+    a resumed run re-evaluating it -- are replaced, so every step appears once). The file is
+    rewritten atomically, so a kill never leaves a half row."""
+    import json
+
+    rows = []
+    if path.exists():
+        rows = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip() and json.loads(line)["step"] != step]
+    rows += [json.dumps({"step": step, **s}) for s in samples]
+    atomic_write_text(path, "\n".join(rows) + "\n")
+
+
 def _mean(x: torch.Tensor | float) -> float:
     return float(x.mean()) if isinstance(x, torch.Tensor) else float(x)
 
@@ -255,8 +348,10 @@ class PolicySession:
         cfg = self.cfg
         if self.is_main and self.eval_due(step):
             self.policy.eval()
-            row.update(evaluate_policy(self.policy, self.eval_prompts, cfg.sampling, self.reward, self.gold,
-                                       seed=step_seed(cfg.seed + 1, step), kl_estimator=cfg.kl.estimator))
+            metrics, samples = evaluate_held_out(self.policy, self.eval_prompts, cfg.log.eval_samples_per_prompt,
+                                                 cfg.sampling, self.reward, self.gold, seed=step_seed(cfg.seed + 1, step))
+            row.update(metrics)
+            append_eval_samples(self.output_dir / EVAL_SAMPLES_FILE, step + 1, samples)
         row["time/step_s"] = time.perf_counter() - self._t0
         self.run.log(row)  # the main process only writes
         if cfg.log.checkpoint_every and (step + 1) % cfg.log.checkpoint_every == 0:

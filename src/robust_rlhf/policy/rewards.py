@@ -152,33 +152,3 @@ def reward_metrics(batch: RewardOutput, prefix: str = "reward/") -> dict[str, fl
         for k in range(batch.per_head.shape[1]):
             m[f"{prefix}head_{k}"] = batch.per_head[:, k].mean().item()
     return m
-
-
-@torch.no_grad()
-@torch.no_grad()
-def evaluate_policy(policy, prompts: Sequence[str], sampling_cfg, reward: TrainingReward, gold, seed: int,
-                    kl_estimator: str = "k1") -> dict[str, float]:
-    """Held-out evaluation: sample one response per prompt (own RNG stream, so training
-    randomness is untouched) and log the gold reward, the proxy and the KL to the reference.
-
-    The gold reward is only logged here; it never feeds training.
-    """
-    from robust_rlhf.models.generation import generate
-    from robust_rlhf.policy.kl import kl_estimate
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        ro = generate(policy.lm, policy.tokenizer, list(prompts), sampling_cfg)
-    gold_scores = torch.tensor(gold(ro.prompts, ro.responses), dtype=torch.float32)
-    _, proxy = reward.score(ro.prompts, ro.responses)
-    out = policy.forward_response(ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask, sampling_cfg.temperature)
-    ref = policy.forward_response(ro.query_ids, ro.query_mask, ro.response_ids, ro.response_mask, sampling_cfg.temperature,
-                                  reference=True)
-    kl = (kl_estimate(out.logprobs, ref.logprobs, kl_estimator) * ro.response_mask).sum(1)  # (B,)
-    return {
-        "gold_reward": gold_scores.mean().item(),
-        "gold/reward_std": gold_scores.std().item() if len(gold_scores) > 1 else 0.0,
-        "gold/proxy_reward": proxy.mean().item(),
-        "gold/kl": kl.mean().item(),
-        "gold/response_length": ro.response_mask.sum(1).float().mean().item(),
-    }

@@ -62,6 +62,8 @@ class LogConfig:
     """every N steps, sample on held-out prompts and log the gold reward (never used for training); 0 = off"""
     eval_prompts: int = 32
     """how many held-out prompts to evaluate on"""
+    eval_samples_per_prompt: int = 1
+    """responses sampled per held-out prompt at each evaluation (gold evaluations = prompts x this)"""
     checkpoint_every: int = 10
     """save an atomic checkpoint every N steps (0 = only at the end)"""
     keep_checkpoints: int = 2
@@ -74,6 +76,8 @@ class LogConfig:
     """show a tqdm progress bar"""
 
     def __post_init__(self) -> None:
+        if self.eval_samples_per_prompt < 1:
+            raise ValueError(f"log.eval_samples_per_prompt must be >= 1, got {self.eval_samples_per_prompt}")
         for name in ("eval_every", "checkpoint_every", "eval_prompts"):
             if getattr(self, name) < 0:
                 raise ValueError(f"log.{name} must be >= 0, got {getattr(self, name)}")

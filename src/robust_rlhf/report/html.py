@@ -169,18 +169,21 @@ def build_html(results: dict, plots: dict[str, list[Path]]) -> str:
     if ew:
         cfg_ew = cfg.get("early_warning", {})
         parts.append("<h2>Early warning of reward hacking</h2>")
-        parts.append(f"<p class='meta'>Per policy: the warning is the first training step where the ensemble's std on the "
-                     f"policy's own samples (trailing mean over {_e(cfg_ew.get('window', '–'))} steps) exceeds "
-                     f"(1 + {_e(cfg_ew.get('rise', '–'))}) × its level in the first steps; the gold turns down when an "
-                     f"evaluation falls more than {_e(cfg_ew.get('gold_drop', '–'))} below the best so far (the downturn "
-                     f"starts at that best). Lead = (gold peak − warning) in evaluation steps; positive = warned "
-                     f"earlier.</p>")
-        outcomes = ["warned before downturn", "warned after downturn", "downturn without warning",
-                    "no gold downturn (false alarm)", "no gold downturn, no warning"]
+        parts.append(f"<p class='meta'>Per policy, at every evaluation (the reference policy first): the warning is the "
+                     f"first evaluation where the std over all heads of its reward model on the policy's own held-out "
+                     f"samples (trailing mean over {_e(cfg_ew.get('window', '–'))} evaluations) exceeds "
+                     f"(1 + {_e(cfg_ew.get('rise', '–'))}) × its level in the first ones; the gold turns down when an "
+                     f"evaluation falls more than {_e(cfg_ew.get('gold_drop_se', '–'))} standard errors below the best so "
+                     f"far (the downturn starts at that best). A peak before the earliest possible warning is counted "
+                     f"apart. Lead = (gold peak − warning) in evaluation steps; positive = warned earlier.</p>")
+        outcomes = ["warned before downturn", "warned after downturn", "downturn without warning",  # stats.EW_OUTCOMES
+                    "peak before earliest warning", "no gold downturn (false alarm)", "no gold downturn, no warning"]
         parts.append(_table(["method", "policies"] + outcomes + ["mean lead (eval steps)"],
                             [[_e(n), str(v["num_policies"])] + [str(v["outcomes"].get(o, 0)) for o in outcomes]
                              + [_num(v["mean_lead_eval_steps"], "+.1f")] for n, v in ew.items()]))
         parts += [_img(p, p.stem) for p in plots.get("early_warning", [])]
+
+    parts += _bon_study_section(results.get("bon_study"), level)
 
     shift = results.get("shift")
     if shift:
@@ -221,26 +224,63 @@ def build_html(results: dict, plots: dict[str, list[Path]]) -> str:
     return "\n".join(parts)
 
 
+def _bon_study_section(bon: dict | None, level: float) -> list[str]:
+    """The best-of-n study: gold at n = 1, 2, 4, ..., N per proxy x aggregator with the prompt-bootstrap interval."""
+    if not bon:
+        return []
+    N = bon["pool_size"]
+    ns = sorted({1, N} | {2**i for i in range(1, 7) if 2**i < N})
+    rows = []
+    for rm, curves in bon["reward_models"].items():
+        for agg, c in curves.items():
+            rows.append([_e(rm), _e(agg)] + [f"{c['gold'][n - 1]:.3f} [{c['ci_low'][n - 1]:.3f}, {c['ci_high'][n - 1]:.3f}]"
+                                             for n in ns] + [str(c["peak_n"])])
+    return [f"<h2>Best-of-n study: {bon['num_prompts']} held-out prompts × N = {N} reference samples</h2>",
+            f"<p class='meta'>Expected gold of the best of n (Coste's unbiased estimator per prompt, mean over prompts) "
+            f"with a {level:.0%} prompt-bootstrap interval; reference gold {bon['reference_gold']:.3f}. Aggregators: "
+            f"mean, min / max of the standardised heads, lcb = mean − β·std, uwo, BRME λ ∈ {{0, 0.5, 1}}.</p>",
+            _table(["reward model", "aggregator"] + [f"n = {n}" for n in ns] + ["peak n"], rows)]
+
+
+def _arms(d: dict | None) -> str:
+    return "–" if not d else " vs ".join(str(v) for k, v in d.items() if k != "unit")
+
+
 def _claims_section(claims: list[dict]) -> list[str]:
-    """The claims table (first in the report): one row per seed claim with its interval and verdict."""
+    """The claims table (first in the report): one row per seed claim with its interval, p (raw and
+    Holm-adjusted), minimum detectable effect, replication unit with the counts that entered the test
+    (matched counts for policy claims), and its raw and Holm verdicts."""
     if not claims:
         return []
     cls = {"reproduced": "pos", "not reproduced": "neg", "inconclusive": ""}
     rows = []
     for c in claims:
         st, (lo, hi) = c["statistic"], c["ci95"]
-        arms = c.get("n_policies") or c.get("n") or {}
+        units = c.get("n_units") or c.get("n_matched") or c.get("n") or {}  # results.json before n_units: the counts
+        n_txt = f"{_arms(units)} {_e(units.get('unit', ''))}".strip()
+        if c.get("n_matched") and c.get("n_policies"):
+            n_txt += f" (matched at the KL; of {_arms(c['n_policies'])})"
         kl = c.get("kl")
-        kl_txt = "–" if not kl else (", ".join(f"{_e(k)} {v:.2f}" for k, v in kl.items() if k != "matched_at")
-                                     + f"; compared at {kl['matched_at']:.2f}")
+        if not kl:
+            kl_txt = "–"
+        elif "matched_at" in kl:
+            kl_txt = (", ".join(f"{_e(k)} {v:.2f}" for k, v in kl.items() if k != "matched_at")
+                      + f"; compared at {kl['matched_at']:.2f}")
+        else:
+            kl_txt = ", ".join(f"{_e(k)} {v:g}" for k, v in kl.items())
+        mde = c.get("mde")
         rows.append([_e(c["seed"]), _e(c["claim"]), _e(st["name"]), _num(st["value"], "+.3f"),
                      "–" if lo is None else f"[{lo:+.3f}, {hi:+.3f}]",
-                     f"{'<' if st['direction'] == 'less' else '>'} {st['null']:g}",
-                     _e(", ".join(f"{k}: {v}" for k, v in arms.items())), kl_txt,
-                     f"<b class='{cls.get(c['verdict'], '')}'>{_e(c['verdict'])}</b>"])
+                     f"{'<' if st['direction'] == 'less' else '>'} {st['null']:g}", n_txt,
+                     _num(mde, ".3f" if st["kind"] == "variance_ratio" else "+.3f"),
+                     _num(c.get("p"), ".3g"), _num(c.get("p_holm"), ".3g"), kl_txt,
+                     f"<b class='{cls.get(c['verdict'], '')}'>{_e(c['verdict'])}</b>",
+                     f"<b class='{cls.get(c.get('verdict_holm'), '')}'>{_e(c.get('verdict_holm', '–'))}</b>"])
     return ["<h2>Claims of the seed papers</h2>",
-            _table(["seed", "claim", "statistic", "value", "95% CI", "claimed", "n per arm", "KL", "verdict"], rows),
-            f"<p class='meta'>Verdict rule: {_e(claims[0].get('rule', ''))}.</p>"]
+            _table(["seed", "claim", "statistic", "value", "95% CI", "claimed", "n (unit)", "MDE (80 %)", "p",
+                    "p (Holm)", "KL / n", "verdict", "verdict (Holm)"], rows),
+            f"<p class='meta'>Verdict rule: {_e(claims[0].get('rule', ''))}. MDE: the smallest true effect (a ratio "
+            f"for variance ratios) the row's test detects with 80 % power at its two-sided Holm level.</p>"]
 
 
 def write_report(output_dir: str | Path) -> Path:

@@ -188,8 +188,8 @@ def plot_rm_variance(results: dict, out: Path) -> list[Path]:
 
 
 def plot_early_warning(results: dict, out: Path) -> list[Path]:
-    """Per method with an ensemble: the ensemble std on the policy's own samples against the
-    training step (left axis), the held-out gold beside it (right axis), one colour per policy;
+    """Per method with an ensemble: the ensemble std (all heads) on the policy's own held-out samples
+    at each evaluation (left axis), the held-out gold beside it (right axis), one colour per policy;
     ▲ = warning, ▼ = gold peak before the downturn."""
     ew = results.get("early_warning") or {}
     if not ew:
@@ -204,8 +204,8 @@ def plot_early_warning(results: dict, out: Path) -> list[Path]:
             if not e:
                 continue
             col = COLORS[i % len(COLORS)]
-            tc = r["train_curve"]
-            pts = [(s, v) for s, v in zip(tc["step"], tc["ensemble_std"]) if v is not None]
+            c = r["curve"]
+            pts = [(s, v) for s, v in zip(c["step"], c.get("ensemble_std") or []) if v is not None]
             ax.plot([p[0] for p in pts], [p[1] for p in pts], color=col, lw=1)
             gx.plot(r["curve"]["step"], r["curve"]["gold"], color=col, lw=1, ls="--", marker=".")
             if e["warning_step"] is not None:
@@ -215,7 +215,7 @@ def plot_early_warning(results: dict, out: Path) -> list[Path]:
                         color=col, ms=8)
         ax.set_title(name)
         ax.set_xlabel("training step")
-        ax.set_ylabel("ensemble std on own samples (solid)")
+        ax.set_ylabel("ensemble std, own held-out samples (solid)")
         gx.set_ylabel("held-out gold (dashed)")
     return [_save(fig, out / "early_warning.png")]
 
