@@ -108,19 +108,26 @@ class TaskConfig(PairSamplingConfig):
 def sample_completions(policy_name: str, prompts: Sequence[str], n: int, max_new_tokens: int,
                        temperature: float, batch_size: int, seed: int) -> list[list[str]]:
     """n sampled completions per prompt from a causal LM (left-padded, KV-cached generate)."""
-    import torch
-    from tqdm.auto import tqdm
-
     from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(policy_name).eval()
     tok = load_tokenizer(policy_name)
+    return generate_completions(model, tok, prompts, n, max_new_tokens, temperature, batch_size, seed)
+
+
+def generate_completions(model, tok, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float,
+                         batch_size: int, seed: int, progress: bool = True) -> list[list[str]]:
+    """n sampled completions per prompt from a loaded causal LM and its tokenizer (left-padded,
+    KV-cached generate; pure ancestral sampling). Deterministic per `seed` and `batch_size`."""
+    import torch
+    from tqdm.auto import tqdm
+
     tok.padding_side = "left"
     flat = [p for p in prompts for _ in range(n)]
     out: list[str] = []
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        for i in tqdm(range(0, len(flat), batch_size), desc="sampling completions", unit="batch"):
+        for i in tqdm(range(0, len(flat), batch_size), desc="sampling completions", unit="batch", disable=not progress):
             batch = flat[i : i + batch_size]
             enc = tok(batch, return_tensors="pt", padding=True)
             torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))

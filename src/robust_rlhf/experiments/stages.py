@@ -38,6 +38,10 @@ def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
 
         atomic_write_jsonl(folder / "prompts.jsonl", ({"prompt": p} for p in prompts))
         d = cfg.data
+        if d.task == "large":
+            from robust_rlhf.data.large_task import write_large_task_splits
+
+            return write_large_task_splits(folder, cfg.gold, d.train_pairs, d.label_noise, d.eval_pairs, d.seed)
         if d.source == "builtin":
             from robust_rlhf.data.builtin_task import FIXTURE_DIR, SPLITS
 
