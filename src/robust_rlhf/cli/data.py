@@ -41,7 +41,7 @@ def register(sub) -> None:
     g.add_argument("--features-dir", required=True, help="the --features-dir of build-task --task large")
     g.add_argument("--output-dir", required=True, help="folder for the gold's head.safetensors and config.json")
     g.add_argument("overrides", nargs="*", metavar="key=value",
-                   help="LearnedGoldConfig overrides, e.g. steps=400 hidden=256 holdout_split=test")
+                   help="LearnedGoldConfig overrides, e.g. steps=300 hidden=128 holdout_split=test")
     g.set_defaults(func=cmd_train_gold)
 
 

@@ -48,11 +48,11 @@ class LearnedGoldConfig:
 
     base: str = "smollm2-135m"
     """frozen base decoder (embedded name or HF folder); must be the policy that sampled the task"""
-    hidden: int = 256
+    hidden: int = 128
     """hidden units of the MLP head"""
     max_length: int = 64
     """tokens of prompt + response read when scoring new text"""
-    steps: int = 400
+    steps: int = 300
     """full-batch AdamW steps"""
     lr: float = 3e-3
     """learning rate"""
@@ -238,7 +238,7 @@ def train_learned_gold(cfg: LearnedGoldConfig, task_dir: str | Path, features_di
         loss.backward()
         opt.step()
         if step % 50 == 0 or step == cfg.steps - 1:
-            history.append({"step": step + 1, "bt_loss": float(loss)})
+            history.append({"step": step + 1, "bt_loss": round(float(loss.detach()), 5)})
     head.eval()
     with torch.no_grad():
         scores = head(x).squeeze(-1)  # (P, n)
