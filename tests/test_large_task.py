@@ -169,3 +169,33 @@ def test_bt_labels_follow_vader_at_low_temperature():
 
     labels = bt_labels([0.5, -0.1, 0.5, 0.9], random.Random(0), temperature=1e-4)
     assert sorted(labels) == sorted([(0, 1), (3, 0), (2, 1), (3, 1), (3, 2)])  # the (0, 2) tie skipped
+
+
+def test_learned_gold_trains_saves_and_scores_like_recorded(tmp_path):
+    """train-gold on a 4-prompt task: the saved folder, loaded as `learned:<folder>`, gives the
+    scores it wrote into the task, and it fits its own training labels."""
+    from robust_rlhf.data.large_task import save_features, summarize
+    from robust_rlhf.gold import load_gold
+    from robust_rlhf.gold.learned import LearnedGoldConfig, pooled_features, train_learned_gold
+    from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
+
+    comps = [" great, I loved it", " awful and boring", " fine I guess", " the worst ever",
+             " wonderful fun", " bad, very bad", " okay", " a true delight"]
+    rows = [{"prompt": p, "domain": "movies", "split": s, "completions": comps[i % 2 * 4: i % 2 * 4 + 4],
+             "gold": {"vader": [0.8, -0.6, 0.2, -0.7] if i % 2 == 0 else [0.7, -0.5, 0.1, 0.6]}}
+            for i, (p, s) in enumerate([("The film was", "train"), ("The pizza was", "train"),
+                                        ("Our room was", "validation"), ("The album was", "test")])]
+    task, feats_dir = tmp_path / "task", tmp_path / "features"
+    task.mkdir()
+    feats_dir.mkdir()
+    cfg = LargeTaskConfig(completions_per_prompt=4)
+    (task / "large_task.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (task / "large_task.json").write_text(json.dumps({"config": cfg.to_dict(), "summary": summarize(rows)}))
+    model, tok = load_causal_lm("smollm2-135m").eval(), load_tokenizer("smollm2-135m")
+    save_features(feats_dir, 0, rows, pooled_features(model, tok, [r["prompt"] + c for r in rows for c in r["completions"]], 64))
+    report = train_learned_gold(LearnedGoldConfig(steps=60, hidden=16), task, feats_dir, tmp_path / "gold")
+    assert report["accuracy_training_labels"]["accuracy_bt_labels"] > 0.8
+    recorded, _ = load_large_task(task)
+    gold = load_gold(f"learned:{tmp_path / 'gold'}")
+    for r in recorded:
+        assert gold([r["prompt"]] * 4, r["completions"]) == pytest.approx(r["gold"]["learned"], abs=2e-4)

@@ -106,7 +106,11 @@ def build_large_task(cfg: LargeTaskConfig, output_dir: str | Path, prompts: Sequ
 
     With `features_dir`, the policy's own mean-pooled final hidden state of every prompt +
     completion -- what the learned gold (`robust_rlhf.gold.learned`) reads -- is kept there per
-    chunk (``chunk_*.pt``), taken from the sampling's forward passes at no extra cost."""
+    chunk (``chunk_*.pt``), taken from the sampling's forward passes at no extra cost.
+
+    With ``shard=(i, n)`` only the chunks with index % n == i are sampled, so n processes share
+    the work; the task is assembled (and its summary returned) only once every chunk exists, else
+    None -- run once more without a shard to assemble."""
     from robust_rlhf.gold import load_gold
     from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
     from robust_rlhf.utils import atomic_write_json, atomic_write_jsonl, check_output_dir

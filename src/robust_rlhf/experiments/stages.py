@@ -61,6 +61,13 @@ def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
         return summary
 
     spec = {"policy": cfg.policy, "gold": cfg.gold, "prompts": prompts, "data": config_to_dict(cfg.data)}
+    if cfg.data.task == "large":  # a rebuilt fixture is other data
+        import hashlib
+
+        from robust_rlhf.data.large_task import large_task_paths
+
+        meta = large_task_paths()[1]
+        spec["large_task"] = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.exists() else None
     return Unit("data", "data", spec, run)
 
 
