@@ -19,7 +19,9 @@ def register(sub) -> None:
     b.add_argument("--task", choices=("small", "large"), default="small",
                    help="small: the 670-pair task of the demo and tests (default); large: 1,003 openings in 8 domains "
                         "x 8 completions, sampled in resumable chunks (LargeTaskConfig keys as overrides). The shipped "
-                        "large fixture: robust-rlhf data build-task --task large --output-dir src/robust_rlhf/data/fixtures")
+                        "large fixture: robust-rlhf data build-task --task large --output-dir runs/large_task "
+                        "--features-dir runs/large_features, then data train-gold, then copy large_task.json* into "
+                        "src/robust_rlhf/data/fixtures (docs/reward_models.md)")
     b.add_argument("--features-dir", default=None,
                    help="--task large: also keep the policy's pooled hidden states of every completion here "
                         "(what data train-gold reads; taken from the sampling at no extra cost; not shipped)")

@@ -8,15 +8,17 @@ set), from which proxy training sets of a chosen size and label noise are drawn.
 Prompts (`prompts.large_prompts`): 17 templates x 59 subjects in 8 domains (movies, restaurants,
 hotels, books, gadgets, music, games, travel), split by prompt into train / validation / test.
 The shipped fixture (`data/fixtures/large_task.jsonl` + `large_task.json`, one row per prompt:
-its completions and every gold's score of each) was made by
+its completions and every gold's score of each) was made by (docs/reward_models.md, "The large task")
 
-    robust-rlhf data build-task --task large --output-dir src/robust_rlhf/data/fixtures
-    robust-rlhf data train-gold --task-dir src/robust_rlhf/data/fixtures \\
-        --output-dir src/robust_rlhf/gold/learned_gold --work-dir runs/learned_gold_work
+    robust-rlhf data build-task --task large --output-dir runs/large_task \
+        --features-dir runs/large_features [--shard I/N]      # then once without --shard
+    robust-rlhf data train-gold --task-dir runs/large_task --features-dir runs/large_features \
+        --output-dir src/robust_rlhf/gold/learned_gold
+    cp runs/large_task/large_task.json* src/robust_rlhf/data/fixtures/
 
-The first command samples in chunks of ``chunk_prompts`` prompts (each chunk seeded by its index,
-so a killed run resumes where it stopped and gives the same completions) and records VADER's
-scores; the second trains the learned gold and adds its scores (``gold.learned``) to the rows.
+The first samples in chunks of ``chunk_prompts`` prompts (each chunk seeded by its index, so a
+killed run resumes where it stopped and gives the same completions) and records VADER's scores;
+the second trains the learned gold and adds its scores (``gold.learned``) to the rows.
 
 `draw_pairs` turns the rows of one split into preference pairs: every pair of distinct,
 non-empty completions of a prompt whose gold scores differ, the higher one `chosen`; a draw of
