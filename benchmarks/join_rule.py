@@ -22,7 +22,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import json as _json
 
-    from robust_rlhf.data.builtin_task import builtin_split_path
+    from robust_rlhf.data.preferences import builtin_split_path
     from robust_rlhf.data.text import render_pair
     from robust_rlhf.reward.model import RewardModel
 

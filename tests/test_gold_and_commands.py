@@ -27,8 +27,10 @@ def test_module_function_gold_spec(tmp_path, monkeypatch):
         load_gold("my_judge:NOT_CALLABLE")
     with pytest.raises(UserError, match="cannot import module 'no_such_judge_module'"):
         load_gold("no_such_judge_module:f")
-    with pytest.raises(UserError, match="expected 'vader', 'hf:<model>' or 'module:function'"):
+    with pytest.raises(UserError, match="expected 'vader', 'learned', 'learned:<folder>', 'hf:<model>' or 'module:function'"):
         load_gold("vaderr")
+    with pytest.raises(UserError, match="'nowhere' is not a folder"):
+        load_gold("learned:nowhere")
 
 
 @pytest.mark.parametrize("num_labels", [1, 3])

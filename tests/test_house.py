@@ -81,7 +81,7 @@ def test_task_and_lab_data_configs_share_fields_and_keep_defaults():
     assert (task.completions_per_prompt, lab.completions_per_prompt) == (6, 4)
     assert task.split_fractions == (0.7, 0.15, 0.15) and lab.split_fractions == [0.7, 0.15, 0.15]
     assert {f.name for f in dataclasses.fields(task)} - {"policy", "gold"} == \
-        {f.name for f in dataclasses.fields(lab)} - {"source"}
+        {f.name for f in dataclasses.fields(lab)} - {"source", "task", "train_pairs", "eval_pairs"}
     with pytest.raises(ValueError, match="label_noise"):
         PreferenceDataConfig(label_noise=0.6)
     with pytest.raises(ValueError, match="completions_per_prompt"):

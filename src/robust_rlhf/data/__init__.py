@@ -13,6 +13,11 @@ _EXPORTS = {
     "load_prompts_file": ".prompts",
     "TaskConfig": ".builtin_task",
     "build_task": ".builtin_task",
+    "large_prompts": ".prompts",
+    "LargeTaskConfig": ".large_task",
+    "build_large_task": ".large_task",
+    "load_large_task": ".large_task",
+    "draw_pairs": ".large_task",
 }
 __all__ = list(_EXPORTS)
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -96,23 +96,30 @@ class TaskConfig(PairSamplingConfig):
 
 def sample_completions(policy_name: str, prompts: Sequence[str], n: int, max_new_tokens: int,
                        temperature: float, batch_size: int, seed: int) -> list[list[str]]:
-    """n sampled completions per prompt from a causal LM, drawn by the package's one LM sampler
-    (`robust_rlhf.models.generation.generate`, the policies' too) from the model itself in fp32;
-    each batch reseeds from ``seed``."""
-    import torch
-    from tqdm.auto import tqdm
-
-    from robust_rlhf.models.generation import SamplingConfig, generate
+    """n sampled completions per prompt from a causal LM (`generate_completions`)."""
     from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
 
     model = load_causal_lm(policy_name).eval()
     tok = load_tokenizer(policy_name)
+    return generate_completions(model, tok, prompts, n, max_new_tokens, temperature, batch_size, seed)
+
+
+def generate_completions(model, tok, prompts: Sequence[str], n: int, max_new_tokens: int, temperature: float,
+                         batch_size: int, seed: int, progress: bool = True) -> list[list[str]]:
+    """n sampled completions per prompt from a loaded causal LM and its tokenizer, drawn by the
+    package's one LM sampler (`robust_rlhf.models.generation.generate`, the policies' too) from the
+    model itself in fp32; pure ancestral sampling; each batch reseeds from ``seed``."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from robust_rlhf.models.generation import SamplingConfig, generate
+
     cfg = SamplingConfig(max_new_tokens=max_new_tokens, temperature=temperature, top_k=0, top_p=1.0,
                          max_prompt_tokens=512, generation_batch_size=batch_size, precision="fp32")
     flat = [p for p in prompts for _ in range(n)]
     out: list[str] = []
     gen = torch.Generator().manual_seed(seed)
-    for i in tqdm(range(0, len(flat), batch_size), desc="sampling completions", unit="batch"):
+    for i in tqdm(range(0, len(flat), batch_size), desc="sampling completions", unit="batch", disable=not progress):
         torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
         out.extend(generate(model, tok, flat[i : i + batch_size], cfg, device=torch.device("cpu")).responses)
     return [out[j * n : (j + 1) * n] for j in range(len(prompts))]

@@ -114,3 +114,47 @@ def train_eval_prompts(cfg: PromptDataConfig) -> tuple[list[str], list[str]]:
     if not train or not held_out:
         raise UserError(f"data.eval_fraction={cfg.eval_fraction} leaves an empty split of {len(prompts)} prompts")
     return train, held_out
+
+
+# The large task's openings: 59 subjects in 8 review domains x 17 templates = 1,003 distinct prompts.
+LARGE_DOMAINS: dict[str, list[str]] = {
+    "movies": ["This movie", "The film", "The acting", "The plot", "The ending", "The soundtrack", "The cast",
+               "The script", "The director", "This sequel", "The special effects", "The dialogue",
+               "The cinematography"],
+    "restaurants": ["The restaurant", "The food", "The waiter", "The pizza", "The dessert", "The menu",
+                    "Our dinner", "The coffee"],
+    "hotels": ["This hotel", "Our room", "The staff", "The breakfast", "The pool", "The view", "The location"],
+    "books": ["The novel", "This book", "The author", "The first chapter", "The characters", "The writing"],
+    "gadgets": ["My new phone", "This laptop", "The headphones", "The battery", "The camera", "The screen",
+                "This blender", "The keyboard"],
+    "music": ["This album", "The concert", "The singer", "The band", "The new song", "The lyrics"],
+    "games": ["This game", "The graphics", "The gameplay", "The story mode", "The controls"],
+    "travel": ["The flight", "The tour", "The museum", "The beach", "The city", "Our trip"],
+}
+LARGE_TEMPLATES: list[str] = [
+    "{S} was", "{S} is", "{S} felt", "{S} seemed", "{S} turned out to be", "{S} was really", "{S} was not",
+    "{S} was quite", "{S} was a bit", "{S} was so", "{S} was surprisingly", "{S} was absolutely",
+    "Honestly, {s} was", "I think {s} is", "Overall, {s} was", "To be fair, {s} felt",
+    "Compared to last time, {s} was",
+]
+
+
+def large_prompts() -> list[str]:
+    """The large task's openings (1,003), in a fixed order: every template of `LARGE_TEMPLATES`
+    filled with every subject of `LARGE_DOMAINS` ({S} capitalised, {s} lower-cased first letter)."""
+    prompts = []
+    for subjects in LARGE_DOMAINS.values():
+        for subject in subjects:
+            lower = subject[0].lower() + subject[1:]
+            prompts += [t.format(S=subject, s=lower) for t in LARGE_TEMPLATES]
+    return prompts
+
+
+def large_prompt_domain(prompt: str) -> str:
+    """The domain (a key of `LARGE_DOMAINS`) of one of `large_prompts()`."""
+    for domain, subjects in LARGE_DOMAINS.items():
+        for subject in subjects:
+            lower = subject[0].lower() + subject[1:]
+            if any(prompt == t.format(S=subject, s=lower) for t in LARGE_TEMPLATES):
+                return domain
+    raise KeyError(prompt)

@@ -56,12 +56,31 @@ class PreferenceDataConfig(PairSamplingConfig):
     source: Literal["generate", "builtin"] = "generate"
     """generate: sample and label pairs with the settings below; builtin: reuse the shipped fixture
     (made by the same pipeline with its default settings over all built-in prompts, VADER gold)"""
+    task: Literal["small", "large"] = "small"
+    """small: the pairs of `source`; large: draw from the shipped large task (1,003 prompts x 8
+    completions, robust_rlhf.data.large_task) -- `train_pairs` training pairs labelled by the
+    experiment's gold (vader or learned) with `label_noise`, and up to `eval_pairs` noiseless
+    validation / test pairs; `source` and the sampling keys are then unused"""
+    train_pairs: int | None = None
+    """task large: training pairs drawn (null = all the train split holds under that gold; the
+    split caps it -- see docs/experiments.md)"""
+    eval_pairs: int | None = 1000
+    """task large: validation and test pairs each, at most (null = all)"""
 
     def __post_init__(self) -> None:
         if len(self.split_fractions) != 3 or any(f <= 0 for f in self.split_fractions):
             raise ValueError("data.split_fractions must be three positive fractions (train, validation, test)")
         if not 0 <= self.label_noise < 0.5:
             raise ValueError(f"data.label_noise must be in [0, 0.5), got {self.label_noise}")
+        if self.task != "large" and (self.train_pairs is not None or self.eval_pairs != 1000):
+            raise ValueError("data.train_pairs and data.eval_pairs apply to data.task: large")
+        for key in ("train_pairs", "eval_pairs"):
+            v = getattr(self, key)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ValueError(f"data.{key} must be a positive integer or null, got {v!r}")
+        if self.task == "large" and self.bt_sampling:
+            raise ValueError("data.bt_sampling does not apply to data.task: large (labels follow the gold's "
+                             "recorded scores; use label_noise)")
 
 
 @dataclass

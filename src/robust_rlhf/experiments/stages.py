@@ -44,6 +44,10 @@ def _run_data(folder: Path, cfg: ExperimentConfig, prompts: list[str]) -> dict:
 
     atomic_write_jsonl(folder / "prompts.jsonl", ({"prompt": p} for p in prompts))
     d = cfg.data
+    if d.task == "large":
+        from robust_rlhf.data.large_task import write_large_task_splits
+
+        return write_large_task_splits(folder, cfg.gold, d.train_pairs, d.label_noise, d.eval_pairs, d.seed)
     if d.source == "builtin":
         from robust_rlhf.data.preferences import FIXTURE_DIR, SPLITS
 
@@ -65,6 +69,13 @@ def _run_data(folder: Path, cfg: ExperimentConfig, prompts: list[str]) -> dict:
 
 def data_unit(cfg: ExperimentConfig, prompts: list[str]) -> Unit:
     spec = {"policy": cfg.policy, "gold": cfg.gold, "prompts": prompts, "data": config_to_dict(cfg.data)}
+    if cfg.data.task == "large":  # a rebuilt fixture is other data
+        import hashlib
+
+        from robust_rlhf.data.large_task import large_task_paths
+
+        meta = large_task_paths()[1]
+        spec["large_task"] = hashlib.sha256(meta.read_bytes()).hexdigest()[:16] if meta.exists() else None
     return Unit(DATA_KEY, "data", spec, _run_data, {"cfg": cfg, "prompts": prompts})
 
 

@@ -6,12 +6,16 @@ A gold reward labels preference data and judges policies; it never feeds a train
   positive-review task);
 * ``module:function`` -- any Python callable with the signature above;
 * ``hf:<model id or folder>`` -- an HF sequence-classification model; the score is the logit
-  (or, with 2+ labels, the log-odds of the last label, conventionally "positive").
+  (or, with 2+ labels, the log-odds of the last label, conventionally "positive");
+* ``learned`` -- the shipped learned gold (`robust_rlhf.gold.learned`: SmolLM2-135M with LoRA
+  adapters + a linear head, trained once on the large task's whole labelled set);
+  ``learned:<folder>`` -- one trained with ``robust-rlhf data train-gold``.
 """
 
 from __future__ import annotations
 
 import importlib
+from pathlib import Path
 from typing import Callable, Sequence
 
 from robust_rlhf.errors import UserError
@@ -75,6 +79,16 @@ def load_gold(spec: str = "vader") -> GoldReward:
         return VaderGold()
     if spec.startswith("hf:"):
         return HFClassifierGold(spec[3:])
+    if spec == "learned" or spec.startswith("learned:"):
+        from robust_rlhf.gold.learned import DEFAULT_DIR, LearnedGold
+
+        folder = spec.partition(":")[2] or None
+        if folder is None and not (DEFAULT_DIR / "config.json").exists():
+            raise UserError("gold reward 'learned': the shipped learned gold is missing "
+                            f"({DEFAULT_DIR}); train one with robust-rlhf data train-gold")
+        if folder is not None and not Path(folder).is_dir():
+            raise UserError(f"gold reward {spec!r}: {folder!r} is not a folder")
+        return LearnedGold(folder)
     if ":" in spec:
         module_name, func_name = spec.split(":", 1)
         try:
@@ -85,4 +99,5 @@ def load_gold(spec: str = "vader") -> GoldReward:
         if not callable(fn):
             raise UserError(f"gold reward {spec!r}: {module_name} has no callable {func_name!r}")
         return fn
-    raise UserError(f"gold reward {spec!r}: expected 'vader', 'hf:<model>' or 'module:function'")
+    raise UserError(f"gold reward {spec!r}: expected 'vader', 'learned', 'learned:<folder>', 'hf:<model>' "
+                    "or 'module:function'")
