@@ -309,8 +309,11 @@ def test_one_conversation_one_reward_through_every_client(saved_rm, tmp_path, mo
 
     model = RewardModel.from_pretrained(saved_rm)
     expected = model.score([t[0] for _, _, t in CASES], [t[1] for _, _, t in CASES]).mean.tolist()
-    # the rule matters: gluing the first case scores differently
-    assert model.score(["Review the film"], ["Wonderful, a joy."]).mean.item() != pytest.approx(expected[0], abs=1e-6)
+    # the rule matters: the glued text of the first case scores differently ...
+    glued = model.score([""], ["Review the filmWonderful, a joy."]).mean.item()
+    assert glued != pytest.approx(expected[0], abs=1e-6)
+    # ... and the reward model itself applies it to a (prompt, response) pair given glued
+    assert model.score(["Review the film"], ["Wonderful, a joy."]).mean.item() == pytest.approx(expected[0], abs=1e-6)
     got: dict[str, list[float]] = {}
 
     trl_fn = reward_func_from_model(str(saved_rm))

@@ -57,7 +57,8 @@ def _run_data(folder: Path, cfg: ExperimentConfig, prompts: list[str]) -> dict:
         for split in SPLITS:
             shutil.copyfile(FIXTURE_DIR / f"builtin_{split}.jsonl", folder / f"builtin_{split}.jsonl")
         return summary
-    fields = {k: v for k, v in config_to_dict(d).items() if k != "source"}
+    task_keys = {f.name for f in dataclasses.fields(TaskConfig)}  # the generate path's settings only
+    fields = {k: v for k, v in config_to_dict(d).items() if k in task_keys}
     fields["split_fractions"] = tuple(fields["split_fractions"])
     task = TaskConfig(policy=cfg.policy, gold=cfg.gold, **fields)
     summary = build_task(task, folder, prompts)
