@@ -119,7 +119,7 @@ def cmd_eval(args) -> int:
         gold = load_gold(args.gold)  # a bad spec fails before the model is loaded
     pool = None
     if args.pool is not None:
-        from robust_rlhf.reward.evaluate import read_pool
+        from robust_rlhf.reward.uncertainty import read_pool
 
         pool = read_pool(args.pool, gold is not None)  # bad rows fail before the model is loaded
     model = RewardModel.from_pretrained(args.model)
@@ -130,7 +130,7 @@ def cmd_eval(args) -> int:
     else:
         metrics, arrays = {}, {}
     if pool is not None:
-        from robust_rlhf.reward.evaluate import evaluate_pool
+        from robust_rlhf.reward.uncertainty import evaluate_pool
 
         prompts, responses, pool_gold = pool
         metrics.update(evaluate_pool(model, prompts, responses, pool_gold if gold is None else gold(prompts, responses),

@@ -27,6 +27,7 @@ from typing import Callable
 
 import numpy as np
 
+from robust_rlhf.errors import UserError
 from robust_rlhf.reward.evaluate import auroc, spearman
 
 OVERSCORING_QUANTILE = 0.75
@@ -193,3 +194,48 @@ def step_overscoring(steps: list[int], kl: list[float], per_head: np.ndarray, go
                      "mean_std": float(std.mean()), "gold": float(g.mean()), "proxy": float(proxy.mean()),
                      "overscoring_auroc": _num(ov["auroc"]), "overscoring_spearman": _num(ov["spearman"])})
     return rows
+
+
+def read_pool(source: str, gold_given: bool) -> tuple[list[str], list[str], list[float] | None]:
+    """A best-of-n pool for `rm eval --pool`: (prompts, responses, gold or None) of R rows.
+
+    `source`: a JSONL/CSV/... file of `prompt`/`response` rows (several responses per prompt; an
+    optional numeric `gold` per row, used when no --gold is given), or ``builtin:validation`` /
+    ``builtin:test`` -- the built-in held-out prompts with their distinct fixture responses and
+    their VADER gold. Bad rows name the file and row (`UserError`)."""
+    if source.startswith("builtin:"):
+        from robust_rlhf.data.preferences import load_preferences
+
+        seen: dict[tuple[str, str], float] = {}
+        for p in load_preferences(source):
+            seen.setdefault((p.prompt, p.chosen), float(p.extra["gold_chosen"]))
+            seen.setdefault((p.prompt, p.rejected), float(p.extra["gold_rejected"]))
+        keys = sorted(seen, key=lambda k: k[0])
+        return [k[0] for k in keys], [k[1] for k in keys], [seen[k] for k in keys]
+    from robust_rlhf.data.preferences import load_scoring_inputs
+
+    rows = load_scoring_inputs(source)
+    gold = None
+    if not gold_given:
+        for i, r in enumerate(rows):
+            g = r.get("gold")
+            if isinstance(g, bool) or not isinstance(g, (int, float)) or not math.isfinite(g):
+                raise UserError(f"{source}: row {i + 1}: field 'gold': expected a number (or pass --gold to "
+                                f"score the pool with a gold reward), got {g!r}")
+        gold = [float(r["gold"]) for r in rows]
+    counts: dict[str, int] = {}
+    for r in rows:
+        counts[r["prompt"]] = counts.get(r["prompt"], 0) + 1
+    if max(counts.values()) < 2:
+        raise UserError(f"{source}: a best-of-n pool needs several responses per prompt; every prompt has one")
+    return [r["prompt"] for r in rows], [r["response"] for r in rows], gold
+
+
+def evaluate_pool(model, prompts: list[str], responses: list[str], gold: list[float],
+                  batch_size: int = 64, num_boot: int = 1000) -> dict:
+    """Score a best-of-n pool (R rows, several per prompt) and measure uncertainty under shift
+    (`robust_rlhf.reward.uncertainty.flat_pool_uncertainty`); keys prefixed ``pool/``."""
+    out = model.score(prompts, responses, batch_size=batch_size)
+    std = None if out.per_head_std is None else out.per_head_std.numpy()
+    m = flat_pool_uncertainty(prompts, out.per_head.numpy(), np.asarray(gold, float), std, num_boot=num_boot)
+    return {f"pool/{k}": v for k, v in m.items()}
