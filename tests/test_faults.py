@@ -379,7 +379,6 @@ def test_sigterm_while_rm_score_writes_removes_its_temp_file(tmp_path, rm_folder
     while time.time() < deadline and proc.poll() is None and not _leftovers(out_dir):
         time.sleep(0.05)
     assert _leftovers(out_dir), "the streaming temp file never appeared"
-    time.sleep(0.3)
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]

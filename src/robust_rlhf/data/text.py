@@ -15,7 +15,7 @@ reward whichever door it comes through:
   space, and gluing ``"Review the film" + "Wonderful"`` flips 10 % of the built-in test
   decisions (issue 22), so the missing space is restored. The rule is idempotent.
 * **Conversations.** System (and ``developer``) messages are dropped; roles other than
-  ``user``, ``assistant``, ``tool`` (``ipython`` / ``function``: tool results of Llama-3 / legacy
+  ``user``, ``assistant``, ``tool`` (``ipython`` / ``function``: tool results of Llama-3 / the older
   OpenAI) are refused. A prompt of one user turn is its content, exactly like its plain twin;
   longer prompts are ``"role: content"`` lines ending in ``"assistant: "`` -- never the
   tokenizer's chat template, which depends on the backbone and re-inserts default system
