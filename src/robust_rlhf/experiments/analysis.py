@@ -136,7 +136,8 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
         results["bon_study"] = analyse_bon_study(cfg.bon_study, bon_pool, bon_scores, info, level)
     from robust_rlhf.experiments.uncertainty_shift import uncertainty_shift_results  # issue 23
 
-    results["uncertainty_shift"] = uncertainty_shift_results(root, pool_data, score_data, shift_units, run_index)
+    results["uncertainty_shift"] = uncertainty_shift_results(root, pool_data, score_data, shift_units, run_index,
+                                                             bon_units=bon_units)
     results["claims"] = build_claims(cfg.claims, results)
     results["summary"] = summary_lines(results) + early_warning_lines(results) + bon_study_lines(results)
     return results
