@@ -40,11 +40,11 @@ from robust_rlhf.reward.model import RewardModel, RewardModelConfig
 from robust_rlhf.reward.stage2 import cached_features, train_stage2
 from robust_rlhf.reward.train_config import RewardTrainConfig
 from robust_rlhf.utils import (
+    FolderLock,
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
     check_output_dir,
-    folder_lock,
     is_inside,
     remove_stale_temps,
     resolve_device,
@@ -451,7 +451,7 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     with write_errors(run.out):
         run.out.mkdir(parents=True, exist_ok=True)
     # One run per folder: a second `rm train` into it is refused while this one holds the lock.
-    with folder_lock(run.out, "`rm train`") if run.accelerator.is_main_process else contextlib.nullcontext():
+    with FolderLock(run.out, "`rm train`") if run.accelerator.is_main_process else contextlib.nullcontext():
         return _train_locked(run)
 
 
