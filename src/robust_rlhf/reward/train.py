@@ -462,7 +462,6 @@ def _train_locked(run: _Run) -> Path:
     cfg, model, out, accelerator = run.cfg, run.model, run.out, run.accelerator
     if accelerator.is_main_process:
         remove_stale_temps(out)  # temp files of a write that a hard kill interrupted (never a live run's)
-    if accelerator.is_main_process:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     with model.training_pass():
         train_precision = model.precision_name
