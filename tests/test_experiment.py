@@ -18,7 +18,7 @@ from robust_rlhf.errors import UserError
 from robust_rlhf.experiments.analysis import _best_of_n_curve
 from robust_rlhf.experiments.calibration import calibrate_kl_coef
 from robust_rlhf.experiments.config import load_experiment_config
-from robust_rlhf.experiments.fits import fit_gao, interpolate_at, t_interval, welch_difference
+from robust_rlhf.experiments.fits import fit_gao, interpolate_at, t_interval, welch_difference, welch_t
 from robust_rlhf.experiments.overopt import run_experiment
 from robust_rlhf.policy.best_of_n import best_of_n_curve
 
@@ -84,6 +84,17 @@ def test_welch_difference_matches_formula():
     assert w["diff"] == pytest.approx(2.5 - 0.5)
     assert w["ci_low"] == pytest.approx(2.0 - half) and w["ci_high"] == pytest.approx(2.0 + half)
     assert welch_difference([1.0], [2.0])["ci_low"] is None
+
+
+def test_welch_t_hand_worked():
+    # a = 1..4: mean 2.5, var 5/3 -> v_a = 5/12; b = 0, 0.5, 1: mean 0.5, var 1/4 -> v_b = 1/12;
+    # se = sqrt(1/2), df = (1/2)^2 / ((5/12)^2 / 3 + (1/12)^2 / 2) = (1/4) / (53/864) = 216/53
+    w = welch_t([1.0, 2.0, 3.0, 4.0], [0.0, 0.5, 1.0])
+    assert w["diff"] == pytest.approx(2.0) and w["se"] == pytest.approx(math.sqrt(0.5))
+    assert w["df"] == pytest.approx(216 / 53) and (w["n_a"], w["n_b"]) == (4, 3)
+    assert welch_t([1.0], [2.0, 3.0]) == {"diff": -1.5, "se": None, "df": None, "n_a": 1, "n_b": 2}
+    assert welch_t([1.0, 1.0], [2.0, 2.0])["se"] is None  # no spread on either side: no test
+    assert welch_t([], [2.0])["diff"] is None
 
 
 def test_interpolate_at():

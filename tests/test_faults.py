@@ -429,9 +429,9 @@ def test_two_processes_lock_one_folder_exactly_one_wins(tmp_path):
     code = f"""
         import time
         from robust_rlhf.errors import UserError
-        from robust_rlhf.utils import folder_lock
+        from robust_rlhf.utils import FolderLock
         try:
-            with folder_lock({str(tmp_path)!r}, "`rm train`"):
+            with FolderLock({str(tmp_path)!r}, "`rm train`"):
                 print("held", flush=True)
                 time.sleep(120)
         except UserError as e:
@@ -447,9 +447,9 @@ def test_two_processes_lock_one_folder_exactly_one_wins(tmp_path):
     holder.kill()
     for p in procs:
         p.wait(timeout=60)
-    from robust_rlhf.utils import folder_lock
+    from robust_rlhf.utils import FolderLock
 
-    with folder_lock(tmp_path):
+    with FolderLock(tmp_path):
         pass
 
 
@@ -457,12 +457,12 @@ def test_rm_train_into_a_folder_another_run_holds_is_refused(tmp_path):
     from robust_rlhf.config import load_config
     from robust_rlhf.reward.train import train_reward_model
     from robust_rlhf.reward.train_config import RewardTrainConfig
-    from robust_rlhf.utils import folder_lock
+    from robust_rlhf.utils import FolderLock
 
     cfg = load_config(RewardTrainConfig, "rm_tiny", ["data.limit=8", "data.validation=null"])
     out = tmp_path / "run"
     out.mkdir()
-    with folder_lock(out, "`rm train`"):  # another open description of the folder = another run
+    with FolderLock(out, "`rm train`"):  # another open description of the folder = another run
         with pytest.raises(UserError, match="another `rm train` is writing into this folder"):
             train_reward_model(cfg, out)
     assert list(out.iterdir()) == []

@@ -164,6 +164,57 @@ def test_sampled_features_match_a_fresh_forward_pass():
             assert torch.allclose(feats[i], ref[i], atol=1e-4), t
 
 
+def _hf_generate_chunk(model, tok, prompts, cfg, seed):
+    """The large task's sampling written directly on Hugging Face's ``model.generate`` (what
+    `sample_chunk` did before it went through the package's sampler): the reference."""
+    import torch
+
+    tok.padding_side = "left"
+    n, k = cfg.completions_per_prompt, cfg.max_new_tokens
+    flat = [p for p in prompts for _ in range(n)]
+    texts, feats = [], []
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for i in range(0, len(flat), cfg.batch_size):
+            enc = tok(flat[i : i + cfg.batch_size], return_tensors="pt", padding=True)
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+            out = model.generate(**enc, max_new_tokens=k + 1, do_sample=True, temperature=cfg.temperature,
+                                 top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id,
+                                 output_hidden_states=True, return_dict_in_generate=True)
+            P = enc.input_ids.shape[1]
+            new = out.sequences[:, P : P + k]
+            steps = [h[-1] for h in out.hidden_states[: new.shape[1] + 1]]  # prefill (B, P, H), then (B, 1, H)
+            states = torch.cat(steps, dim=1)[:, : P + new.shape[1]]
+            ended = torch.cumsum((new == tok.eos_token_id).long(), dim=1) > 0
+            keep = torch.cat([enc.attention_mask.bool(), ~ended], dim=1)[:, : states.shape[1]]
+            feats.append(((states * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True)).float())
+            texts.extend(tok.batch_decode(new, skip_special_tokens=True))
+    return [texts[j * n : (j + 1) * n] for j in range(len(prompts))], torch.cat(feats)
+
+
+def test_sample_chunk_draws_what_hf_generate_draws():
+    """`sample_chunk` samples through `models.generation.generate`: for a fixed seed its
+    completions and pooled states are those of Hugging Face's ``generate`` called directly with
+    the task's settings (prompts of different lengths: left padding; 12 sequences in batches of
+    8: the reseeding; prompts that repeat a text and its end-of-text, so that completions end
+    early or are empty: the end-of-text cut, and no minimum length)."""
+    import torch
+
+    from robust_rlhf.data.large_task import sample_chunk
+    from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
+
+    model, tok = load_causal_lm("smollm2-135m").eval(), load_tokenizer("smollm2-135m")
+    e = tok.eos_token
+    prompts = [f"Yes.{e}Yes.{e}Yes.{e}Yes.", f"I agree.{e}I agree.{e}I", "The film was"]
+    cfg = LargeTaskConfig(completions_per_prompt=4, max_new_tokens=6, batch_size=8)
+    comps, feats = sample_chunk(model, tok, prompts, cfg, seed=3)
+    ref_comps, ref_feats = _hf_generate_chunk(model, tok, prompts, cfg, seed=3)
+    assert "" in comps[0]  # an end-of-text first: an empty completion
+    assert comps == ref_comps
+    assert feats.shape == ref_feats.shape == (12, model.config.hidden_size)
+    assert torch.allclose(feats, ref_feats, atol=1e-5)
+
+
 def test_bt_labels_follow_vader_at_low_temperature():
     from robust_rlhf.gold.learned import bt_labels
 

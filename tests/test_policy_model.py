@@ -98,6 +98,32 @@ def test_generate_masks_after_eos_and_decodes(policy):
     assert ro2.responses == ro.responses
 
 
+def test_generate_pools_the_final_hidden_state_of_prompt_and_kept_tokens():
+    """generate(return_pooled_hidden=True): each row's pooled state is the mean of a fresh,
+    unpadded forward's final hidden state over its prompt tokens and its response tokens before
+    the first EOS -- batched (left padding) and with per-sample seeds; `Rollout.index` keeps it."""
+    from robust_rlhf.models.hub import load_tokenizer
+
+    lm, tok = load_causal_lm("smollm2-135m").eval(), load_tokenizer("smollm2-135m")
+    e, eos = tok.eos_token, tok.eos_token_id
+    prompts = [f"Yes.{e}Yes.{e}Yes.", "The film was", f"I agree.{e}I agree.{e}I"]  # EOS likely early in 1 and 3
+    cfg = SamplingConfig(max_new_tokens=5, precision="fp32")
+    for seeds in (None, [11, 12, 13]):
+        torch.manual_seed(0)
+        ro = generate(lm, tok, prompts, cfg, seeds=seeds, min_new_tokens=0, return_pooled_hidden=True)
+        assert ro.pooled_hidden.shape == (3, lm.config.hidden_size) and ro.response_ids.shape[1] <= 5
+        for i in range(3):
+            q = ro.query_ids[i][ro.query_mask[i].bool()]
+            r = ro.response_ids[i][ro.response_mask[i].bool()]
+            ids = torch.cat([q, r[r != eos]]).unsqueeze(0)  # (1, prompt + kept tokens)
+            with torch.no_grad():
+                h = lm.model(input_ids=ids).last_hidden_state[0]  # (L, H)
+            assert torch.allclose(ro.pooled_hidden[i], h.mean(0), atol=1e-4, rtol=1e-4), (seeds, i)
+        assert torch.equal(ro.index([2, 0]).pooled_hidden, ro.pooled_hidden[[2, 0]])
+    torch.manual_seed(0)
+    assert generate(lm, tok, prompts, cfg).pooled_hidden is None
+
+
 def test_prompts_file_and_batches(tmp_path):
     jl = tmp_path / "p.jsonl"
     jl.write_text('{"prompt": "a"}\n{"prompt": "b"}\n\n', encoding="utf-8")

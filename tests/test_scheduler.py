@@ -18,8 +18,8 @@ import pytest
 
 from robust_rlhf.errors import UserError
 from robust_rlhf.experiments.scheduler import (
+    LOCK_FILE,
     Execution,
-    FolderLock,
     InlineBackend,
     LocalProcessBackend,
     Scheduler,
@@ -28,6 +28,7 @@ from robust_rlhf.experiments.scheduler import (
     plan_workers,
 )
 from robust_rlhf.experiments.units import DONE_FILE, LOG_FILE, Unit, read_done
+from robust_rlhf.utils import FolderLock
 
 
 # ----------------------------------------------------------------------------- unit functions (module level: they travel)
@@ -211,8 +212,9 @@ def test_second_run_on_one_folder_is_refused_across_processes(tmp_path, capsys):
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from robust_rlhf.experiments.scheduler import FolderLock
-        lock = FolderLock(Path({str(tmp_path)!r}))
+        from robust_rlhf.experiments.scheduler import LOCK_FILE
+        from robust_rlhf.utils import FolderLock
+        lock = FolderLock(Path({str(tmp_path)!r}), "`experiment run`", LOCK_FILE)
         print("held", flush=True)
         time.sleep(60)
     """)], stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
@@ -220,7 +222,7 @@ def test_second_run_on_one_folder_is_refused_across_processes(tmp_path, capsys):
         assert holder.stdout.readline().strip() == "held"
         before = sorted(p.name for p in tmp_path.iterdir())
         with pytest.raises(UserError, match=rf"another `experiment run` is using this folder \(pid {holder.pid} on "):
-            FolderLock(tmp_path)
+            FolderLock(tmp_path, "`experiment run`", LOCK_FILE)
         from robust_rlhf.cli import main
 
         assert main(["experiment", "run", "--config", "experiment_tiny", "--output-dir", str(tmp_path),
@@ -232,7 +234,7 @@ def test_second_run_on_one_folder_is_refused_across_processes(tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
-    FolderLock(tmp_path).release()  # the holder died: the kernel dropped its lock
+    FolderLock(tmp_path, "`experiment run`", LOCK_FILE).release()  # the holder died: the kernel dropped its lock
 
 
 # ----------------------------------------------------------------------------- Ctrl-C
@@ -240,11 +242,12 @@ _SLOW_GRAPH = """
 import sys, time
 from pathlib import Path
 sys.path.insert(0, {tests!r})
-from robust_rlhf.experiments.scheduler import FolderLock, LocalProcessBackend, Scheduler
+from robust_rlhf.experiments.scheduler import LOCK_FILE, LocalProcessBackend, Scheduler
 from robust_rlhf.experiments.units import Unit
+from robust_rlhf.utils import FolderLock
 import test_scheduler as t
 root = Path({root!r})
-lock = FolderLock(root)
+lock = FolderLock(root, "`experiment run`", LOCK_FILE)
 s = Scheduler(root, LocalProcessBackend(root, workers=2, threads=1), progress=False)
 s.add(t._unit("a", 1))
 for k in ("slow1", "slow2"):

@@ -281,17 +281,32 @@ def raise_on_termination() -> None:
 
 
 class FolderLock:
-    """An exclusive lock on a run folder: ``fcntl.flock`` on the folder itself (no lock file is
-    written), held until `release` (or the end of a ``with`` block, or the object's end). A
-    second process that asks for the same folder is refused at once with a `UserError` naming
-    the folder. The kernel drops the lock when the holder exits (a kill -9 included), so a
-    crashed run never blocks the next one. The folder must exist."""
+    """An exclusive lock on a run folder, held until `release` (or the end of a ``with`` block, or
+    the object's end). A second process that asks for the same folder is refused at once with a
+    one-line `UserError` naming the folder. The kernel drops the lock when the holder exits (a
+    kill -9 included), so a crashed run never blocks the next one. The folder must exist.
 
-    def __init__(self, folder: str | os.PathLike, what: str = "run") -> None:
+    Without `lock_file` the lock is ``fcntl.flock`` on the folder itself (no file is written:
+    `rm train`, `policy train`). With `lock_file` it is ``flock`` on that file in the folder, into
+    which the holder writes ``pid N on HOST``, and a refusal names the holder (`experiment run`,
+    ``OUTPUT/.lock``). On a file system without ``flock`` (some network mounts) a warning says the
+    folder is not locked and the run goes on.
+
+    Args:
+        folder: the run folder.
+        what: the command a refusal names (e.g. ``"`rm train`"``).
+        lock_file: None, or the name of the lock file in `folder` (created when missing).
+    """
+
+    def __init__(self, folder: str | os.PathLike, what: str = "run", lock_file: str | None = None) -> None:
         self.folder = Path(folder)
+        self.path = self.folder if lock_file is None else self.folder / lock_file
         self._fd: int | None = None
-        with write_errors(self.folder):
-            fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        with write_errors(self.path):
+            if lock_file is None:
+                fd = os.open(self.folder, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+            else:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             import fcntl
 
@@ -299,13 +314,33 @@ class FolderLock:
         except ImportError:  # not POSIX: no lock
             pass
         except BlockingIOError:
+            holder = self._holder(fd) if lock_file is not None else ""
             os.close(fd)
-            raise UserError(f"{str(self.folder)!r}: another {what} is writing into this folder right now; "
-                            "wait for it to finish or use another --output-dir") from None
+            if lock_file is None:
+                raise UserError(f"{str(self.folder)!r}: another {what} is writing into this folder right now; "
+                                "wait for it to finish or use another --output-dir") from None
+            raise UserError(f"{self.folder}: another {what} is using this folder ({holder or 'pid unknown'}); "
+                            "wait for it to finish or choose another --output-dir") from None
         except OSError:  # a file system without flock (some network mounts): go on unlocked
             log.warning("%s: cannot lock this folder (file system without flock); make sure no other run "
                         "writes into it", self.folder)
         self._fd = fd
+        if lock_file is not None:
+            try:
+                with write_errors(self.path):
+                    os.ftruncate(fd, 0)
+                    os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
+            except BaseException:
+                self.release()
+                raise
+
+    @staticmethod
+    def _holder(fd: int) -> str:
+        """What the holder wrote into the lock file (``pid N on HOST``), or "" when unreadable."""
+        try:
+            return os.pread(fd, 200, 0).decode("utf-8", "replace").strip()
+        except OSError:
+            return ""
 
     def release(self) -> None:
         if self._fd is not None:
@@ -320,11 +355,6 @@ class FolderLock:
 
     def __del__(self) -> None:
         self.release()
-
-
-def folder_lock(folder: str | os.PathLike, what: str = "run") -> FolderLock:
-    """`FolderLock` on `folder` (use as ``with folder_lock(out, "`rm train`"):``)."""
-    return FolderLock(folder, what)
 
 
 MAX_LINE_BYTES = 1 << 20

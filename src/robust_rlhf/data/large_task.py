@@ -185,33 +185,29 @@ def build_large_task(cfg: LargeTaskConfig, output_dir: str | Path, prompts: Sequ
 
 def sample_chunk(model, tok, prompts: Sequence[str], cfg: LargeTaskConfig, seed: int):
     """`cfg.completions_per_prompt` completions of each prompt and, for each prompt + completion,
-    the mean over its tokens of the policy's final (normed) hidden state. One more token than
-    ``max_new_tokens`` is sampled and dropped, so every kept token went through the model; tokens
-    after an end-of-text are not part of the completion. Returns (completions, (N, H) features)."""
+    the mean over its tokens of the policy's final (normed) hidden state, drawn by the package's
+    one LM sampler (`robust_rlhf.models.generation.generate` with ``return_pooled_hidden``: one
+    more token than ``max_new_tokens`` is sampled and dropped, so every kept token went through the
+    model; tokens from an end-of-text on are not part of the completion) from the model itself in fp32;
+    pure ancestral sampling, empty completions allowed, prompts never truncated; each batch of
+    ``batch_size`` sequences reseeds from `seed`. Returns (completions, (N, H) features)."""
     import torch
 
-    tok.padding_side = "left"
-    n, k = cfg.completions_per_prompt, cfg.max_new_tokens
+    from robust_rlhf.models.generation import SamplingConfig, generate
+
+    n = cfg.completions_per_prompt
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_k=0, top_p=1.0,
+                              max_prompt_tokens=1 << 20, generation_batch_size=cfg.batch_size, precision="fp32")
     flat = [p for p in prompts for _ in range(n)]
     texts: list[str] = []
     feats = []
     gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for i in range(0, len(flat), cfg.batch_size):
-            enc = tok(flat[i : i + cfg.batch_size], return_tensors="pt", padding=True)
-            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
-            out = model.generate(**enc, max_new_tokens=k + 1, do_sample=True, temperature=cfg.temperature,
-                                 top_k=0, top_p=1.0, pad_token_id=tok.pad_token_id,
-                                 output_hidden_states=True, return_dict_in_generate=True)
-            P = enc.input_ids.shape[1]
-            new = out.sequences[:, P : P + k]  # (B, <= k) kept tokens
-            steps = [h[-1] for h in out.hidden_states[: new.shape[1] + 1]]  # prefill (B, P, H), then (B, 1, H)
-            states = torch.cat(steps, dim=1)[:, : P + new.shape[1]]  # (B, P + kept, H)
-            ended = torch.cumsum((new == tok.eos_token_id).long(), dim=1) > 0  # at or after the first EOS
-            keep = torch.cat([enc.attention_mask.bool(), ~ended], dim=1)[:, : states.shape[1]]  # (B, P + kept)
-            pooled = (states * keep.unsqueeze(-1)).sum(1) / keep.sum(1, keepdim=True)  # (B, H)
-            texts.extend(tok.batch_decode(new, skip_special_tokens=True))
-            feats.append(pooled.float())
+    for i in range(0, len(flat), cfg.batch_size):
+        torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+        rollout = generate(model, tok, flat[i : i + cfg.batch_size], sampling, min_new_tokens=0,
+                           return_pooled_hidden=True)
+        texts.extend(rollout.responses)
+        feats.append(rollout.pooled_hidden)
     return [texts[j * n : (j + 1) * n] for j in range(len(prompts))], torch.cat(feats)
 
 

@@ -114,16 +114,17 @@ def t_interval(values: Sequence[float], level: float = 0.95) -> dict:
     return {"n": n, "mean": mean, "var": var, "std": math.sqrt(var), "ci_low": mean - half, "ci_high": mean + half}
 
 
-def welch_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
-    """``mean(a) - mean(b)`` with a Welch t-interval (unequal variances).
+def welch_t(a: Sequence[float], b: Sequence[float]) -> dict:
+    """``mean(a) - mean(b)``, its standard error and the Welch-Satterthwaite degrees of freedom
+    (unequal variances): ``se = sqrt(v_a + v_b)`` with ``v = var(x, ddof=1) / n`` and
+    ``df = (v_a + v_b)^2 / (v_a^2 / (n_a - 1) + v_b^2 / (n_b - 1))``.
 
-    Returns ``{"diff", "ci_low", "ci_high", "df", "n_a", "n_b"}``; the interval is None when
-    either side has fewer than 2 values or both have zero variance."""
-    from scipy import stats
-
+    Returns ``{"diff", "se", "df", "n_a", "n_b"}``: ``diff`` None when either side is empty;
+    ``se`` and ``df`` None when either side has fewer than 2 values or both have zero variance.
+    The base of `welch_difference` (interval) and `robust_rlhf.experiments.stats.welch_test` (p-value)."""
     a = np.asarray(a, dtype=float)
     b = np.asarray(b, dtype=float)
-    out = {"diff": None, "ci_low": None, "ci_high": None, "df": None, "n_a": int(a.size), "n_b": int(b.size)}
+    out = {"diff": None, "se": None, "df": None, "n_a": int(a.size), "n_b": int(b.size)}
     if a.size == 0 or b.size == 0:
         return out
     out["diff"] = float(a.mean() - b.mean())
@@ -134,8 +135,23 @@ def welch_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95
     if se == 0:
         return out
     df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    half = float(stats.t.ppf(0.5 + level / 2, df=df) * se)
-    out.update(ci_low=out["diff"] - half, ci_high=out["diff"] + half, df=float(df))
+    out.update(se=se, df=float(df))
+    return out
+
+
+def welch_difference(a: Sequence[float], b: Sequence[float], level: float = 0.95) -> dict:
+    """``mean(a) - mean(b)`` with a Welch t-interval (unequal variances; `welch_t`).
+
+    Returns ``{"diff", "ci_low", "ci_high", "df", "n_a", "n_b"}``; the interval is None when
+    either side has fewer than 2 values or both have zero variance."""
+    from scipy import stats
+
+    w = welch_t(a, b)
+    out = {"diff": w["diff"], "ci_low": None, "ci_high": None, "df": None, "n_a": w["n_a"], "n_b": w["n_b"]}
+    if w["se"] is None:
+        return out
+    half = float(stats.t.ppf(0.5 + level / 2, df=w["df"]) * w["se"])
+    out.update(ci_low=w["diff"] - half, ci_high=w["diff"] + half, df=w["df"])
     return out
 
 

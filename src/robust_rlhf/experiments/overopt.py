@@ -52,9 +52,9 @@ from robust_rlhf.experiments.stages import (
     shift_sets_unit,
     trainer,
 )
-from robust_rlhf.experiments.scheduler import Execution, FolderLock, Scheduler, make_backend
+from robust_rlhf.experiments.scheduler import LOCK_FILE, Execution, Scheduler, make_backend
 from robust_rlhf.experiments.units import DONE_FILE, Unit, read_json, units_root
-from robust_rlhf.utils import atomic_write_json, atomic_write_text
+from robust_rlhf.utils import FolderLock, atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +224,7 @@ def run_experiment(cfg: ExperimentConfig, output_dir: str | Path, on_unit_start:
     backend = make_backend(execution, root, cfg.num_threads, cfg.device, before_run=recheck)
     try:
         out.mkdir(parents=True, exist_ok=True)
-        lock = FolderLock(out)
+        lock = FolderLock(out, "`experiment run`", LOCK_FILE)
     except BaseException:
         backend.close(kill=True)
         raise

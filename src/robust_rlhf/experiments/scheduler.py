@@ -17,10 +17,10 @@ executor has slots -- in this process (1 worker: the serial lab), in local worke
     task whose worker died)
 
 Guarantees: a unit's ``done`` is written last, atomically (`execute_unit`), so a killed worker
-never leaves half a unit in the cache; one `experiment run` per folder (`FolderLock`); Ctrl-C
-stops every worker and leaves the folder resumable. The numbers do not depend on the executor
-or the order: every unit seeds itself and reads only its ``after`` units' folders (at a fixed
-thread count per unit the results are identical).
+never leaves half a unit in the cache; one `experiment run` per folder (`utils.FolderLock` on
+``OUTPUT/.lock``); Ctrl-C stops every worker and leaves the folder resumable. The numbers do not
+depend on the executor or the order: every unit seeds itself and reads only its ``after`` units'
+folders (at a fixed thread count per unit the results are identical).
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
 import threading
 import time
@@ -48,6 +47,8 @@ EXECUTORS = ("local", "ray")
 MAX_AUTO_WORKERS = 8
 """``--workers`` auto never starts more local workers than this (each holds its own models)"""
 LOCK_FILE = ".lock"
+"""one `experiment run` per folder: `robust_rlhf.utils.FolderLock` on ``OUTPUT/.lock`` (it holds the
+holder's ``pid N on HOST``, named when a second run is refused)"""
 
 Flow = Generator[list[Unit], list[dict], Any]
 """A generator run in the scheduling process: it yields a list of units (run concurrently) and
@@ -131,38 +132,6 @@ def plan_workers(workers: int | Literal["auto"], num_threads: int | str | None, 
         return workers, fixed, reason
     cores, free = cores_free()
     return workers, threads_for(free, cores, workers), f"{reason}; {free:.1f} free cores shared by {workers} workers"
-
-
-# ============================================================================ the folder lock
-class FolderLock:
-    """One `experiment run` per folder: an exclusive ``flock`` on ``OUTPUT/.lock``, held until
-    `release` (or the process dies -- the kernel drops it). A second run is refused with one
-    line naming the holder. On a shared file system the lock needs working ``flock`` (local
-    disks, NFSv4; not every network file system has it)."""
-
-    def __init__(self, folder: Path) -> None:
-        import fcntl
-
-        self.path = Path(folder) / LOCK_FILE
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            holder = ""
-            try:
-                holder = os.pread(self.fd, 200, 0).decode("utf-8", "replace").strip()
-            except OSError:
-                pass
-            os.close(self.fd)
-            raise UserError(f"{folder}: another `experiment run` is using this folder ({holder or 'pid unknown'}); "
-                            "wait for it to finish or choose another --output-dir") from None
-        os.ftruncate(self.fd, 0)
-        os.pwrite(self.fd, f"pid {os.getpid()} on {socket.gethostname()}\n".encode(), 0)
-
-    def release(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)  # closing drops the flock
-            self.fd = -1
 
 
 # ============================================================================ outcomes and backends

@@ -24,7 +24,7 @@ from typing import Literal, Sequence
 
 import numpy as np
 
-from robust_rlhf.experiments.fits import t_interval
+from robust_rlhf.experiments.fits import t_interval, welch_t
 
 Direction = Literal["less", "greater"]
 VERDICTS = ("reproduced", "not reproduced", "inconclusive")
@@ -209,22 +209,14 @@ def mde_variance_ratio(n_a: int, n_b: int, alpha: float = 0.05, power: float = 0
 
 
 def welch_test(a: Sequence[float], b: Sequence[float]) -> dict:
-    """Two-sided Welch t-test of mean(a) - mean(b): ``{"diff", "se", "df", "p"}`` (None where undefined)."""
+    """Two-sided Welch t-test of mean(a) - mean(b) (`welch_t`'s difference, standard error and
+    df): ``{"diff", "se", "df", "p"}`` (None where undefined)."""
     from scipy import stats
 
-    a, b = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
-    out = {"diff": None, "se": None, "df": None, "p": None}
-    if a.size == 0 or b.size == 0:
-        return out
-    out["diff"] = float(a.mean() - b.mean())
-    if a.size < 2 or b.size < 2:
-        return out
-    va, vb = a.var(ddof=1) / a.size, b.var(ddof=1) / b.size
-    if va + vb == 0:
-        return out
-    se = math.sqrt(va + vb)
-    df = (va + vb) ** 2 / (va**2 / (a.size - 1) + vb**2 / (b.size - 1))
-    out.update(se=se, df=float(df), p=float(2 * stats.t.sf(abs(out["diff"]) / se, df)))
+    w = welch_t(a, b)
+    out = {"diff": w["diff"], "se": w["se"], "df": w["df"], "p": None}
+    if w["se"] is not None:
+        out["p"] = float(2 * stats.t.sf(abs(w["diff"]) / w["se"], w["df"]))
     return out
 
 

@@ -28,18 +28,13 @@ import logging
 import random
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Any, Literal, Sequence
 
 import torch
 import torch.nn as nn
 
 from robust_rlhf.errors import UserError
-from typing import Any
-
-# The reward-model folder's config file (`robust_rlhf.reward.model.CONFIG_NAME`). This module does
-# not import reward.model: reward.model loads a deep ensemble through it (`load_deep_ensemble`,
-# handed the member class), so importing back would close a cycle.
-CONFIG_NAME = "reward_config.json"
+from robust_rlhf.reward.heads import CONFIG_NAME
 from robust_rlhf.reward.output import RewardOutput
 
 log = logging.getLogger("robust_rlhf.reward.train")

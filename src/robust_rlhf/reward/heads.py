@@ -13,6 +13,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+CONFIG_NAME = "reward_config.json"
+"""A reward-model folder's config file (head type, K, ...), written last: present = a complete model.
+Here, below `reward.model` and `reward.deep_ensemble`, so that both import it (reward.model loads a
+deep ensemble through reward.deep_ensemble, which therefore cannot import reward.model)."""
 HeadType = Literal["scalar", "ensemble", "gaussian", "layer_ensemble", "deep_ensemble"]  # layer_ensemble: reward/layer_ensemble.py; deep_ensemble: reward/deep_ensemble.py
 Pooling = Literal["last", "cls", "mean"]
 

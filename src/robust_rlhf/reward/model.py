@@ -26,12 +26,11 @@ from safetensors.torch import save as save_safetensors
 
 from robust_rlhf.errors import UserError
 from robust_rlhf.models.hub import load_backbone, load_tokenizer
-from robust_rlhf.reward.heads import HeadType, Pooling, RewardHeads, pool_hidden
+from robust_rlhf.reward.heads import CONFIG_NAME, HeadType, Pooling, RewardHeads, pool_hidden
 from robust_rlhf.reward.layer_ensemble import LayerEnsembleHeads, split_trunk
 from robust_rlhf.reward.output import RewardOutput
 from robust_rlhf.utils import PRECISIONS, atomic_save_dir, atomic_write_bytes, atomic_write_json, autocast_dtype, is_inside
 
-CONFIG_NAME = "reward_config.json"
 Truncation = Literal["left_prompt", "error"]
 Precision = Literal["auto", "fp32", "bf16"]
 HEADS_NAME = "heads.safetensors"

@@ -40,11 +40,11 @@ from robust_rlhf.reward.model import RewardModel, RewardModelConfig
 from robust_rlhf.reward.stage2 import cached_features, train_stage2
 from robust_rlhf.reward.train_config import RewardTrainConfig
 from robust_rlhf.utils import (
+    FolderLock,
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
     check_output_dir,
-    folder_lock,
     is_inside,
     remove_stale_temps,
     resolve_device,
@@ -451,7 +451,7 @@ def train_reward_model(cfg: RewardTrainConfig, output_dir: str | Path) -> Path:
     with write_errors(run.out):
         run.out.mkdir(parents=True, exist_ok=True)
     # One run per folder: a second `rm train` into it is refused while this one holds the lock.
-    with folder_lock(run.out, "`rm train`") if run.accelerator.is_main_process else contextlib.nullcontext():
+    with FolderLock(run.out, "`rm train`") if run.accelerator.is_main_process else contextlib.nullcontext():
         return _train_locked(run)
 
 
@@ -462,7 +462,6 @@ def _train_locked(run: _Run) -> Path:
     cfg, model, out, accelerator = run.cfg, run.model, run.out, run.accelerator
     if accelerator.is_main_process:
         remove_stale_temps(out)  # temp files of a write that a hard kill interrupted (never a live run's)
-    if accelerator.is_main_process:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     with model.training_pass():
         train_precision = model.precision_name

@@ -20,7 +20,8 @@ from robust_rlhf.reward.deep_ensemble import (
     member_pairs,
     member_prompt_sets,
 )
-from robust_rlhf.reward.model import CONFIG_NAME, RewardModel
+from robust_rlhf.reward.heads import CONFIG_NAME
+from robust_rlhf.reward.model import RewardModel
 
 log = logging.getLogger(__name__)
 
