@@ -3,10 +3,19 @@ and where, exit status 2, no traceback, and no partial output. (Server requests 
 table in test_server.py.)"""
 
 import json
+import os
 import shutil
 
 import pytest
 
+
+def _copy_model(src, dest):
+    """An editable copy of the model folder `src`: its small files copied, its backbone folder
+    linked (read only here; the 90 MB weights and the 0.5 GB of resume checkpoints are not copied)."""
+    shutil.copytree(src, dest, ignore=shutil.ignore_patterns("backbone", "checkpoints"))
+    if (src / "backbone").is_dir():
+        os.symlink(src / "backbone", dest / "backbone")
+    return dest
 
 
 @pytest.fixture(scope="module")
@@ -56,21 +65,21 @@ def files(tmp_path_factory, tiny_trained_rm):
     # model folders
     f["not_model"] = d / "notdataset"
     no_cfg = d / "model_no_config"
-    shutil.copytree(tiny_trained_rm, no_cfg)
+    _copy_model(tiny_trained_rm, no_cfg)
     (no_cfg / "reward_config.json").unlink()
     f["model_no_config"] = no_cfg
     bad_json = d / "model_bad_json"
-    shutil.copytree(tiny_trained_rm, bad_json)
+    _copy_model(tiny_trained_rm, bad_json)
     (bad_json / "reward_config.json").write_text("{not json")
     f["model_bad_json"] = bad_json
     bad_field = d / "model_bad_field"
-    shutil.copytree(tiny_trained_rm, bad_field)
+    _copy_model(tiny_trained_rm, bad_field)
     cfg = json.loads((bad_field / "reward_config.json").read_text())
     cfg["head_type"] = "banana"
     (bad_field / "reward_config.json").write_text(json.dumps(cfg))
     f["model_bad_field"] = bad_field
     trunc = d / "model_truncated_heads"
-    shutil.copytree(tiny_trained_rm, trunc)
+    _copy_model(tiny_trained_rm, trunc)
     data = (trunc / "heads.safetensors").read_bytes()
     (trunc / "heads.safetensors").write_bytes(data[: len(data) // 2])
     f["model_truncated_heads"] = trunc

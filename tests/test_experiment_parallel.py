@@ -16,6 +16,10 @@ from robust_rlhf.experiments.scheduler import Execution
 
 OVERRIDES = [
     "num_threads=1",
+    # 10 prompts x 3 completions of 6 tokens (one sampling batch), 4-token evaluations, PPO batches of 2:
+    # the executors must agree at any size, and every unit runs once per executor
+    "prompts.limit=10", "data.completions_per_prompt=3", "data.pairs_per_prompt=3", "data.max_new_tokens=6",
+    "evaluation.max_new_tokens=4", "policy_overrides.train.batch_size=2",
     "reward_models=[{name: bt, preset: rm_tiny, overrides: {model.head_type: scalar, stage1.max_steps: 2,"
     " data.limit: null}}]",
     "methods=[{name: bon-bt, type: best_of_n, reward_model: bt},"

@@ -147,15 +147,47 @@ def _leftovers(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob(".*") if p.name.endswith(".tmp"))
 
 
-def _python(code: str, *, fsize: int | None = None, timeout: int = 120, **kw) -> subprocess.CompletedProcess:
-    """Run `code` in a fresh interpreter, optionally under a file-size limit (RLIMIT_FSIZE, as
-    `ulimit -f` sets it; the signal it raises is left to the code under test)."""
-    def limit():
-        if fsize is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+def _readline(stream, timeout: float) -> str:
+    """The next line of a child's text pipe, waiting at most `timeout` seconds for it to come
+    ("" at end of file or on timeout)."""
+    import selectors
 
+    with selectors.DefaultSelector() as sel:
+        sel.register(stream, selectors.EVENT_READ)
+        return stream.readline() if sel.select(timeout) else ""
+
+
+def _wait_for_entry(folder: Path, found, proc: subprocess.Popen, timeout: float) -> bool:
+    """Wait until `found()` holds -- checked again each time an entry is created in or moved into
+    `folder` (inotify) -- or until `proc` exits (its pidfd), at most `timeout` seconds. Returns
+    `found()`. Linux (inotify, pidfd_open)."""
+    import ctypes
+    import select
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ino = libc.inotify_init1(os.O_NONBLOCK | os.O_CLOEXEC)
+    if ino < 0:
+        raise OSError(ctypes.get_errno(), "inotify_init1 failed")
+    pidfd = os.pidfd_open(proc.pid)
+    try:
+        if libc.inotify_add_watch(ino, os.fsencode(folder), 0x100 | 0x80) < 0:  # IN_CREATE | IN_MOVED_TO
+            raise OSError(ctypes.get_errno(), f"inotify_add_watch {folder} failed")
+        end = time.monotonic() + timeout
+        while not found():  # the watch is in place first: an entry created from here on wakes us
+            ready, _, _ = select.select([ino, pidfd], [], [], max(0.0, end - time.monotonic()))
+            if not ready or pidfd in ready:
+                break
+            os.read(ino, 1 << 16)  # the events themselves do not matter: found() decides
+        return found()
+    finally:
+        os.close(ino)
+        os.close(pidfd)
+
+
+def _python(code: str, *, timeout: int = 120, **kw) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter."""
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=ENV, capture_output=True, text=True,
-                          timeout=timeout, preexec_fn=limit, **kw)
+                          timeout=timeout, **kw)
 
 
 @contextlib.contextmanager
@@ -261,25 +293,39 @@ def test_file_size_limit_every_atomic_writer_fails_with_one_line_and_leaves_noth
     assert _leftovers(tmp_path) == []
 
 
-def test_rm_score_under_a_file_size_limit_is_one_line_and_no_partial_output(tmp_path, rm_folder):
-    """`rm score` whose output outgrows `ulimit -f`: the CLI ignores SIGXFSZ, so the write fails
-    with EFBIG -> one line naming --output, exit 2, no output and no temp file."""
+def test_rm_score_under_a_file_size_limit_is_one_line_and_no_partial_output(tmp_path, rm_folder, capsys):
+    """`rm score` whose output outgrows `ulimit -f` (the CLI's entry point in this process, under a
+    32 KiB limit): the CLI ignores SIGXFSZ, so the write fails with EFBIG -> one line naming
+    --output, exit 2, no output and no temp file. SIGXFSZ is made to raise here beforehand, so a
+    CLI that did not ignore it fails the test (a plain process would be killed by it)."""
+    from robust_rlhf.cli import main
+
     rows = tmp_path / "in.jsonl"
     rows.write_text("".join(json.dumps({"prompt": f"Q{i}: ", "response": "a fine answer " * 30}) + "\n"
                             for i in range(100)))
     out = tmp_path / "out" / "scored.jsonl"
     (tmp_path / "out").mkdir()
-    r = _python(f"""
-        import sys
-        from robust_rlhf.cli import main
-        sys.exit(main(["rm", "score", "--model", {str(rm_folder)!r}, "--input", {str(rows)!r},
-                       "--output", {str(out)!r}]))
-    """, fsize=32 * 1024)
-    assert r.returncode == 2, r.stderr[-2000:]
-    err = r.stderr.strip().splitlines()
+
+    class SignalNotIgnored(Exception):
+        pass
+
+    def not_ignored(signum, frame):
+        raise SignalNotIgnored("SIGXFSZ reached the CLI: it does not ignore it")
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    before = signal.signal(signal.SIGXFSZ, not_ignored)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (32 * 1024, hard))
+    try:
+        rc = main(["rm", "score", "--model", str(rm_folder), "--input", str(rows), "--output", str(out)])
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, before)
+    stderr = capsys.readouterr().err
+    assert rc == 2, stderr[-2000:]
+    err = stderr.strip().splitlines()
     assert err[-1] == f"robust-rlhf: error: cannot write '{out}': file too large (a file-size limit, e.g. `ulimit -f`, " \
                       "or the file system's maximum)", err[-3:]
-    assert "Traceback" not in r.stderr
+    assert "Traceback" not in stderr
     assert list((tmp_path / "out").iterdir()) == []
 
 
@@ -375,10 +421,8 @@ def test_sigterm_while_rm_score_writes_removes_its_temp_file(tmp_path, rm_folder
     proc = subprocess.Popen([sys.executable, "-m", "robust_rlhf.cli", "rm", "score", "--model", str(rm_folder),
                              "--input", str(rows), "--output", str(out_dir / "s.jsonl"), "--batch-size", "8"],
                             env=ENV, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and proc.poll() is None and not _leftovers(out_dir):
-        time.sleep(0.05)
-    assert _leftovers(out_dir), "the streaming temp file never appeared"
+    assert _wait_for_entry(out_dir, lambda: bool(_leftovers(out_dir)), proc, 300), \
+        f"the streaming temp file never appeared (exit status {proc.poll()})"
     proc.send_signal(signal.SIGTERM)
     err = proc.communicate(timeout=60)[1]
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
@@ -396,25 +440,22 @@ def test_stale_temp_cleanup_spares_a_live_runs_temp_file(tmp_path):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     stale = tmp_path / (temp_prefix("scores.json").replace(f"-{os.getpid()}-", f"-{int(dead.stdout)}-") + "x1.tmp")
     stale.write_text("left by a killed run")
-    go = tmp_path / "go"
+    # A says "ready" on its stdout once its temp file is written; it finishes when told "go" on its stdin.
     a = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
-        import time
+        import sys
         from pathlib import Path
         from robust_rlhf.utils import atomic_writer
         with atomic_writer(Path({str(tmp_path)!r}) / "metrics.json", "w") as f:
             f.write("{{}}")
-            Path({str(tmp_path)!r}, "ready").touch()
-            while not Path({str(go)!r}).exists():
-                time.sleep(0.02)
-    """)], env=ENV)
-    deadline = time.time() + 120
-    while not (tmp_path / "ready").exists() and time.time() < deadline and a.poll() is None:
-        time.sleep(0.02)
+            print("ready", flush=True)
+            assert sys.stdin.readline() == "go\\n"
+    """)], env=ENV, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert _readline(a.stdout, 120) == "ready\n"
     live = [p for p in _leftovers(tmp_path) if p != stale.name]
     assert len(live) == 1 and f"-{a.pid}-" in live[0]
     assert [p.name for p in remove_stale_temps(tmp_path)] == [stale.name]
-    go.touch()
-    assert a.wait(timeout=60) == 0
+    a.communicate("go\n", timeout=60)
+    assert a.returncode == 0
     assert json.loads((tmp_path / "metrics.json").read_text()) == {}
     assert _leftovers(tmp_path) == []
     # a write of a file also removes what a killed earlier write of that same file left

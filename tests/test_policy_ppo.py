@@ -80,7 +80,6 @@ def test_ppo_smoke_variance_aware_penalty_applied(tmp_path, monkeypatch):
 def test_ppo_resume_reproduces_uninterrupted_run(tmp_path):
     over = TINY + ["train.steps=3", "log.checkpoint_every=2", "reward.model=gold:vader",
                    "kl.adaptive=true", "kl.target=0.5", "kl.horizon=100"]
-    full = train_ppo(load_config(PPOConfig, None, over), tmp_path / "full")
 
     class Crash(Exception):
         pass
@@ -89,15 +88,21 @@ def test_ppo_resume_reproduces_uninterrupted_run(tmp_path):
         if step == 3:  # step 3 is logged but not checkpointed: resume must drop and redo it
             raise Crash("simulated crash at step 3")
 
+    # The crash comes after step 3 is computed and logged, so the three rows written before it are
+    # the uninterrupted run's (one run serves as the reference and as the interrupted run).
     with pytest.raises(Crash, match="simulated crash at step 3"):
         train_ppo(load_config(PPOConfig, None, over), tmp_path / "cut", callback=crash_at_3)
-    assert len(_rows(tmp_path / "cut")) == 3
-    resumed = train_ppo(load_config(PPOConfig, None, over + ["resume=true"]), tmp_path / "cut")
+    uninterrupted = _rows(tmp_path / "cut")
+    assert [r["step"] for r in uninterrupted] == [1, 2, 3]
+    redone = []
+    resumed = train_ppo(load_config(PPOConfig, None, over + ["resume=true"]), tmp_path / "cut",
+                        callback=lambda step, row: redone.append(step))
+    assert redone == [3]  # step 3 was computed again from the step-2 checkpoint, not kept from the log
 
     def strip(rows):
         return [{k: v for k, v in r.items() if not k.startswith("time/")} for r in rows]
 
-    assert strip(_rows(resumed)) == strip(_rows(full))
+    assert strip(_rows(resumed)) == strip(uninterrupted)
     # a changed setting is refused on resume
     with pytest.raises(UserError, match="differs"):
         train_ppo(load_config(PPOConfig, None, over + ["resume=true", "kl.coef=0.3"]), tmp_path / "cut")

@@ -42,22 +42,27 @@ def test_rloo_resume_reproduces_uninterrupted_run(tmp_path):
     over = ["train.batch_size=2", "rloo.k=2", "rloo.epochs=2", "sampling.max_new_tokens=4", "train.steps=3",
             "log.eval_every=0", "log.progress=false", "reward.model=gold:vader", "log.checkpoint_every=2",
             "kl.adaptive=true", "kl.target=0.5", "kl.horizon=100"]
-    full = train_rloo(load_config(RLOOConfig, None, over), tmp_path / "full")
 
     def crash_at_3(step, row):
         if step == 3:  # logged but not checkpointed: the resumed run must drop and redo it
             raise RuntimeError("simulated crash at step 3")
 
-    with pytest.raises(RuntimeError, match="simulated crash at step 3"):
-        train_rloo(load_config(RLOOConfig, None, over), tmp_path / "cut", callback=crash_at_3)
-    resumed = train_rloo(load_config(RLOOConfig, None, over), tmp_path / "cut")
-
     def rows(d):
         return [{k: v for k, v in json.loads(x).items() if not k.startswith("time/")}
                 for x in (d / "metrics.jsonl").read_text().splitlines()]
 
+    # The crash comes after step 3 is computed and logged, so the three rows written before it are
+    # the uninterrupted run's (one run serves as the reference and as the interrupted run).
+    with pytest.raises(RuntimeError, match="simulated crash at step 3"):
+        train_rloo(load_config(RLOOConfig, None, over), tmp_path / "cut", callback=crash_at_3)
+    uninterrupted = rows(tmp_path / "cut")
+    assert [r["step"] for r in uninterrupted] == [1, 2, 3]
+    redone = []
+    resumed = train_rloo(load_config(RLOOConfig, None, over), tmp_path / "cut",
+                         callback=lambda step, row: redone.append(step))
+    assert redone == [3]  # step 3 was computed again from the step-2 checkpoint, not kept from the log
     assert [r["step"] for r in rows(resumed)] == [1, 2, 3]
-    assert rows(resumed) == rows(full)
+    assert rows(resumed) == uninterrupted
     assert sorted(p.name for p in (resumed / "checkpoints").iterdir()) == ["step_000002"]
 
 

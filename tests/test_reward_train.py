@@ -36,17 +36,19 @@ def test_tiny_ensemble_trains_saves_and_reloads(tiny_trained_rm, read_jsonl):
 
 
 def test_resume_after_interruption_reaches_the_same_weights(tmp_path, monkeypatch):
-    overrides = ["model.num_heads=2", "data.limit=48", "stage1.max_steps=6", "stage1.checkpoint_every=2",
-                 "stage1.eval_every=3", "stage2.epochs=3", "model.max_length=32", "data.validation=null"]
+    # 4 steps, a checkpoint every 2: the interrupted run stops right after the step-2 checkpoint, so the
+    # resumed one restores weights, optimizer, scheduler and data order mid-run and does steps 3-4
+    overrides = ["model.num_heads=2", "data.limit=48", "stage1.max_steps=4", "stage1.checkpoint_every=2",
+                 "stage2.epochs=3", "model.max_length=32", "data.validation=null"]
     cfg = load_config(RewardTrainConfig, "rm_tiny", overrides)
     train_reward_model(cfg, tmp_path / "full")
 
     original = BackboneHeadCheckpoint.save
-    def crash_after_step_4(self, backbone, head, opt, sched, progress, cfg_dict):
+    def crash_after_step_2(self, backbone, head, opt, sched, progress, cfg_dict):
         original(self, backbone, head, opt, sched, progress, cfg_dict)
-        if progress["step"] == 4:
+        if progress["step"] == 2:
             raise RuntimeError("simulated crash")
-    monkeypatch.setattr(BackboneHeadCheckpoint, "save", crash_after_step_4)
+    monkeypatch.setattr(BackboneHeadCheckpoint, "save", crash_after_step_2)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train_reward_model(cfg, tmp_path / "resumed")
     assert not (tmp_path / "resumed" / "reward_config.json").exists()  # no half model
