@@ -239,8 +239,11 @@ def test_second_run_on_one_folder_is_refused_across_processes(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- Ctrl-C
 _SLOW_GRAPH = """
-import sys, time
+import signal, sys, time
 from pathlib import Path
+# Ctrl-C as a terminal delivers it: a test runner started in the background of a non-interactive shell
+# (nohup ... &) ignores SIGINT, and an ignored SIGINT is inherited by this child
+signal.signal(signal.SIGINT, signal.default_int_handler)
 sys.path.insert(0, {tests!r})
 from robust_rlhf.experiments.scheduler import LOCK_FILE, LocalProcessBackend, Scheduler
 from robust_rlhf.experiments.units import Unit
