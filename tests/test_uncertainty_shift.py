@@ -40,14 +40,12 @@ def test_results_section_from_unit_files(tmp_path):
     (run / "eval_samples.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     shift_units = {"sets": SimpleNamespace(key="shift/sets"), "rm": SimpleNamespace(key="shift/scores/rm")}
     # the best-of-n study's pool: the same 4 x 3 pool, its rows reversed within each prompt (same metrics)
-    _write(tmp_path / "bon" / "pool" / "pool.json", {**pool, "gold": GOLD[:, ::-1].tolist()})
-    _write(tmp_path / "bon" / "scores" / "rm" / "scores.json",
-           {"per_head": per_head.reshape(4, 3, 2)[:, ::-1].reshape(12, 2).tolist(), "per_head_std": None})
-    bon_units = {"pool": SimpleNamespace(key="bon/pool"), "rm": SimpleNamespace(key="bon/scores/rm")}
+    bon = ({**pool, "gold": GOLD[:, ::-1].tolist()},
+           {"rm": {"per_head": per_head.reshape(4, 3, 2)[:, ::-1].reshape(12, 2).tolist(), "per_head_std": None}})
     res = uncertainty_shift_results(tmp_path, {0: pool}, {("rm", 0): scores}, shift_units,
                                     [{"method": "ppo", "seed": 0, "head": None, "key": "policy/ppo/s0"},
                                      {"method": "ppo", "seed": 1, "head": None, "key": "policy/ppo/s1"}], num_boot=20,
-                                    bon_units=bon_units)
+                                    bon=bon)
     b = res["bon_study"]["rm"]
     assert b["top_pick_auroc"] == pytest.approx(0.75) and b["top_pick_num_bad"] == 2
     assert (b["num_prompts"], b["samples_per_prompt"], b["num_heads"]) == (4, 3, 2)

@@ -127,6 +127,7 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
     results["early_warning"] = _early_warning_summary(results)
     if shift_units:
         results["shift"] = _shift_results(root, shift_units, level)
+    bon = None
     if bon_units:
         from robust_rlhf.experiments.bon_study import analyse_bon_study
 
@@ -134,10 +135,11 @@ def analyse(cfg: ExperimentConfig, out: Path, methods, rm_units: dict, pools: di
         bon_scores = {rm: read_json(root / u.key / "scores.json") for rm, u in bon_units.items() if rm != "pool"}
         info = {rm: results["reward_models"][rm] for rm in bon_scores}
         results["bon_study"] = analyse_bon_study(cfg.bon_study, bon_pool, bon_scores, info, level)
+        bon = (bon_pool, bon_scores)
     from robust_rlhf.experiments.uncertainty_shift import uncertainty_shift_results  # issue 23
 
     results["uncertainty_shift"] = uncertainty_shift_results(root, pool_data, score_data, shift_units, run_index,
-                                                             bon_units=bon_units)
+                                                             bon=bon)
     results["claims"] = build_claims(cfg.claims, results)
     results["summary"] = summary_lines(results) + early_warning_lines(results) + bon_study_lines(results)
     return results

@@ -79,20 +79,19 @@ def policy_run_section(folder: Path) -> list[dict] | None:
 
 def uncertainty_shift_results(root: Path, pool_data: dict, score_data: dict, shift_units: dict | None = None,
                               run_index: list[dict] = (), num_boot: int = NUM_BOOT,
-                              bon_units: dict | None = None) -> dict:
+                              bon: tuple[dict, dict[str, dict]] | None = None) -> dict:
     """results.json's ``uncertainty_shift``: {"pools": {proxy: {seed: metrics}}, "bon_study": {proxy: metrics}
     (the best-of-n study's held-out pool, when enabled), "shift": {proxy: {set: metrics}}, "policy_runs":
-    [{method, seed, head, steps: [...]}]}. `score_data` is keyed (proxy, seed)."""
+    [{method, seed, head, steps: [...]}]}. `score_data` is keyed (proxy, seed); `bon` is the best-of-n
+    study's (pool.json, {proxy: scores.json}) as the study's analysis read them."""
     from robust_rlhf.experiments.units import read_json
 
     out: dict = {"pools": {}, "bon_study": {}, "shift": {}, "policy_runs": []}
     for (rm, seed), scores in score_data.items():
         out["pools"].setdefault(rm, {})[str(seed)] = pool_section(pool_data[seed], scores, num_boot)
-    if bon_units:
-        bon_pool = read_json(root / bon_units["pool"].key / "pool.json")
-        for rm, u in bon_units.items():
-            if rm != "pool":
-                out["bon_study"][rm] = pool_section(bon_pool, read_json(root / u.key / "scores.json"), num_boot)
+    if bon is not None:
+        bon_pool, bon_scores = bon
+        out["bon_study"] = {rm: pool_section(bon_pool, scores, num_boot) for rm, scores in bon_scores.items()}
     if shift_units:
         sets = read_json(root / shift_units["sets"].key / "sets.json")
         for rm, u in shift_units.items():
