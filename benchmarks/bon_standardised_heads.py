@@ -2,35 +2,64 @@
 
     python benchmarks/bon_standardised_heads.py runs/study_bon
 
-For each multi-head proxy of the folder's best-of-n study (`units/bon/scores/<rm>/scores.json`), every
-head is z-scored by its validation statistics (`head_stats`, as the study's `min`/`max` already are)
-before mean - std (lcb) and UWO select; prints, per proxy, best-of-N gold of each and its paired
-difference to the raw mean with a 95 % normal interval over prompts, and the uncertainty-under-shift
-metrics (`pool_uncertainty`) of the standardised heads. Independently trained reward models (deep
-ensembles) are each defined only up to a constant, so their raw spread mixes offsets with disagreement;
-this measures what standardising changes (docs/results.md)."""
-import json, sys, numpy as np, torch
-from robust_rlhf.aggregate import AggregatorConfig
+For each multi-head proxy of the folder's best-of-n study (`results.json` -> ``bon_study``, scores in
+`units/bon/scores/<rm>/scores.json`), every head is standardised by its validation statistics
+(`robust_rlhf.aggregate.normalize_heads` with the scores' ``head_stats``, as the study's `min`/`max`
+already are) before mean - std (lcb) and UWO select; prints, per proxy, best-of-n gold of each at the
+study's claim n and its paired difference to the study's raw mean (``bon_study.per_prompt``) with a
+95 % normal interval over prompts, and the uncertainty-under-shift metrics (`pool_uncertainty`) of
+the standardised heads. Independently trained reward models (deep ensembles) are each defined only up
+to a constant, so their raw spread mixes offsets with disagreement; this measures what standardising
+changes (docs/results.md)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from robust_rlhf.aggregate import AggregatorConfig, normalize_heads
 from robust_rlhf.experiments.bon_study import aggregated_scores, per_prompt_bon
+from robust_rlhf.reward.output import RewardOutput
 from robust_rlhf.reward.uncertainty import pool_uncertainty
-root = sys.argv[1]
-pool = json.load(open(f"{root}/units/bon/pool/pool.json"))
-gold = np.asarray(pool["gold"], float); P, N = gold.shape
-out = {}
-for rm in ["ens4", "brme4", "deep5", "laplace32"]:
-    sc = json.load(open(f"{root}/units/bon/scores/{rm}/scores.json"))
-    hs = sc.get("head_stats") or {}
-    base = per_prompt_bon(aggregated_scores(sc, AggregatorConfig(name="mean"), None).double().numpy().reshape(P, N), gold)[:, -1]
-    row = {"head_stats_mean": hs.get("mean"), "head_stats_std": hs.get("std")}
-    for name, agg in {"lcb_norm": AggregatorConfig(name="lcb", beta=1.0, normalize=True),
-                      "uwo_norm": AggregatorConfig(name="uwo", lam=0.5, normalize=True),
-                      "mean_norm": AggregatorConfig(name="mean", normalize=True)}.items():
-        g = per_prompt_bon(aggregated_scores(sc, agg, None).double().numpy().reshape(P, N), gold)[:, -1]
-        d = g - base; se = d.std(ddof=1) / np.sqrt(P)
-        row[name] = {"gold64": float(g.mean()), "diff_vs_mean": float(d.mean()), "ci95": [float(d.mean() - 1.96 * se), float(d.mean() + 1.96 * se)]}
-    ph = np.asarray(sc["per_head"], float)
-    z = (ph - np.asarray(hs["mean"])) / np.asarray(hs["std"])
-    u = pool_uncertainty(z.reshape(P, N, -1), gold, num_boot=300)
-    row["uncertainty_standardised_heads"] = {k: u[k] for k in ("top_pick_num_bad", "top_pick_auroc", "top_pick_auroc_se", "overscoring_auroc", "overscoring_auroc_se", "overscoring_auroc_proxy_baseline", "overscoring_spearman", "lcb_pick_gold_gain", "lcb_pick_gold_gain_se")}
-    out[rm] = row
-print(json.dumps(out, indent=1))
+
+AGGREGATORS = {"mean_norm": AggregatorConfig(name="mean", normalize=True),
+               "lcb_norm": AggregatorConfig(name="lcb", beta=1.0, normalize=True),
+               "uwo_norm": AggregatorConfig(name="uwo", lam=0.5, normalize=True)}
+
+
+def main(root: Path) -> dict:
+    results = json.loads((root / "results.json").read_text())
+    bon = results["bon_study"]
+    n = bon["claim_n"]
+    gold = np.asarray(json.loads((root / "units/bon/pool/pool.json").read_text())["gold"], dtype=float)  # (P, N)
+    P, N = gold.shape
+    out = {}
+    for rm in bon["reward_models"]:
+        if results["reward_models"][rm]["num_heads"] < 2:
+            continue
+        scores = json.loads((root / "units/bon/scores" / rm / "scores.json").read_text())
+        base = np.asarray(bon["per_prompt"][f"{rm}:mean"])  # (P,) the study's raw mean at n
+        row: dict = {"head_stats": scores["head_stats"]}
+        for name, agg in AGGREGATORS.items():
+            proxy = aggregated_scores(scores, agg, None).double().numpy().reshape(P, N)
+            g = per_prompt_bon(proxy, gold)[:, n - 1]  # (P,)
+            d = g - base
+            se = d.std(ddof=1) / np.sqrt(P)
+            row[name] = {f"gold_at_{n}": float(g.mean()), "diff_vs_mean": float(d.mean()),
+                         "ci95": [float(d.mean() - 1.96 * se), float(d.mean() + 1.96 * se)]}
+        std = None if scores["per_head_std"] is None else torch.tensor(scores["per_head_std"], dtype=torch.float64)
+        z = normalize_heads(RewardOutput(torch.tensor(scores["per_head"], dtype=torch.float64), std),
+                            torch.tensor(scores["head_stats"]["mean"]), torch.tensor(scores["head_stats"]["std"]))
+        row["uncertainty_standardised_heads"] = pool_uncertainty(
+            z.per_head.numpy().reshape(P, N, -1), gold,
+            None if z.per_head_std is None else z.per_head_std.numpy().reshape(P, N, -1), num_boot=300)
+        out[rm] = row
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(Path(sys.argv[1])), indent=1))
