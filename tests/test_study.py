@@ -246,3 +246,21 @@ def test_tiny_study_claims_end_to_end(tmp_path, one_thread):
     assert "Early warning of reward hacking" in html and "Shifted sets" in html
     again = run_experiment(cfg, out, progress=False)
     assert again.executed == [] and "shift/sets" in again.skipped and "bon/pool" in again.skipped
+
+
+def test_study_bon_preset_shares_the_studys_expensive_units(tmp_path):
+    """experiment_study_bon is the part of experiment_study without policies: its data, reward-model and
+    best-of-n units must carry experiment_study's fingerprints, so running the full study into its
+    folder reuses them (docs/experiments.md)."""
+    from robust_rlhf.experiments import overopt
+    from robust_rlhf.experiments.config import expanded_methods, load_experiment_config
+
+    def units(name: str) -> dict[str, str]:
+        cfg = load_experiment_config(name)
+        plan = overopt._plan(cfg, tmp_path, overopt.load_prompts(cfg.prompts), expanded_methods(cfg))
+        return {u.key: u.fingerprint for u in [plan.data, *plan.rm_units.values(), *plan.bon_units.values()]}
+
+    part, full = units("experiment_study_bon"), units("experiment_study")
+    assert set(full) <= set(part)  # the part adds proxies (deep5, laplace32), it drops none
+    assert {k: part[k] for k in full} == full
+    assert {"rm/bt@s4", "rm/bsr@s4", "bon/pool", "bon/scores/brme4"} <= set(full)
