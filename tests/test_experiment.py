@@ -317,10 +317,20 @@ def test_report_renders_optional_sections(tmp_path):
             {"mode": "under", "method": "ppo@under", "final_gold": stat(0.35), "final_kl": stat(1.0),
              "vs_unperturbed": {"diff": -0.05, "ci_low": -0.2, "ci_high": 0.1}}]},
         "summary": ["a <finding> & more"],
+        "uncertainty_shift": {
+            "bon_study": {"brme": {"num_prompts": 200, "samples_per_prompt": 64, "num_heads": 3, "overscoring_auroc": 0.61,
+                                   "overscoring_auroc_se": 0.02, "overscoring_auroc_proxy_baseline": 0.7,
+                                   "overscoring_spearman": 0.1, "top_pick_auroc": 0.4, "top_pick_num_bad": 7,
+                                   "lcb_pick_gold_gain": 0.01}},
+            "shift": {"brme": {"prompt": {"missing": "old"}}},
+            "policy_steps": {"ppo": [{"step": 3, "num_runs": 4, "kl": 1.5, "gold": 0.2, "overscoring_auroc": 0.77,
+                                      "overscoring_auroc_se": 0.05, "proxy_baseline": 0.8, "proxy_baseline_se": 0.01}]}},
     }
     (tmp_path / "results.json").write_text(json.dumps(results))
     html = write_report(tmp_path).read_text()
     assert "λ sweep" in html and "Over- vs under-scoring" in html
+    assert "Uncertainty under shift" in html and "0.610 ± 0.020" in html and "(7 bad)" in html
+    assert "0.770 ± 0.050" in html and "shifted set" not in html  # a set without per-head scores has no row
     assert "a &lt;finding&gt; &amp; more" in html  # escaped
     assert html.count("data:image/png;base64,") == 6  # 2 curve plots, distribution, sweep, perturbation, rm variance
 

@@ -246,3 +246,21 @@ def test_eval_samples_file_replaces_a_re_evaluated_step(tmp_path):
     rows = [json.loads(line) for line in path.read_text().splitlines()]
     assert [(r["step"], r["gold"]) for r in rows] == [(1, 0.1), (1, 0.2), (2, 0.4), (2, 0.5)]
     assert set(rows[0]) == {"step", "kl", "prompt", "response", "per_head", "gold"}
+
+
+def test_bon_norm_aggregators_standardise_members_before_the_spread():
+    """Two members with an offset of 9: the raw mean - std picks the text the members' offsets make look
+    certain; on standardised heads ((r_k - m_k) / s_k, hand-worked below) the other text wins."""
+    from robust_rlhf.experiments.bon_study import analyse_bon_study
+    from robust_rlhf.experiments.config import BonStudyConfig
+
+    # raw: text 0 mean 5.5, std sqrt(40.5) -> lcb -0.86; text 1 mean 5.75, std sqrt(55.125) -> lcb -1.67
+    # standardised by means (10, 0), stds (1, 1): text 0 (0, 1) -> lcb 0.5 - 0.707; text 1 (1, 0.5) -> 0.75 - 0.354
+    scores = {"per_head": [[10.0, 1.0], [11.0, 0.5]], "per_head_std": None,
+              "head_stats": {"mean": [10.0, 0.0], "std": [1.0, 1.0]}}
+    out = analyse_bon_study(BonStudyConfig(enabled=True, n_boot=10), {"gold": [[0.0, 1.0]]}, {"rm": scores},
+                            {"rm": {"head_type": "scalar", "num_heads": 2}}, 0.95)
+    pp = out["per_prompt"]
+    assert (pp["rm:lcb"], pp["rm:lcb_norm"]) == ([0.0], [1.0])
+    assert pp["rm:mean"] == [1.0] and pp["rm:uwo_norm"] == [1.0]  # uwo_norm: 0.5 - 0.25 vs 0.75 - 0.0625
+    assert {"lcb_norm", "uwo_norm"} <= set(out["reward_models"]["rm"])

@@ -58,9 +58,36 @@ def test_results_section_from_unit_files(tmp_path):
     steps = res["policy_runs"][0]["steps"]
     assert [s["step"] for s in steps] == [0, 10] and steps[1]["num_samples"] == 4 and steps[1]["kl"] == pytest.approx(2.0)
     assert steps[1]["overscoring_auroc"] == pytest.approx(2.5 / 3)
+    assert steps[1]["overscoring_auroc_proxy_baseline"] == pytest.approx(1.0)  # the over-scored text has the top proxy
+    pooled = res["policy_steps"]["ppo"]
+    assert [r["num_runs"] for r in pooled] == [1, 1] and pooled[1]["overscoring_auroc"] == pytest.approx(2.5 / 3)
 
 
 def test_policy_run_without_samples_is_none(tmp_path):
     assert policy_run_section(tmp_path / "nope") is None
     (tmp_path / "eval_samples.jsonl").write_text(json.dumps({"step": 0, "kl": 0, "per_head": [1], "gold": None}) + "\n")
     assert policy_run_section(tmp_path) is None
+
+
+def test_pooled_policy_steps_average_runs_with_their_standard_error():
+    """Runs are the unit: per method and step the mean of the runs' AUROCs and its SE across runs
+    (hand-worked); a one-head run (AUROC None) is left out; "all" pools every method."""
+    from robust_rlhf.experiments.uncertainty_shift import pooled_policy_steps
+
+    def run(method, aucs, bases, kls, golds):
+        return {"method": method, "steps": [
+            {"step": i, "kl": k, "gold": g, "overscoring_auroc": a, "overscoring_auroc_proxy_baseline": b}
+            for i, (a, b, k, g) in enumerate(zip(aucs, bases, kls, golds))]}
+
+    runs = [run("a", [0.5, 0.6], [0.7, 0.8], [0.0, 2.0], [0.1, 0.2]),
+            run("a", [0.7, 0.9], [0.7, 0.6], [0.0, 4.0], [0.3, 0.0]),
+            run("b", [0.4, None], [0.5, None], [0.0, 1.0], [0.0, 0.0])]
+    out = pooled_policy_steps(runs)
+    a1 = out["a"][1]
+    assert (a1["step"], a1["num_runs"]) == (1, 2)
+    assert a1["overscoring_auroc"] == pytest.approx(0.75)
+    assert a1["overscoring_auroc_se"] == pytest.approx(0.15)  # sd of (0.6, 0.9) = 0.2121 / sqrt(2)
+    assert a1["proxy_baseline"] == pytest.approx(0.7) and a1["kl"] == pytest.approx(3.0) and a1["gold"] == pytest.approx(0.1)
+    assert [r["num_runs"] for r in out["b"]] == [1] and out["b"][0]["overscoring_auroc_se"] is None
+    assert out["all"][0]["num_runs"] == 3 and out["all"][0]["overscoring_auroc"] == pytest.approx((0.5 + 0.7 + 0.4) / 3)
+    assert out["all"][1]["num_runs"] == 2

@@ -51,14 +51,17 @@ def aggregated_scores(scores: dict, agg, head: int | None):
 
 def aggregator_configs(cfg: BonStudyConfig, head_type: str, num_heads: int) -> dict:
     """The study's aggregators applicable to one proxy: name -> AggregatorConfig. A one-head proxy has
-    only ``mean`` (every aggregator equals it); BRME's lambda > 0 needs gaussian heads (r_nominal)."""
+    only ``mean`` (every aggregator equals it); BRME's lambda > 0 needs gaussian heads (r_nominal). ``min``, ``max``
+    and the ``_norm`` variants of lcb / uwo standardise each head by its validation statistics first."""
     from robust_rlhf.aggregate import AggregatorConfig
 
     if num_heads < 2:
         return {"mean": AggregatorConfig(name="mean")}
     out = {"mean": AggregatorConfig(name="mean"), "min": AggregatorConfig(name="min", normalize=True),
            "max": AggregatorConfig(name="max", normalize=True), "lcb": AggregatorConfig(name="lcb", beta=cfg.beta),
-           "uwo": AggregatorConfig(name="uwo", lam=cfg.uwo_lam)}
+           "uwo": AggregatorConfig(name="uwo", lam=cfg.uwo_lam),
+           "lcb_norm": AggregatorConfig(name="lcb", beta=cfg.beta, normalize=True),
+           "uwo_norm": AggregatorConfig(name="uwo", lam=cfg.uwo_lam, normalize=True)}
     for lam, key in ((0.0, "brme_l0"), (0.5, "brme_l05"), (1.0, "brme_l1")):
         if lam == 0.0 or head_type == "gaussian":
             out[key] = AggregatorConfig(name="brme_tradeoff", lam=lam)

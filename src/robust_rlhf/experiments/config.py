@@ -245,7 +245,9 @@ class EarlyWarningConfig:
 
 CLAIM_STATISTICS = ("variance_ratio", "gold_difference", "kendall_tau_difference", "dispersion_difference",
                     "bon_gold_difference")
-BON_AGGREGATORS = ("mean", "min", "max", "lcb", "uwo", "brme_l0", "brme_l05", "brme_l1")
+BON_AGGREGATORS = ("mean", "min", "max", "lcb", "uwo", "lcb_norm", "uwo_norm", "brme_l0", "brme_l05", "brme_l1")
+"""The best-of-n study's aggregators: min / max and the ``_norm`` ones on heads standardised by their validation
+statistics (independently trained members carry arbitrary offsets, which the raw lcb / uwo spread measures)."""
 
 
 @dataclass

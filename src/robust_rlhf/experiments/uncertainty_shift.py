@@ -10,7 +10,9 @@ Per proxy (reading finished units only; the metrics are `robust_rlhf.reward.unce
   scoring unit keeps; sets scored before it did are reported as missing);
 * ``policy_runs``: per policy run with an ``eval_samples.jsonl`` (rows
   ``{step, kl, prompt, response, per_head, gold}``, written by the policy recipes), per evaluation
-  step: mean KL, over-scoring AUROC/Spearman of the std over that step's samples -- as KL grows.
+  step: mean KL, over-scoring AUROC/Spearman of the std over that step's samples -- as KL grows;
+* ``policy_steps``: those per-step AUROCs averaged over each method's runs, with standard errors
+  across runs (`pooled_policy_steps`).
 """
 
 from __future__ import annotations
@@ -77,12 +79,50 @@ def policy_run_section(folder: Path) -> list[dict] | None:
                             np.asarray([r["per_head"] for r in rows], float), np.asarray([r["gold"] for r in rows], float))
 
 
+def pooled_policy_steps(policy_runs: list[dict]) -> dict:
+    """Per method and evaluation step, the over-scoring AUROC of the spread on the policy's own samples
+    averaged over that method's runs (the replication unit: one policy run), with its standard error
+    across runs, beside the z(proxy) baseline, the mean KL and gold -- does the spread flag over-scoring
+    more as KL grows? ``policy_runs``: `uncertainty_shift_results`'s list ({method, steps: [step rows of
+    `step_overscoring`]}); runs whose spread is undefined (one-head proxies) are left out.
+    Returns {method: [{step, num_runs, kl, gold, overscoring_auroc, overscoring_auroc_se,
+    proxy_baseline, proxy_baseline_se}]} and ``"all"``: the same over every method's runs."""
+
+    def mean_se(vals: list[float]) -> tuple[float | None, float | None]:
+        if not vals:
+            return None, None
+        a = np.asarray(vals, dtype=float)
+        return float(a.mean()), (float(a.std(ddof=1) / np.sqrt(len(a))) if len(a) > 1 else None)
+
+    groups: dict[str, dict[int, list[dict]]] = {}
+    for run in policy_runs:
+        for row in run["steps"]:
+            if row.get("overscoring_auroc") is None:
+                continue
+            for name in (run["method"], "all"):
+                groups.setdefault(name, {}).setdefault(row["step"], []).append(row)
+    out: dict = {}
+    for name, by_step in groups.items():
+        rows = []
+        for step in sorted(by_step):
+            rs = by_step[step]
+            auc, auc_se = mean_se([r["overscoring_auroc"] for r in rs])
+            base, base_se = mean_se([r["overscoring_auroc_proxy_baseline"] for r in rs
+                                     if r.get("overscoring_auroc_proxy_baseline") is not None])
+            rows.append({"step": step, "num_runs": len(rs), "kl": float(np.mean([r["kl"] for r in rs])),
+                         "gold": float(np.mean([r["gold"] for r in rs])), "overscoring_auroc": auc,
+                         "overscoring_auroc_se": auc_se, "proxy_baseline": base, "proxy_baseline_se": base_se})
+        out[name] = rows
+    return out
+
+
 def uncertainty_shift_results(root: Path, pool_data: dict, score_data: dict, shift_units: dict | None = None,
                               run_index: list[dict] = (), num_boot: int = NUM_BOOT,
                               bon: tuple[dict, dict[str, dict]] | None = None) -> dict:
     """results.json's ``uncertainty_shift``: {"pools": {proxy: {seed: metrics}}, "bon_study": {proxy: metrics}
     (the best-of-n study's held-out pool, when enabled), "shift": {proxy: {set: metrics}}, "policy_runs":
-    [{method, seed, head, steps: [...]}]}. `score_data` is keyed (proxy, seed); `bon` is the best-of-n
+    [{method, seed, head, steps: [...]}], "policy_steps": `pooled_policy_steps` of them}. `score_data` is
+    keyed (proxy, seed); `bon` is the best-of-n
     study's (pool.json, {proxy: scores.json}) as the study's analysis read them."""
     from robust_rlhf.experiments.units import read_json
 
@@ -102,4 +142,5 @@ def uncertainty_shift_results(root: Path, pool_data: dict, score_data: dict, shi
         if steps is not None:
             out["policy_runs"].append({"method": entry["method"], "seed": entry["seed"], "head": entry["head"],
                                        "steps": steps})
+    out["policy_steps"] = pooled_policy_steps(out["policy_runs"])
     return out

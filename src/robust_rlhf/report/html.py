@@ -184,6 +184,7 @@ def build_html(results: dict, plots: dict[str, list[Path]]) -> str:
         parts += [_img(p, p.stem) for p in plots.get("early_warning", [])]
 
     parts += _bon_study_section(results.get("bon_study"), level)
+    parts += _uncertainty_shift_section(results.get("uncertainty_shift"))
 
     shift = results.get("shift")
     if shift:
@@ -238,8 +239,56 @@ def _bon_study_section(bon: dict | None, level: float) -> list[str]:
     return [f"<h2>Best-of-n study: {bon['num_prompts']} held-out prompts × N = {N} reference samples</h2>",
             f"<p class='meta'>Expected gold of the best of n (Coste's unbiased estimator per prompt, mean over prompts) "
             f"with a {level:.0%} prompt-bootstrap interval; reference gold {bon['reference_gold']:.3f}. Aggregators: "
-            f"mean, min / max of the standardised heads, lcb = mean − β·std, uwo, BRME λ ∈ {{0, 0.5, 1}}.</p>",
+            f"mean, min / max of the standardised heads, lcb = mean − β·std, uwo, the same two on standardised heads "
+            f"(lcb_norm, uwo_norm), BRME λ ∈ {{0, 0.5, 1}}.</p>",
             _table(["reward model", "aggregator"] + [f"n = {n}" for n in ns] + ["peak n"], rows)]
+
+
+def _pm(m: dict, key: str) -> str:
+    """``m[key] ± m[key_se]`` (or just the value)."""
+    v, se = m.get(key), m.get(f"{key}_se")
+    return _num(v) + (f" ± {se:.3f}" if isinstance(se, (int, float)) and se == se else "")
+
+
+def _uncertainty_shift_section(us: dict | None) -> list[str]:
+    """Does each proxy's spread flag where it over-scores -- on held-out best-of-n pools, shifted sets and
+    the policies' own samples as KL grows (results.json ``uncertainty_shift``)?"""
+    if not us:
+        return []
+    rows = []
+    for where, per_rm in (("best-of-n study pool", us.get("bon_study") or {}),
+                          *((f"shifted set: {k}", {rm: sets[k] for rm, sets in (us.get("shift") or {}).items()
+                                                    if k in sets and "missing" not in sets[k]})
+                            for k in sorted({k for sets in (us.get("shift") or {}).values() for k in sets}))):
+        for rm, m in per_rm.items():
+            if m.get("num_heads", 1) < 2:
+                continue
+            rows.append([_e(where), _e(rm), f"{m['num_prompts']} × {m['samples_per_prompt']}", str(m["num_heads"]),
+                         _pm(m, "overscoring_auroc"), _num(m.get("overscoring_auroc_proxy_baseline")),
+                         _pm(m, "overscoring_spearman"), f"{_pm(m, 'top_pick_auroc')} ({m.get('top_pick_num_bad')} bad)",
+                         _pm(m, "lcb_pick_gold_gain")])
+    out = []
+    if rows:
+        out += ["<h2>Uncertainty under shift: does the spread flag over-scoring?</h2>",
+                "<p class='meta'>Per multi-head proxy, the std over heads of each text against its over-scoring "
+                "o = z(proxy) − z(gold) within its prompt: AUROC for o in its top quarter (0.5 = blind) beside the "
+                "z(proxy) baseline (o grows with the proxy by construction; the spread helps only if it adds to it), "
+                "Spearman; top pick: AUROC of the std for the proxy's best text having gold below its prompt's "
+                "median; the gold gained by picking by mean − std instead of the mean. ± bootstrap SE over "
+                "prompts.</p>",
+                _table(["texts", "proxy", "prompts × texts", "K", "over-scoring AUROC", "z(proxy) baseline",
+                        "Spearman", "top-pick AUROC", "gold gain of mean − std"], rows)]
+    steps = us.get("policy_steps") or {}
+    prow = [[_e(name), str(r["step"]), str(r["num_runs"]), _num(r["kl"], ".2f"), _num(r["gold"]),
+             _pm(r, "overscoring_auroc"), _num(r.get("proxy_baseline"))]
+            for name, rs in steps.items() if name != "all" for r in rs]
+    if prow:
+        out += ["<h3>On the policies' own held-out samples, as KL grows</h3>",
+                "<p class='meta'>At every evaluation of every PPO run scored by a multi-head proxy (all its heads, "
+                "whatever the run trains on): over-scoring AUROC of the std over that evaluation's samples, mean over "
+                "the method's runs ± standard error across runs.</p>",
+                _table(["method", "step", "runs", "KL", "gold", "over-scoring AUROC", "z(proxy) baseline"], prow)]
+    return out
 
 
 def _arms(d: dict | None) -> str:
