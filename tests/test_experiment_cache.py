@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from robust_rlhf.errors import UserError
 from robust_rlhf.experiments import overopt
 from robust_rlhf.experiments.calibration import calibration_flow
 from robust_rlhf.experiments.config import expanded_methods, load_experiment_config
@@ -127,6 +128,17 @@ def test_an_edited_input_file_rekeys_the_units_that_read_it(tmp_path, inputs):
     assert changed("bon") == {"bon/pool", "bon/scores/bt", "bon/scores/ens"}
     assert changed("shift") == {"shift/sets", "shift/scores/bt", "shift/scores/ens"}
     assert changed("prompts") == set(before)  # the data is built from them: everything depends on it
+
+
+@pytest.mark.parametrize("key", ["bon_study.prompt_source", "shift.prompt_source"])
+def test_a_missing_prompt_file_is_refused_before_anything_is_written(tmp_path, key):
+    """The prompt files are read when the units are declared (they key them): a missing one is the
+    user's error, named by its key, before the folder exists."""
+    cfg = load_experiment_config("experiment_tiny", [f"{key.split('.')[0]}.enabled=true",
+                                                     f"{key}={tmp_path / 'missing.jsonl'}"])
+    with pytest.raises(UserError, match=f"^{key}: prompts file .*missing.jsonl' does not exist"):
+        overopt.run_experiment(cfg, tmp_path / "exp", progress=False)
+    assert not (tmp_path / "exp").exists()
 
 
 # ----------------------------------------------------------------------------- a moved experiment resumes

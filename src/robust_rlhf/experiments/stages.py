@@ -42,6 +42,19 @@ def load_prompts(cfg: PromptsConfig) -> list[str]:
     return prompts
 
 
+def prompts_of(source: str | None, default: list[str], limit: int, key: str) -> list[str]:
+    """The first ``limit`` prompts of the file ``source`` (config key ``key``), or of ``default`` when
+    it is null. Read when a unit is declared: the unit is keyed by these prompts, not by the path."""
+    from robust_rlhf.data.prompts import load_prompts_file
+
+    if source is None:
+        return list(default)[:limit]
+    try:
+        return load_prompts_file(source)[:limit]
+    except UserError as e:
+        raise UserError(f"{key}: {e}") from None
+
+
 def _run_data(folder: Path, cfg: ExperimentConfig, prompts: list[str]) -> dict:
     from robust_rlhf.data.builtin_task import TaskConfig, build_task
 
@@ -363,10 +376,8 @@ SHIFT_SETS = ("prompt", "response", "in_domain")
 def shift_sets_unit(cfg: ExperimentConfig, data: Unit, prompts_file: Path) -> Unit:
     """The shifted evaluation sets: responses_per_prompt base-policy responses per prompt, gold-scored.
     Keyed by the prompt-shifted prompts themselves (shift.prompt_source is read now), not the file's path."""
-    from robust_rlhf.data.prompts import load_prompts_file
-
     sh, ev = cfg.shift, cfg.evaluation
-    shifted = (load_prompts_file(sh.prompt_source) if sh.prompt_source else list(SHIFTED_PROMPTS))[: sh.num_prompts]
+    shifted = prompts_of(sh.prompt_source, SHIFTED_PROMPTS, sh.num_prompts, "shift.prompt_source")
     shift = {k: v for k, v in config_to_dict(sh).items() if k != "prompt_source"}
     spec = {"data": data.fingerprint, "policy": cfg.policy, "gold": cfg.gold, "shift": shift,
             "shifted_prompts": shifted, "evaluation": config_to_dict(ev)}
@@ -430,11 +441,10 @@ def _run_shift_scores(folder: Path, sets_dir: Path, rm_dir: Path) -> dict:
 def bon_pool_unit(cfg: ExperimentConfig, data: Unit) -> Unit:
     """The best-of-n study's pool: bon_study.pool_size reference-policy samples on each of its prompts, gold-scored.
     Keyed by the prompts themselves (bon_study.prompt_source is read now), not the file's path."""
-    from robust_rlhf.data.prompts import load_prompts_file
     from robust_rlhf.experiments.bon_study import HELD_OUT_PROMPTS
 
     bs, ev = cfg.bon_study, cfg.evaluation
-    prompts = (load_prompts_file(bs.prompt_source) if bs.prompt_source else list(HELD_OUT_PROMPTS))[: bs.num_prompts]
+    prompts = prompts_of(bs.prompt_source, HELD_OUT_PROMPTS, bs.num_prompts, "bon_study.prompt_source")
     spec = {"data": data.fingerprint, "policy": cfg.policy, "gold": cfg.gold, "max_new_tokens": ev.max_new_tokens,
             "temperature": ev.temperature, "prompts": prompts, "pool_size": bs.pool_size, "seed": bs.seed}
     return Unit("bon/pool", "best-of-n study", spec, _run_bon_pool, {"cfg": cfg, "prompts": prompts})
