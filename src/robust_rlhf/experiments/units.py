@@ -8,8 +8,9 @@ continue (policy runs resume from their own checkpoints) and writes the unit's l
 
 A fingerprint never depends on where the experiment folder lives: a spec names a file inside the
 units/ folder relative to it (`root_relative`), so a folder given relative or absolute, run from
-another working directory, moved or mounted elsewhere keeps its cache; a file outside it stands
-in the spec by its content (the stages load it when they declare the unit). Which units run when, and where, is `robust_rlhf.experiments.scheduler`.
+another working directory, or moved keeps its cache; a file outside it stands in the spec by its
+content (the stages read it when they declare the unit). Which units run when, and where, is
+`robust_rlhf.experiments.scheduler`.
 
 A `Unit` is a picklable description -- a module-level function and its arguments -- so the same
 unit runs in this process, in a local worker process or as a Ray task on another machine.
