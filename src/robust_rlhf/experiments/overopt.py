@@ -130,7 +130,7 @@ def _plan(cfg: ExperimentConfig, root: Path, prompts: list[str], methods) -> _Pl
     data_dir = root / data.key
     prompts_file = data_dir / "prompts.jsonl"
     rm_specs = {r.name: r for r in cfg.reward_models}
-    rm_units = rm_units_of(cfg, data, data_dir)  # recipes and their replicate seeds
+    rm_units = rm_units_of(cfg, data, root)  # recipes and their replicate seeds
     rm_models = {name: rm_config(spec, data_dir, cfg.data.seed, cfg.device).model for name, spec in rm_specs.items()}
     rm_heads = {n: (1 if m.head_type == "scalar" else m.num_heads) for n, m in rm_models.items()}
     _check_methods(cfg, methods, rm_specs, rm_heads, data_dir, root, prompts_file)

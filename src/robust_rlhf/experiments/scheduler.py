@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any, Callable, Generator, Iterable, Literal, Mapping
 
 from robust_rlhf.errors import UserError
-from robust_rlhf.experiments.units import Unit, execute_unit, read_done
+from robust_rlhf.experiments.units import Unit, execute_unit, fingerprint, read_done, root_relative
 
 log = logging.getLogger(__name__)
 
@@ -479,6 +479,9 @@ class Scheduler:
     def add(self, unit: Unit, priority: int = 0) -> Unit:
         """Declare a unit (once per key). Higher ``priority`` goes first among ready units (the
         flows' units: they gate what comes after them); then declaration order."""
+        if fingerprint(root_relative(unit.spec, self.root)) != unit.fingerprint:
+            raise RuntimeError(f"unit {unit.key!r}: its spec names a path inside {self.root}; write it with "
+                               "root_relative (a fingerprint must not change when the folder moves)")
         known = self.units.get(unit.key)
         if known is not None:
             if known.fingerprint != unit.fingerprint:

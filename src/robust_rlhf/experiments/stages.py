@@ -3,7 +3,10 @@ policy runs (via the policy recipes), and the shifted evaluation sets of seed 00
 
 Each ``*_unit`` function declares a `Unit`: its key, its fingerprint spec, a module-level
 ``_run_*`` function with picklable arguments (the unit may run in another process or on another
-machine) and the keys of the units whose folders it reads (``after``)."""
+machine) and the keys of the units whose folders it reads (``after``). A spec holds what the
+result is computed from, never where the experiment folder lives: paths inside it relative to
+it (`root_relative`), and the content of a file outside it (a prompt file is read when its unit
+is declared, and that text goes to both the spec and the unit's arguments)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from pathlib import Path
 from robust_rlhf.config import _merge, build_dataclass, config_to_dict, read_config_source
 from robust_rlhf.errors import UserError
 from robust_rlhf.experiments.config import ExperimentConfig, MethodSpec, PromptsConfig, RewardModelSpec, nest_dotted
-from robust_rlhf.experiments.units import Unit, read_json
+from robust_rlhf.experiments.units import Unit, read_json, root_relative
 from robust_rlhf.policy.tracking import _flatten
 from robust_rlhf.utils import atomic_write_json, atomic_write_jsonl
 
@@ -37,6 +40,19 @@ def load_prompts(cfg: PromptsConfig) -> list[str]:
     if len(prompts) < 5:
         raise UserError(f"the experiment needs at least 5 prompts, got {len(prompts)}")
     return prompts
+
+
+def prompts_of(source: str | None, default: list[str], limit: int, key: str) -> list[str]:
+    """The first ``limit`` prompts of the file ``source`` (config key ``key``), or of ``default`` when
+    it is null. Read when a unit is declared: the unit is keyed by these prompts, not by the path."""
+    from robust_rlhf.data.prompts import load_prompts_file
+
+    if source is None:
+        return list(default)[:limit]
+    try:
+        return load_prompts_file(source)[:limit]
+    except UserError as e:
+        raise UserError(f"{key}: {e}") from None
 
 
 def _run_data(folder: Path, cfg: ExperimentConfig, prompts: list[str]) -> dict:
@@ -109,13 +125,15 @@ def _run_rm(folder: Path, rm_cfg, data_dir: Path) -> dict:
             "num_heads": metrics["num_heads"], "head_type": rm_cfg.model.head_type}
 
 
-def rm_unit(spec: RewardModelSpec, data: Unit, data_dir: Path, cfg: ExperimentConfig) -> Unit:
+def rm_unit(spec: RewardModelSpec, data: Unit, root: Path, cfg: ExperimentConfig) -> Unit:
+    data_dir = root / data.key
     rm_cfg = rm_config(spec, data_dir, cfg.data.seed, cfg.device)
-    return Unit(f"rm/{spec.name}", "reward models", {"data": data.fingerprint, "rm": config_to_dict(rm_cfg)},
-                _run_rm, {"rm_cfg": rm_cfg, "data_dir": data_dir}, after=(data.key,))
+    inputs = root_relative({"data": data.fingerprint, "rm": config_to_dict(rm_cfg)}, root)
+    return Unit(f"rm/{spec.name}", "reward models", inputs, _run_rm, {"rm_cfg": rm_cfg, "data_dir": data_dir},
+                after=(data.key,))
 
 
-def rm_units_of(cfg: ExperimentConfig, data: Unit, data_dir: Path) -> dict[str, Unit]:
+def rm_units_of(cfg: ExperimentConfig, data: Unit, root: Path) -> dict[str, Unit]:
     """Every reward-model unit: one per recipe (`rm/<name>`, trained with its first seed when
     ``seeds`` is set) and one per further replicate seed (`rm/<name>@s<seed>`, same recipe)."""
     out = {}
@@ -125,7 +143,7 @@ def rm_units_of(cfg: ExperimentConfig, data: Unit, data_dir: Path) -> dict[str, 
             own = spec if seed is None else dataclasses.replace(
                 spec, name=spec.name if i == 0 else f"{spec.name}@s{seed}",
                 overrides=_merge(nest_dotted(spec.overrides), {"seed": seed}))
-            out[own.name] = rm_unit(own, data, data_dir, cfg)
+            out[own.name] = rm_unit(own, data, root, cfg)
     return out
 
 
@@ -325,8 +343,8 @@ def policy_unit(cfg: ExperimentConfig, method: MethodSpec, seed: int, head: int 
                         f"(the reward is the head's own), got {method.aggregator.name}")
 
     suffix = f"s{seed}" + ("" if head is None else f"-h{head}")
-    spec = {"rm": rm.fingerprint, "prompts": str(prompts_file), "config": config_to_dict(policy_cfg), "head": head,
-            "type": method.type}
+    spec = root_relative({"rm": rm.fingerprint, "prompts": str(prompts_file), "config": config_to_dict(policy_cfg),
+                          "head": head, "type": method.type}, root)
     args = {"policy_cfg": policy_cfg, "method_type": method.type, "rm_dir": rm_dir, "head": head, "keep_var": keep_var}
     return Unit(key or f"runs/{method.name}/{suffix}", stage, spec, _run_policy, args,
                 after=(DATA_KEY, rm.key))
@@ -356,26 +374,27 @@ SHIFT_SETS = ("prompt", "response", "in_domain")
 
 
 def shift_sets_unit(cfg: ExperimentConfig, data: Unit, prompts_file: Path) -> Unit:
-    """The shifted evaluation sets: responses_per_prompt base-policy responses per prompt, gold-scored."""
+    """The shifted evaluation sets: responses_per_prompt base-policy responses per prompt, gold-scored.
+    Keyed by the prompt-shifted prompts themselves (shift.prompt_source is read now), not the file's path."""
     sh, ev = cfg.shift, cfg.evaluation
-    spec = {"data": data.fingerprint, "policy": cfg.policy, "gold": cfg.gold, "shift": config_to_dict(sh),
-            "evaluation": config_to_dict(ev)}
-    return Unit("shift/sets", "shifted sets", spec, _run_shift_sets, {"cfg": cfg, "prompts_file": prompts_file},
-                after=(data.key,))
+    shifted = prompts_of(sh.prompt_source, SHIFTED_PROMPTS, sh.num_prompts, "shift.prompt_source")
+    shift = {k: v for k, v in config_to_dict(sh).items() if k != "prompt_source"}
+    spec = {"data": data.fingerprint, "policy": cfg.policy, "gold": cfg.gold, "shift": shift,
+            "shifted_prompts": shifted, "evaluation": config_to_dict(ev)}
+    return Unit("shift/sets", "shifted sets", spec, _run_shift_sets,
+                {"cfg": cfg, "shifted": shifted, "prompts_file": prompts_file}, after=(data.key,))
 
 
-def _run_shift_sets(folder: Path, cfg: ExperimentConfig, prompts_file: Path) -> dict:
+def _run_shift_sets(folder: Path, cfg: ExperimentConfig, shifted: list[str], prompts_file: Path) -> dict:
     import torch
 
-    from robust_rlhf.data.prompts import load_prompts_file
     from robust_rlhf.gold import load_gold
     from robust_rlhf.models.generation import SamplingConfig, generate
     from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
 
     sh, ev = cfg.shift, cfg.evaluation
-    shifted = load_prompts_file(sh.prompt_source) if sh.prompt_source else list(SHIFTED_PROMPTS)
     held_out = eval_prompts(cfg, prompts_file)
-    plan = {"prompt": (shifted[: sh.num_prompts], ev.temperature),
+    plan = {"prompt": (shifted, ev.temperature),
             "response": (held_out[: sh.num_prompts], sh.response_temperature),
             "in_domain": (held_out[: sh.num_prompts], ev.temperature)}
     lm = load_causal_lm(cfg.policy).eval()
@@ -420,26 +439,25 @@ def _run_shift_scores(folder: Path, sets_dir: Path, rm_dir: Path) -> dict:
 
 # ---------------------------------------------------------------------------- best-of-n study
 def bon_pool_unit(cfg: ExperimentConfig, data: Unit) -> Unit:
-    """The best-of-n study's pool: bon_study.pool_size reference-policy samples on each of its prompts, gold-scored."""
+    """The best-of-n study's pool: bon_study.pool_size reference-policy samples on each of its prompts, gold-scored.
+    Keyed by the prompts themselves (bon_study.prompt_source is read now), not the file's path."""
+    from robust_rlhf.experiments.bon_study import HELD_OUT_PROMPTS
+
     bs, ev = cfg.bon_study, cfg.evaluation
+    prompts = prompts_of(bs.prompt_source, HELD_OUT_PROMPTS, bs.num_prompts, "bon_study.prompt_source")
     spec = {"data": data.fingerprint, "policy": cfg.policy, "gold": cfg.gold, "max_new_tokens": ev.max_new_tokens,
-            "temperature": ev.temperature, "num_prompts": bs.num_prompts, "prompt_source": bs.prompt_source,
-            "pool_size": bs.pool_size, "seed": bs.seed}
-    return Unit("bon/pool", "best-of-n study", spec, _run_bon_pool, {"cfg": cfg})
+            "temperature": ev.temperature, "prompts": prompts, "pool_size": bs.pool_size, "seed": bs.seed}
+    return Unit("bon/pool", "best-of-n study", spec, _run_bon_pool, {"cfg": cfg, "prompts": prompts})
 
 
-def _run_bon_pool(folder: Path, cfg: ExperimentConfig) -> dict:
+def _run_bon_pool(folder: Path, cfg: ExperimentConfig, prompts: list[str]) -> dict:
     import torch
 
-    from robust_rlhf.data.prompts import load_prompts_file
-    from robust_rlhf.experiments.bon_study import HELD_OUT_PROMPTS
     from robust_rlhf.gold import load_gold
     from robust_rlhf.models.generation import SamplingConfig, generate
     from robust_rlhf.models.hub import load_causal_lm, load_tokenizer
 
     bs, ev = cfg.bon_study, cfg.evaluation
-    source = load_prompts_file(bs.prompt_source) if bs.prompt_source else list(HELD_OUT_PROMPTS)
-    prompts = source[: bs.num_prompts]
     lm = load_causal_lm(cfg.policy).eval()
     tok = load_tokenizer(cfg.policy)
     N = bs.pool_size

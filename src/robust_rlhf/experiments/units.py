@@ -4,7 +4,13 @@ unit depends on) and the size of every file the unit wrote. A finished unit with
 unreadable file (its size changed, a broken marker) counts as unfinished and is recomputed
 (`read_done`). `execute_unit` wipes a folder left by different inputs, lets an unfinished one
 continue (policy runs resume from their own checkpoints) and writes the unit's log to
-``log.txt`` in its folder. Which units run when, and where, is `robust_rlhf.experiments.scheduler`.
+``log.txt`` in its folder.
+
+A fingerprint never depends on where the experiment folder lives: a spec names a file inside the
+units/ folder relative to it (`root_relative`), so a folder given relative or absolute, run from
+another working directory, or moved keeps its cache; a file outside it stands in the spec by its
+content (the stages read it when they declare the unit). Which units run when, and where, is
+`robust_rlhf.experiments.scheduler`.
 
 A `Unit` is a picklable description -- a module-level function and its arguments -- so the same
 unit runs in this process, in a local worker process or as a Ray task on another machine.
@@ -15,10 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Callable
 
 from robust_rlhf.errors import UserError
@@ -29,10 +36,40 @@ log = logging.getLogger(__name__)
 DONE_FILE = "done"
 UNIT_FILE = "unit.json"
 LOG_FILE = "log.txt"
+ROOT_MARK = "<units>"
+"""stands for the units/ folder in a spec (`root_relative`)"""
 
 
 def fingerprint(spec: Any) -> str:
     return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def root_relative(spec: Any, root: str | Path) -> Any:
+    """``spec`` with every path inside the units/ folder ``root`` -- a string or path equal to it or
+    under it, as given or made absolute -- written as ``<units>/<relative posix path>``; every other
+    value unchanged (tuples become lists, as JSON writes them).
+
+    Args:
+        spec: nested dicts / lists / scalars (a unit's spec; configs from `config_to_dict`).
+        root: the units/ folder the spec's paths were built from (relative or absolute).
+    """
+    root = Path(root)
+    prefixes = sorted({str(root), os.path.abspath(root), str(root.resolve())}, key=len, reverse=True)
+
+    def rel(v: Any) -> Any:
+        if isinstance(v, (str, PurePath)):
+            s = str(v)
+            for p in prefixes:
+                if s == p or s.startswith(p + os.sep):
+                    return ROOT_MARK + s[len(p):].replace(os.sep, "/")
+            return v
+        if isinstance(v, dict):
+            return {k: rel(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [rel(x) for x in v]
+        return v
+
+    return rel(spec)
 
 
 def read_json(path: Path) -> Any:
@@ -87,7 +124,8 @@ class Unit:
     stage: str
     """shown in progress: data, reward models, pools, calibration, policies"""
     spec: dict
-    """everything the result depends on (its fingerprint decides whether a cached result is valid)"""
+    """everything the result depends on (its fingerprint decides whether a cached result is valid): no
+    path inside the experiment folder (`root_relative`), files outside it by their content"""
     fn: Callable[..., dict]
     """does the work into the folder (first argument); the returned dict is stored in the done marker"""
     args: dict = field(default_factory=dict)
