@@ -436,3 +436,16 @@ def test_fifos_and_devices_as_inputs_are_refused_without_blocking(tmp_path, cli_
     os.symlink("/dev/zero", tmp_path / "in" / "zero.jsonl")  # endless: never read to its end
     cli_error(["rm", "score", "--model", tmp_path / "m", "--input", tmp_path / "in" / "zero.jsonl",
                "--output", out / "z.jsonl"], "is a character device", watch=tmp_path)
+
+
+
+def test_rm_eval_reads_its_pairs_before_loading_the_model(tmp_path, cli_error, monkeypatch):
+    from robust_rlhf.reward.model import RewardModel
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the pairs were read")
+
+    monkeypatch.setattr(RewardModel, "from_pretrained", no_load)
+    bad = write(tmp_path / "d.jsonl", '{"prompt": "p", "chosen": " c"}\n')
+    cli_error(["rm", "eval", "--model", tmp_path / "m", "--data", bad, "--output-dir", tmp_path / "o"],
+              "line 1: missing field 'rejected'", watch=tmp_path)
