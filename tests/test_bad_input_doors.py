@@ -5,6 +5,7 @@ changed -- and one conversation gets one reward through every client."""
 from __future__ import annotations
 
 import json
+import os
 import logging
 from pathlib import Path
 
@@ -379,3 +380,72 @@ def test_verl_function_imports_nothing_outside_the_standard_library():
 ])
 def test_config_numbers_must_be_finite_even_when_written_as_text(tmp_path, cli_error, command, override):
     cli_error([*command, "--output-dir", tmp_path / "o", override], "must be a finite number", watch=tmp_path)
+
+
+# ------------------------------------------------------------------ config files: keys and integers
+@pytest.mark.parametrize("text, expected", [
+    ("seed: 1\nseed: 2\n", "line 2: duplicate key 'seed' (first given at line 1)"),
+    ("stage1:\n  lr: 0.1\n  batch_size: 4\n  lr: 0.2\n", "line 4: duplicate key 'lr' (first given at line 2)"),
+    ("1: a\nseed: 3\n", "key 1 is a int, not a name"),
+    ("stage1:\n  7: x\n", "key stage1.7 is a int"),
+    ("? [a, b]\n: 1\n", "a key must be a plain name"),
+])
+def test_config_keys_named_once_and_as_names(tmp_path, cli_error, text, expected):
+    cfg = write(tmp_path / "c.yaml", text)
+    cli_error(["rm", "train", "--config", cfg, "--output-dir", tmp_path / "o"], expected, watch=tmp_path)
+
+
+def test_yaml_merge_keys_are_not_duplicates():
+    from robust_rlhf.config import safe_yaml_load
+
+    assert safe_yaml_load("base: &b {lr: 1}\nstage1:\n  <<: *b\n  batch_size: 2\n", "c") == {
+        "base": {"lr": 1}, "stage1": {"lr": 1, "batch_size": 2}}
+
+
+@pytest.mark.parametrize("override, expected", [
+    ("seed=-1.0", "seed must be >= 0"),            # a float that is an integer: the same range checks
+    ("seed=5.0e+9", "absurdly large"),
+    ("stage1.max_steps=1.0e+300", "absurdly large"),
+])
+def test_integers_written_as_floats_get_the_integer_checks(tmp_path, cli_error, override, expected):
+    cli_error(["rm", "train", "--config", "rm_tiny", "--output-dir", tmp_path / "o", override], expected,
+              watch=tmp_path)
+
+
+# ------------------------------------------------------------------ inputs that are not files on disk
+@pytest.fixture
+def fifo(tmp_path):
+    def make(name: str) -> Path:
+        p = tmp_path / "in" / name
+        p.parent.mkdir(exist_ok=True)
+        os.mkfifo(p)  # no writer: opening it would block for ever
+        return p
+    return make
+
+
+def test_fifos_and_devices_as_inputs_are_refused_without_blocking(tmp_path, cli_error, fifo):
+    out = tmp_path / "out"
+    cli_error(["rm", "train", "--config", fifo("c.yaml"), "--output-dir", out], "is a named pipe (FIFO)",
+              watch=tmp_path)
+    cli_error(["rm", "train", "--config", "rm_tiny", "--output-dir", out, f"data.train={fifo('t.jsonl')}"],
+              "is a named pipe (FIFO)", watch=tmp_path)
+    cli_error(["rm", "score", "--model", tmp_path / "m", "--input", fifo("s.jsonl"), "--output", out / "s.jsonl"],
+              "is a named pipe (FIFO)", watch=tmp_path)
+    cli_error(["policy", "sample", "--policy", tmp_path / "p", "--prompts", fifo("p.txt"), "--output",
+               out / "p.jsonl"], "is a named pipe (FIFO)", watch=tmp_path)
+    os.symlink("/dev/zero", tmp_path / "in" / "zero.jsonl")  # endless: never read to its end
+    cli_error(["rm", "score", "--model", tmp_path / "m", "--input", tmp_path / "in" / "zero.jsonl",
+               "--output", out / "z.jsonl"], "is a character device", watch=tmp_path)
+
+
+
+def test_rm_eval_reads_its_pairs_before_loading_the_model(tmp_path, cli_error, monkeypatch):
+    from robust_rlhf.reward.model import RewardModel
+
+    def no_load(*a, **k):
+        raise AssertionError("the model was loaded before the pairs were read")
+
+    monkeypatch.setattr(RewardModel, "from_pretrained", no_load)
+    bad = write(tmp_path / "d.jsonl", '{"prompt": "p", "chosen": " c"}\n')
+    cli_error(["rm", "eval", "--model", tmp_path / "m", "--data", bad, "--output-dir", tmp_path / "o"],
+              "line 1: missing field 'rejected'", watch=tmp_path)

@@ -46,6 +46,9 @@ def read_config_source(source: str | Path) -> dict:
         )
     if path.is_dir():
         raise UserError(f"config {str(source)!r} is a folder, not a YAML file")
+    from robust_rlhf.utils import check_regular_file
+
+    check_regular_file(path, "config")
     try:
         if path.stat().st_size > MAX_YAML_BYTES:
             raise UserError(f"{path}: {path.stat().st_size} bytes is too large for a config (limit {MAX_YAML_BYTES})")
@@ -93,6 +96,8 @@ def safe_yaml_load(text: str, where: str) -> Any:
             raise UserError(f"{where}: line {n.start_mark.line + 1}: nested deeper than {MAX_YAML_DEPTH} levels")
         if id(n) in sizes:
             continue
+        if isinstance(n, yaml.MappingNode) and not done:
+            _check_mapping_keys(n, where)
         children = ([c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode)
                     else list(n.value) if isinstance(n, yaml.SequenceNode) else [])
         if done or not children:
@@ -107,6 +112,22 @@ def safe_yaml_load(text: str, where: str) -> Any:
         return yaml.safe_load(text)
     except yaml.YAMLError as e:
         raise UserError(f"{where}: not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def _check_mapping_keys(node: "yaml.MappingNode", where: str) -> None:
+    """A config mapping's keys are plain scalars, each given once: a repeated key would silently
+    keep only its last value (the first one is a typo or a merge gone wrong)."""
+    seen: dict[str, int] = {}
+    for key, _ in node.value:
+        line = key.start_mark.line + 1
+        if not isinstance(key, yaml.ScalarNode):
+            raise UserError(f"{where}: line {line}: a key must be a plain name, not a list or mapping")
+        if key.tag == "tag:yaml.org,2002:merge":
+            continue  # `<<: *alias` merges are not keys of their own
+        if key.value in seen:
+            raise UserError(f"{where}: line {line}: duplicate key {key.value!r} (first given at line "
+                            f"{seen[key.value]}); give each key once")
+        seen[key.value] = line
 
 
 def parse_overrides(overrides: Sequence[str]) -> dict:
@@ -157,11 +178,16 @@ def build_dataclass(cls: type[T], data: dict, where: str = "") -> T:
             node = node.get(p) if isinstance(node, dict) else None
         if isinstance(node, dict) and leaf in node:
             raise UserError(f"config: unknown key {old!r}; use {new}")
+    prefix = f"{where}." if where else ""
+    for k in data:
+        if not isinstance(k, str):
+            raise UserError(f"config: key {prefix}{k!r} is a {type(k).__name__}, not a name; valid keys"
+                            f"{(' under ' + where) if where else ''}: "
+                            f"{', '.join(sorted(f.name for f in dataclasses.fields(cls) if f.init))}")
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        prefix = f"{where}." if where else ""
         raise UserError(
             f"config: unknown key {prefix + unknown[0]!r}; valid keys{(' under ' + where) if where else ''}: "
             f"{', '.join(sorted(fields))}"
@@ -226,9 +252,9 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
         return value
     if tp is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise UserError(f"config {key}: expected an integer, got {value!r}")
+            if not (isinstance(value, float) and value.is_integer()):
+                raise UserError(f"config {key}: expected an integer, got {value!r}")
+            value = int(value)  # 1e3 -> 1000, then the same range checks as any integer
         if abs(value) > MAX_CONFIG_INT:
             raise UserError(f"config {key}: {value} is absurdly large (limit {MAX_CONFIG_INT})")
         if key.rsplit(".", 1)[-1] == "seed" and value < 0:

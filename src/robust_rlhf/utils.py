@@ -17,6 +17,7 @@ import random
 import re
 import shutil
 import signal
+import stat
 import socket
 import tempfile
 import time
@@ -402,6 +403,24 @@ def memory_available() -> int | None:
     except (ImportError, OSError, ValueError, IndexError):
         pass
     return min(limits) if limits else None
+
+
+_SPECIAL_FILES = [(stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                  (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")]
+
+
+def check_regular_file(path: str | os.PathLike, what: str = "") -> None:
+    """Refuse, with one line, an input that is a FIFO, a device or a socket (symlinks followed):
+    reading one blocks for ever (a pipe no one writes) or never ends (/dev/zero). A missing file
+    or a folder is left to the caller's own message."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return
+    for test, kind in _SPECIAL_FILES:
+        if test(mode):
+            raise UserError(f"{what + ' ' if what else ''}{str(path)!r} is {kind}, not a regular file; "
+                            "give a file on disk")
 
 
 def check_fits_in_memory(path: str | os.PathLike, what: str = "input") -> None:

@@ -122,9 +122,9 @@ def cmd_eval(args) -> int:
         from robust_rlhf.reward.uncertainty import read_pool
 
         pool = read_pool(args.pool, gold is not None)  # bad rows fail before the model is loaded
+    pairs = load_preferences(args.data) if args.data is not None else None  # bad rows fail before the model loads
     model = RewardModel.from_pretrained(args.model)
-    if args.data is not None:
-        pairs = load_preferences(args.data)
+    if pairs is not None:
         check_prompt_lengths(pairs, model.tokenizer, model.config.max_length)
         metrics, arrays = evaluate_reward_model(model, pairs, batch_size=args.batch_size, gold=gold)
     else:

@@ -60,8 +60,9 @@ class PreferencePair:
 def _read_text(path: Path) -> str:
     """UTF-8 text of `path`, a byte-order mark (spreadsheet exports) dropped; a file too large
     for this machine's memory is refused first (`check_fits_in_memory`)."""
-    from robust_rlhf.utils import check_fits_in_memory
+    from robust_rlhf.utils import check_fits_in_memory, check_regular_file
 
+    check_regular_file(path)
     check_fits_in_memory(path)
     try:
         return path.read_bytes().decode("utf-8-sig")
@@ -176,6 +177,9 @@ def iter_source(source: str | Path) -> tuple[str, Iterator[tuple[str, dict]]]:
             split = "train" if "train" in ds else next(iter(ds))
             ds = ds[split]
         return str(path), _iter_dataset(ds, str(path))
+    from robust_rlhf.utils import check_regular_file
+
+    check_regular_file(path)
     try:
         path.open("rb").close()
     except OSError as e:
@@ -337,6 +341,9 @@ def iter_jsonl_lines(path: str | Path, max_line_bytes: int | None = None) -> Ite
 
     path = Path(path)
     cap = default_cap() if max_line_bytes is None else max_line_bytes
+    from robust_rlhf.utils import check_regular_file
+
+    check_regular_file(path)
     try:
         f = path.open("rb")
     except OSError as e:

@@ -74,7 +74,10 @@ def load_prompts_file(path: str) -> list[str]:
     from robust_rlhf.data.preferences import _json_loads, _read_text, _text_field, iter_source
     from robust_rlhf.errors import UserError
 
+    from robust_rlhf.utils import check_regular_file
+
     p = Path(path)
+    check_regular_file(p, "prompts file")
     if str(path).startswith("hf:") or p.is_dir() or p.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
         if not str(path).startswith("hf:") and not p.exists():
             raise UserError(f"prompts file {str(path)!r} does not exist")
