@@ -449,3 +449,23 @@ def test_rm_eval_reads_its_pairs_before_loading_the_model(tmp_path, cli_error, m
     bad = write(tmp_path / "d.jsonl", '{"prompt": "p", "chosen": " c"}\n')
     cli_error(["rm", "eval", "--model", tmp_path / "m", "--data", bad, "--output-dir", tmp_path / "o"],
               "line 1: missing field 'rejected'", watch=tmp_path)
+
+
+@pytest.mark.parametrize("command", [
+    ["rm", "train", "--config", "rm_tiny", "data.train={bad}"],
+    ["policy", "train", "--config", "policy_tiny", "data.prompts={bad}"],
+])
+def test_a_refusal_found_by_the_recipe_is_the_only_line_on_stderr(tmp_path, command):
+    """In a real process (logging as the CLI sets it up, not pytest's capture): a bad data file the recipe
+    finds after the threads are set gives exactly one stderr line and exit 2 -- no INFO line before it."""
+    import subprocess
+    import sys
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "p", "chosen": " c"}\n' if command[0] == "rm" else '{"text": 3}\n')
+    args = [a.format(bad=bad) for a in command] + ["--output-dir", str(tmp_path / "out")]
+    proc = subprocess.run([sys.executable, "-m", "robust_rlhf.cli", *args], capture_output=True, text=True,
+                          timeout=300, env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr
+    assert "bad.jsonl" in lines[0] and not (tmp_path / "out").exists()

@@ -318,7 +318,7 @@ def choose_threads(requested: Requested = "auto", *, env: Mapping[str, str] | No
     return decide_threads(requested, env=env, measure=measure).threads
 
 
-def apply_threads(requested: Requested = "auto", *, quiet_if_unchanged: bool = False,
+def apply_threads(requested: Requested = "auto", *, quiet_if_unchanged: bool = False, announce: bool = True,
                   env: Mapping[str, str] | None = None,
                   measure: Callable[[], tuple[float, float]] = free_cores) -> int:
     """Choose the thread count and set it with ``torch.set_num_threads``; log one INFO line
@@ -328,6 +328,9 @@ def apply_threads(requested: Requested = "auto", *, quiet_if_unchanged: bool = F
         requested: int >= 1, "auto" or None (= auto).
         quiet_if_unchanged: log at DEBUG (not INFO) when the count is what torch already uses
             (re-checks between units log only changes).
+        announce: False logs at DEBUG: the CLI commands set threads before their recipe has
+            validated its inputs, and a refusal must be the only line on stderr (the recipes'
+            start lines report the count instead).
     """
     import torch
 
@@ -335,7 +338,7 @@ def apply_threads(requested: Requested = "auto", *, quiet_if_unchanged: bool = F
     before = torch.get_num_threads()
     if choice.threads != before:
         torch.set_num_threads(choice.threads)
-    level = logging.DEBUG if quiet_if_unchanged and choice.threads == before else logging.INFO
+    level = logging.DEBUG if not announce or (quiet_if_unchanged and choice.threads == before) else logging.INFO
     if choice.free is None:
         log.log(level, "torch threads: %d (from %s)", choice.threads, choice.reason)
     else:

@@ -98,7 +98,7 @@ def cmd_train(args) -> int:
     check_policy_inputs(cfg)  # before the run folder is touched
     from robust_rlhf.threads import apply_threads
 
-    apply_threads("auto")  # the cores free now (the user's OMP_NUM_THREADS wins)
+    apply_threads("auto", announce=False)  # the cores free now (the user's OMP_NUM_THREADS wins); logged by the recipe
     with unchanged_on_refusal(args.output_dir):
         out = Path(fn(cfg, args.output_dir))
     if int(os.environ.get("RANK", "0")) != 0:

@@ -80,7 +80,7 @@ def cmd_train(args) -> int:
     cfg = load_config(RewardTrainConfig, args.config, args.overrides)
     check_device(cfg)
     check_model_source(cfg.model.backbone, "model.backbone")
-    apply_threads("auto")  # the cores free now (the user's OMP_NUM_THREADS wins)
+    apply_threads("auto", announce=False)  # the cores free now (the user's OMP_NUM_THREADS wins); logged by the recipe
     with unchanged_on_refusal(args.output_dir):
         out = train_reward_model(cfg, args.output_dir)
     if int(os.environ.get("RANK", "0")) != 0:

@@ -116,8 +116,9 @@ def train_ppo(
     s = PolicySession.start(cfg, output_dir, reward_source, with_value_head=True,
                             device=None if W == 1 else accelerator.device, is_main=accelerator.is_main_process)
     d = _Distributed(accelerator, s.policy, B, mb_size, s.device)
-    log.info("PPO: %d steps x %d samples, policy %s (%s), device %s, fp32, %d process(es)",
-             cfg.train.steps, B, cfg.model.name, "LoRA" if cfg.model.use_lora else "full", s.device, W)
+    log.info("PPO: %d steps x %d samples, policy %s (%s), device %s, fp32, %d process(es), %d torch threads",
+             cfg.train.steps, B, cfg.model.name, "LoRA" if cfg.model.use_lora else "full", s.device, W,
+             torch.get_num_threads())
 
     for step in range(s.start_step, cfg.train.steps):
         gen = s.begin_step(step)

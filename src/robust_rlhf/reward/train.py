@@ -465,10 +465,10 @@ def _train_locked(run: _Run) -> Path:
         atomic_write_text(out / "config.yaml", yaml.safe_dump(config_to_dict(cfg), sort_keys=False))
     with model.training_pass():
         train_precision = model.precision_name
-    log.info("training %s reward model (K=%d) on %s: %d train pairs, %s validation pairs, device %s, precision %s",
-             cfg.model.head_type, model.config.num_heads, model.config.backbone, len(run.train),
+    log.info("training %s reward model (K=%d) on %s: %d train pairs, %s validation pairs, device %s, precision %s, "
+             "%d torch threads", cfg.model.head_type, model.config.num_heads, model.config.backbone, len(run.train),
              len(run.val) if run.val else 0, run.device, f"{train_precision} (model.precision={cfg.model.precision}; "
-             f"scoring {model.precision_name})")
+             f"scoring {model.precision_name})", torch.get_num_threads())
     log_rows: list[dict] = []
     summary: dict = {"num_train_pairs": len(run.train), "num_val_pairs": len(run.val) if run.val else 0,
                      "precision": train_precision, "score_precision": model.precision_name}
