@@ -215,7 +215,7 @@ def test_tiny_study_claims_end_to_end(tmp_path, one_thread):
     bs = res["bon_study"]
     assert bs["num_prompts"] == 5 and bs["pool_size"] == 4 and bs["n"] == [1, 2, 3, 4]
     assert set(bs["reward_models"]["bt"]) == {"mean"}
-    assert set(bs["reward_models"]["ens"]) == {"mean", "min", "max", "lcb", "uwo", "brme_l0"}
+    assert set(bs["reward_models"]["ens"]) == {"mean", "min", "max", "lcb", "uwo", "lcb_norm", "uwo_norm", "brme_l0"}
     assert bon["n_units"] == {"unit": "prompts", "ens:lcb": 5, "ens:mean": 5}
     pool = json.loads((out / "units" / "bon" / "pool" / "pool.json").read_text())
     g1 = np.mean(pool["gold"])  # best-of-1 = the reference policy's mean gold, whatever the proxy
