@@ -106,6 +106,10 @@ def test_step_overscoring_by_hand():
     # (std 1) against stds (1, 0, 0): (0.5 + 1 + 1) / 3
     assert r[1]["overscoring_auroc"] == pytest.approx(2.5 / 3)
     assert r[1]["mean_std"] == pytest.approx(0.5)
+    # one head (a BT proxy): no spread at all -- undefined, not the 0.5 of tied stds; the baseline stays
+    one = step_overscoring(steps, kl, per_head[:, :1], gold)
+    assert [x["overscoring_auroc"] for x in one] == [None, None]
+    assert one[1]["overscoring_auroc_proxy_baseline"] is not None
 
 
 # ---------------------------------------------------------------------------- rm eval --pool

@@ -179,7 +179,8 @@ def step_overscoring(steps: list[int], kl: list[float], per_head: np.ndarray, go
     """PPO evaluation samples (rows of `eval_samples.jsonl`): steps (R,), kl (R,), per_head (R, K), gold (R,).
     Per step, over that step's samples: over-scoring o = z(proxy mean) - z(gold), z over the step's
     samples; AUROC of the std for o above its `quantile`, Spearman(std, o), the z(proxy) baseline AUROC
-    (`overscoring`), the mean KL, std and gold.
+    (`overscoring`), the mean KL, std and gold. With one head (K = 1) there is no spread: its AUROC and
+    Spearman are None (left out of `pooled_policy_steps`), not the 0.5 of a constant std.
     Returns one dict per step in step order."""
     per_head = np.asarray(per_head, dtype=float)
     gold = np.asarray(gold, dtype=float)
@@ -191,9 +192,11 @@ def step_overscoring(steps: list[int], kl: list[float], per_head: np.ndarray, go
         std = text_std(per_head[m])[None, :]
         g = gold[m][None, :]
         ov = overscoring(proxy, g, std, quantile)
+        spread = per_head.shape[1] > 1
         rows.append({"step": int(s), "num_samples": int(m.sum()), "kl": float(kl_a[m].mean()),
                      "mean_std": float(std.mean()), "gold": float(g.mean()), "proxy": float(proxy.mean()),
-                     "overscoring_auroc": _num(ov["auroc"]), "overscoring_spearman": _num(ov["spearman"]),
+                     "overscoring_auroc": _num(ov["auroc"]) if spread else None,
+                     "overscoring_spearman": _num(ov["spearman"]) if spread else None,
                      "overscoring_auroc_proxy_baseline": _num(ov["auroc_proxy_baseline"])})
     return rows
 
