@@ -1,0 +1,91 @@
+"""Machine faults and doors found by the session-7 probes (tests/test_faults.py holds the older
+classes): each test fails without its fix and uses real inputs, no model training."""
+
+import os
+
+import pytest
+
+from robust_rlhf.errors import UserError
+
+
+# ---------------------------------------------------------------- one check per read ----
+def test_a_fifo_input_is_checked_once_by_its_lowest_reader(tmp_path, monkeypatch):
+    """A FIFO given as preferences / prompts is refused with one line and checked exactly once per
+    path (by the reader that opens it), never at every level of one read."""
+    from robust_rlhf import utils
+    from robust_rlhf.data.preferences import iter_source, load_preferences
+    from robust_rlhf.data.prompts import load_prompts_file
+
+    calls: list[str] = []
+    real = utils.check_regular_file
+
+    def counting(path, what=""):
+        calls.append(str(path))
+        return real(path, what)
+
+    monkeypatch.setattr(utils, "check_regular_file", counting)
+    fifo = tmp_path / "pairs.jsonl"
+    os.mkfifo(fifo)
+    for read in (lambda: load_preferences(str(fifo)), lambda: load_prompts_file(str(fifo)),
+                 lambda: list(iter_source(str(fifo))[1])):
+        calls.clear()
+        with pytest.raises(UserError, match="named pipe"):
+            read()
+        assert calls == [str(fifo)]
+    plain = tmp_path / "prompts.txt"  # plain-text prompts: read by `_read_text`
+    os.mkfifo(plain)
+    calls.clear()
+    with pytest.raises(UserError, match="named pipe"):
+        load_prompts_file(str(plain))
+    assert calls == [str(plain)]
+    ok = tmp_path / "ok.jsonl"
+    ok.write_text('{"prompt": "p", "chosen": "a", "rejected": "b"}\n')
+    calls.clear()
+    assert len(load_preferences(str(ok))) == 1
+    assert calls == [str(ok)]
+
+
+# ---------------------------------------------------------------- config messages ----
+def test_unknown_nested_key_names_the_valid_keys_once():
+    from robust_rlhf.config import build_dataclass
+    from robust_rlhf.reward.train_config import RewardTrainConfig
+
+    for data, key in (({"model": {"bogus": 1}}, "'model.bogus'"), ({"model": {3: 1}}, "model.3")):
+        with pytest.raises(UserError) as e:
+            build_dataclass(RewardTrainConfig, data)
+        msg = str(e.value)
+        assert key in msg and msg.count("valid keys") == 1 and msg.count("under model") == 1, msg
+        assert "num_heads" in msg
+
+
+def test_learned_gold_config_with_an_unknown_key_names_the_file_once(tmp_path):
+    import json
+
+    from robust_rlhf.gold.learned import _read_config
+
+    (tmp_path / "config.json").write_text(json.dumps({"model": {"steps": 3, "bogus": 1}}))
+    with pytest.raises(UserError) as e:
+        _read_config(tmp_path)
+    msg = str(e.value)
+    assert msg.startswith(f"{tmp_path / 'config.json'}: unknown key 'model.bogus'; valid keys under model: "), msg
+    assert msg.count(str(tmp_path)) == 1
+
+
+# ---------------------------------------------------------------- --workers ----
+def test_local_workers_beyond_the_cores_are_refused_ray_takes_any_positive(capsys):
+    from robust_rlhf.cli import main
+    from robust_rlhf.experiments.scheduler import Execution
+
+    cores = os.cpu_count() or 1
+    assert Execution(workers=cores).workers == cores
+    with pytest.raises(UserError, match=f"--workers {cores + 1}: this machine has {cores} CPU cores"):
+        Execution(workers=cores + 1)
+    assert Execution(workers=100000, executor="ray").workers == 100000
+    with pytest.raises(UserError, match="positive"):
+        Execution(workers=0, executor="ray")
+    assert main(["experiment", "run", "--config", "experiment_tiny", "--output-dir", "/nonexistent-dir/x",
+                 "--workers", "100000"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--workers 100000" in err[0], err
+    assert main(["experiment", "run", "--output-dir", "/nonexistent-dir/x", "--executor", "ray", "--workers", "0"]) == 2
+    assert len(capsys.readouterr().err.strip().splitlines()) == 1
