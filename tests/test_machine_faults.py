@@ -89,3 +89,31 @@ def test_local_workers_beyond_the_cores_are_refused_ray_takes_any_positive(capsy
     assert len(err) == 1 and "--workers 100000" in err[0], err
     assert main(["experiment", "run", "--output-dir", "/nonexistent-dir/x", "--executor", "ray", "--workers", "0"]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- append-only logs ----
+def test_a_refused_metrics_append_names_the_log_file(tmp_path):
+    """`policy train`'s metrics.jsonl is appended to (not written atomically): a full disk or a
+    file-size limit there is one `WriteError` naming metrics.jsonl, not an anonymous OS error."""
+    import resource
+    import signal
+
+    from robust_rlhf.policy.ppo import PPOConfig
+    from robust_rlhf.policy.tracking import LogConfig, Run
+    from robust_rlhf.utils import WriteError
+
+    run = Run(tmp_path / "run", PPOConfig(), resume=False, log_cfg=LogConfig(progress=False), total_steps=3)
+    try:
+        run.log({"step": 1, "kl": 0.0})
+        size = (tmp_path / "run" / "metrics.jsonl").stat().st_size
+        soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+        before = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (size + 4, hard))
+        try:
+            with pytest.raises(WriteError, match=r"metrics\.jsonl'?: file too large"):
+                run.log({"step": 2, "kl": 0.0, "proxy_reward": 1.0})
+        finally:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+            signal.signal(signal.SIGXFSZ, before)
+    finally:
+        run.close()
