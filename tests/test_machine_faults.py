@@ -117,3 +117,37 @@ def test_a_refused_metrics_append_names_the_log_file(tmp_path):
             signal.signal(signal.SIGXFSZ, before)
     finally:
         run.close()
+
+
+# ---------------------------------------------------------------- free space before the first write ----
+def _tmpfs(path, size: str):
+    import subprocess
+
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN)")
+    return path
+
+
+def test_rm_train_whose_model_cannot_fit_the_disk_is_refused_before_the_first_write(tmp_path, capsys):
+    """A 2 MiB file system cannot hold a fine-tuned MiniLM (~90 MB of weights): refused up front
+    (exit 2, one line naming the folder and both sizes), nothing written -- not an ENOSPC after
+    the whole training."""
+    import subprocess
+
+    from robust_rlhf.cli import main
+    from robust_rlhf.utils import check_free_space
+
+    small = _tmpfs(tmp_path / "small", "2m")
+    try:
+        check_free_space(small / "x", 1 << 20)  # 1 MiB fits
+        with pytest.raises(UserError, match=r"needs at least 3\.0 MiB but only 2\.0 MiB is free"):
+            check_free_space(small / "a" / "b", 3 << 20)
+        out = small / "rm"
+        rc = main(["rm", "train", "--config", "rm_tiny", "--output-dir", str(out), "data.limit=8"])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and f"'{out}': needs at least" in err[0], err
+        assert list(small.iterdir()) == []
+    finally:
+        subprocess.run(["umount", "-l", str(small)], capture_output=True)

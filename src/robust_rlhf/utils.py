@@ -696,6 +696,23 @@ def check_output_dir(path: str | os.PathLike | None, what: str = "--output-dir")
     return p
 
 
+def check_free_space(path: str | os.PathLike, nbytes: int, what: str = "--output-dir") -> None:
+    """Refuse, with one line, an output whose known size (`nbytes`: a lower bound, e.g. the weights
+    a model save writes) does not fit in the free space of the file system `path` lies on (its
+    nearest existing folder). Checked before the first write, so a run that would certainly end
+    on a full disk is not started; what it writes beyond `nbytes` is still guarded by the atomic
+    writers (`WriteError`)."""
+    base = _nearest_existing(Path(path).expanduser())
+    try:
+        st = os.statvfs(base)
+    except (OSError, AttributeError):  # no statvfs (not POSIX) or an unreadable place: the writers report
+        return
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise UserError(f"{what} {str(path)!r}: needs at least {nbytes / 2**20:.1f} MiB but only "
+                        f"{free / 2**20:.1f} MiB is free on its file system; free some space or choose another place")
+
+
 def check_output_file(path: str | os.PathLike | None, what: str = "--output",
                       inputs: Iterable[str | os.PathLike] = ()) -> Path:
     """Refuse an output file that cannot be written, is a folder, or is one of the command's
