@@ -151,3 +151,75 @@ def test_rm_train_whose_model_cannot_fit_the_disk_is_refused_before_the_first_wr
         assert list(small.iterdir()) == []
     finally:
         subprocess.run(["umount", "-l", str(small)], capture_output=True)
+
+
+# ---------------------------------------------------------------- memory ----
+_UNDER_MEMORY_LIMIT = """
+import resource, sys
+from pathlib import Path
+from robust_rlhf.cli import main
+import robust_rlhf.cli.experiment, robust_rlhf.report.html, robust_rlhf.utils, robust_rlhf.experiments.bandit  # loaded
+import matplotlib.pyplot, scipy.stats, scipy.special  # before the limit
+vm = next(int(l.split()[1]) * 1024 for l in Path("/proc/self/status").read_text().splitlines() if l.startswith("VmSize:"))
+resource.setrlimit(resource.RLIMIT_AS, (vm + {extra}, resource.getrlimit(resource.RLIMIT_AS)[1]))
+sys.exit(main(["experiment", "report", "--output-dir", {folder!r}]))
+"""
+
+
+def _report_under_limit(folder, extra: int):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-c", _UNDER_MEMORY_LIMIT.format(extra=extra, folder=str(folder))],
+                          capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_results_file_too_large_for_memory_is_refused_before_reading(tmp_path):
+    """`experiment report` reads results.json whole: one too large for the memory left (here a
+    30 MB file under `ulimit -v` = now + 60 MB) is refused with exit 2 before it is read."""
+    (tmp_path / "results.json").write_text('{"methods": [' + "1," * 15_000_000 + "1]}")
+    r = _report_under_limit(tmp_path, 60 << 20)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1 and "results.json: this results file is 29 MiB" in lines[0], r.stderr
+
+
+def test_out_of_memory_while_reading_is_one_line_not_a_traceback(tmp_path):
+    """A file that passes the size check but expands past the memory left while parsed (2.4 MB of
+    nested empty lists: ~20x in Python objects) ends with one line and exit 1 (a machine fault)."""
+    (tmp_path / "results.json").write_text('{"methods": [' + "[]," * 800_000 + "[]]}")
+    r = _report_under_limit(tmp_path, 40 << 20)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("robust-rlhf: error: out of memory"), r.stderr
+
+
+def test_too_many_open_files_is_one_line_naming_the_limit(tmp_path, capsys):
+    """Out of file descriptors (`ulimit -n`): a write is one `WriteError` line saying so, and a read
+    outside the atomic writers ends the command with one line (exit 1), not a traceback."""
+    import resource
+
+    from robust_rlhf.cli import main
+    from robust_rlhf.utils import WriteError, atomic_write_text
+
+    (tmp_path / "results.json").write_text('{"methods": {}, "reference": {}, "reward_models": {}}')
+    main(["experiment", "report", "--output-dir", str(tmp_path / "none")])  # the command's modules, loaded
+    capsys.readouterr()
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(map(int, os.listdir("/proc/self/fd"))) + 1, hard))
+    fillers = []
+    try:
+        while True:  # fill every free descriptor number below the limit
+            try:
+                fillers.append(os.open(os.devnull, os.O_RDONLY))
+            except OSError:
+                break
+        with pytest.raises(WriteError, match=r"too many open files \(raise the limit: `ulimit -n`\)"):
+            atomic_write_text(tmp_path / "out.txt", "x")
+        rc = main(["experiment", "report", "--output-dir", str(tmp_path)])
+    finally:
+        for fd in fillers:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(err) == 1 and "too many open files" in err[0], err
+    assert not (tmp_path / "out.txt").exists()

@@ -54,6 +54,13 @@ _CAUSES = {
     errno.EIO: "input/output error (a failing disk or network file system)",
     errno.EEXIST: "exists and is not a folder (a symlink loop or a dangling symlink?)",
 }
+_DISK_ERRNOS = frozenset(_CAUSES)
+_CAUSES.update({  # resources of the machine that are not a place to write
+    errno.EMFILE: "too many open files (raise the limit: `ulimit -n`)",
+    errno.ENFILE: "too many open files on this machine",
+    errno.ENOMEM: "out of memory",
+    errno.ESTALE: "stale file handle (a network file system lost the file)",
+})
 MACHINE_ERRNOS = frozenset(_CAUSES)
 
 
@@ -72,7 +79,7 @@ class WriteError(UserError):
 
 
 _ERRNO_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
-_STRERRORS = {os.strerror(n).lower(): n for n in _CAUSES}
+_STRERRORS = {os.strerror(n).lower(): n for n in _DISK_ERRNOS}  # what a library's failed write may say
 
 
 def disk_error(e: BaseException, where: str | os.PathLike | None = None) -> OSError | None:

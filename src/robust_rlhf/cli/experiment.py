@@ -122,11 +122,12 @@ def cmd_report(args) -> int:
     from robust_rlhf.errors import UserError
     from robust_rlhf.report.html import write_report
 
-    from robust_rlhf.utils import check_output_dir
+    from robust_rlhf.utils import check_fits_in_memory, check_output_dir
 
     out = check_output_dir(args.output_dir)
     results = Path(out) / "results.json"
     if results.is_file():  # a folder of another kind (an rm eval, a simulation) has another results.json
+        check_fits_in_memory(results, "results file")
         try:
             data = json.loads(results.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
