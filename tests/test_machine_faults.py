@@ -223,3 +223,36 @@ def test_too_many_open_files_is_one_line_naming_the_limit(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 1 and len(err) == 1 and "too many open files" in err[0], err
     assert not (tmp_path / "out.txt").exists()
+
+
+# ---------------------------------------------------------------- one writer per folder ----
+def test_experiment_report_is_refused_while_a_run_holds_the_folder(tmp_path, capsys):
+    from robust_rlhf.cli import main
+    from robust_rlhf.experiments.scheduler import LOCK_FILE
+    from robust_rlhf.utils import FolderLock
+
+    (tmp_path / "results.json").write_text('{"methods": {}, "reference": {}, "reward_models": {}}')
+    with FolderLock(tmp_path, "`experiment run`", LOCK_FILE):  # a running `experiment run`
+        before = sorted(p.name for p in tmp_path.iterdir())
+        rc = main(["experiment", "report", "--output-dir", str(tmp_path)])
+        err = capsys.readouterr().err.strip().splitlines()
+        assert rc == 2 and len(err) == 1 and "is using this folder (pid" in err[0], err
+        assert sorted(p.name for p in tmp_path.iterdir()) == before  # no plots, no report.html
+
+
+def test_train_gold_is_refused_while_another_rewrites_the_same_task(tmp_path):
+    import shutil
+
+    from robust_rlhf.data.preferences import FIXTURE_DIR
+    from robust_rlhf.data.train_gold import train_learned_gold
+    from robust_rlhf.gold.learned import LearnedGoldConfig
+    from robust_rlhf.utils import FolderLock
+
+    task = tmp_path / "task"
+    task.mkdir()
+    for name in ("large_task.json", "large_task.jsonl"):
+        shutil.copyfile(FIXTURE_DIR / name, task / name)
+    with FolderLock(task, "`data train-gold`"):
+        with pytest.raises(UserError, match="another `data train-gold` is writing into this folder"):
+            train_learned_gold(LearnedGoldConfig(), task, tmp_path / "features", tmp_path / "gold")
+    assert not (tmp_path / "gold").exists()
