@@ -256,3 +256,25 @@ def test_train_gold_is_refused_while_another_rewrites_the_same_task(tmp_path):
         with pytest.raises(UserError, match="another `data train-gold` is writing into this folder"):
             train_learned_gold(LearnedGoldConfig(), task, tmp_path / "features", tmp_path / "gold")
     assert not (tmp_path / "gold").exists()
+
+
+# ---------------------------------------------------------------- huge numbers ----
+def test_huge_line_cap_is_refused_with_one_line_not_an_overflow(tmp_path, capsys, monkeypatch):
+    """A line cap past what a read can take (here 10**30 bytes) once ended in Python's OverflowError."""
+    from robust_rlhf.cli import main
+    from robust_rlhf.data.preferences import iter_jsonl_lines
+
+    rows = tmp_path / "in.jsonl"
+    rows.write_text('{"prompt": "p", "response": "r"}\n')
+    assert list(iter_jsonl_lines(rows, 1 << 40)) == [(1, {"prompt": "p", "response": "r"})]
+    with pytest.raises(UserError, match=r"must be a number of bytes in \[1, 1,099,511,627,776\], got 10{30}"):
+        list(iter_jsonl_lines(rows, 10**30))
+    monkeypatch.setenv("ROBUST_RLHF_MAX_LINE_BYTES", str(10**30))
+    with pytest.raises(UserError, match="ROBUST_RLHF_MAX_LINE_BYTES must be a number of bytes"):
+        list(iter_jsonl_lines(rows))
+    monkeypatch.delenv("ROBUST_RLHF_MAX_LINE_BYTES")
+    rc = main(["rm", "score", "--model", str(tmp_path / "m"), "--input", str(rows), "--output",
+               str(tmp_path / "o.jsonl"), "--max-line-bytes", str(10**30)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and "--max-line-bytes must be a number of bytes" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]

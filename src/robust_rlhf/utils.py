@@ -372,6 +372,17 @@ MEMORY_FACTOR = 4
 """An input read whole into memory needs about this many times its size (bytes, text, rows)."""
 
 
+MAX_LINE_CAP = 1 << 40
+"""The largest line cap taken (1 TiB): beyond it a number is a typo (and overflows the reader)."""
+
+
+def check_line_cap(value: int, what: str = "--max-line-bytes") -> int:
+    """A line cap in [1, `MAX_LINE_CAP`] bytes, or a one-line `UserError` naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LINE_CAP:
+        raise UserError(f"{what} must be a number of bytes in [1, {MAX_LINE_CAP:,}], got {value!r}")
+    return value
+
+
 def max_line_bytes() -> int:
     """The line cap: `ROBUST_RLHF_MAX_LINE_BYTES` if set, else `MAX_LINE_BYTES`."""
     raw = os.environ.get("ROBUST_RLHF_MAX_LINE_BYTES", "").strip()
@@ -380,10 +391,8 @@ def max_line_bytes() -> int:
     try:
         value = int(raw)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise UserError(f"ROBUST_RLHF_MAX_LINE_BYTES must be a positive number of bytes, got {raw!r}")
-    return value
+        raise UserError(f"ROBUST_RLHF_MAX_LINE_BYTES must be a positive number of bytes, got {raw!r}") from None
+    return check_line_cap(value, "ROBUST_RLHF_MAX_LINE_BYTES")
 
 
 def memory_available() -> int | None:
