@@ -278,3 +278,15 @@ def test_huge_line_cap_is_refused_with_one_line_not_an_overflow(tmp_path, capsys
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and "--max-line-bytes must be a number of bytes" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.jsonl"]
+
+
+@pytest.mark.parametrize("flag", ["--num-samples", "--batch-size", "--max-new-tokens"])
+def test_policy_sample_refuses_absurd_sizes_before_reading_anything(tmp_path, capsys, flag):
+    from robust_rlhf.cli import main
+
+    (tmp_path / "p.txt").write_text("a prompt\n")
+    rc = main(["policy", "sample", "--policy", str(tmp_path / "none"), "--prompts", str(tmp_path / "p.txt"),
+               "--output", str(tmp_path / "o.jsonl"), flag, str(10**30)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and err == [f"robust-rlhf: error: {flag} {10**30} is absurdly large (limit 4,294,967,295)"], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.txt"]
