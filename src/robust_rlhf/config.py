@@ -179,19 +179,15 @@ def build_dataclass(cls: type[T], data: dict, where: str = "") -> T:
         if isinstance(node, dict) and leaf in node:
             raise UserError(f"config: unknown key {old!r}; use {new}")
     prefix = f"{where}." if where else ""
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    valid = f"valid keys{(' under ' + where) if where else ''}: {', '.join(sorted(fields))}"
     for k in data:
         if not isinstance(k, str):
-            raise UserError(f"config: key {prefix}{k!r} is a {type(k).__name__}, not a name; valid keys"
-                            f"{(' under ' + where) if where else ''}: "
-                            f"{', '.join(sorted(f.name for f in dataclasses.fields(cls) if f.init))}")
+            raise UserError(f"config: key {prefix}{k!r} is a {type(k).__name__}, not a name; {valid}")
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UserError(
-            f"config: unknown key {prefix + unknown[0]!r}; valid keys{(' under ' + where) if where else ''}: "
-            f"{', '.join(sorted(fields))}"
-        )
+        raise UserError(f"config: unknown key {prefix + unknown[0]!r}; {valid}")
     kwargs = {}
     for name, value in data.items():
         key = f"{where}.{name}" if where else name

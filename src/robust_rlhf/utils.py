@@ -54,6 +54,13 @@ _CAUSES = {
     errno.EIO: "input/output error (a failing disk or network file system)",
     errno.EEXIST: "exists and is not a folder (a symlink loop or a dangling symlink?)",
 }
+_DISK_ERRNOS = frozenset(_CAUSES)
+_CAUSES.update({  # resources of the machine that are not a place to write
+    errno.EMFILE: "too many open files (raise the limit: `ulimit -n`)",
+    errno.ENFILE: "too many open files on this machine",
+    errno.ENOMEM: "out of memory",
+    errno.ESTALE: "stale file handle (a network file system lost the file)",
+})
 MACHINE_ERRNOS = frozenset(_CAUSES)
 
 
@@ -72,7 +79,7 @@ class WriteError(UserError):
 
 
 _ERRNO_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
-_STRERRORS = {os.strerror(n).lower(): n for n in _CAUSES}
+_STRERRORS = {os.strerror(n).lower(): n for n in _DISK_ERRNOS}  # what a library's failed write may say
 
 
 def disk_error(e: BaseException, where: str | os.PathLike | None = None) -> OSError | None:
@@ -365,6 +372,17 @@ MEMORY_FACTOR = 4
 """An input read whole into memory needs about this many times its size (bytes, text, rows)."""
 
 
+MAX_LINE_CAP = 1 << 40
+"""The largest line cap taken (1 TiB): beyond it a number is a typo (and overflows the reader)."""
+
+
+def check_line_cap(value: int, what: str = "--max-line-bytes") -> int:
+    """A line cap in [1, `MAX_LINE_CAP`] bytes, or a one-line `UserError` naming `what`."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_LINE_CAP:
+        raise UserError(f"{what} must be a number of bytes in [1, {MAX_LINE_CAP:,}], got {value!r}")
+    return value
+
+
 def max_line_bytes() -> int:
     """The line cap: `ROBUST_RLHF_MAX_LINE_BYTES` if set, else `MAX_LINE_BYTES`."""
     raw = os.environ.get("ROBUST_RLHF_MAX_LINE_BYTES", "").strip()
@@ -373,10 +391,8 @@ def max_line_bytes() -> int:
     try:
         value = int(raw)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise UserError(f"ROBUST_RLHF_MAX_LINE_BYTES must be a positive number of bytes, got {raw!r}")
-    return value
+        raise UserError(f"ROBUST_RLHF_MAX_LINE_BYTES must be a positive number of bytes, got {raw!r}") from None
+    return check_line_cap(value, "ROBUST_RLHF_MAX_LINE_BYTES")
 
 
 def memory_available() -> int | None:
@@ -694,6 +710,23 @@ def check_output_dir(path: str | os.PathLike | None, what: str = "--output-dir")
         raise UserError(f"{what} {str(path)!r} is a file, not a folder")
     _check_writable_location(p, what)
     return p
+
+
+def check_free_space(path: str | os.PathLike, nbytes: int, what: str = "--output-dir") -> None:
+    """Refuse, with one line, an output whose known size (`nbytes`: a lower bound, e.g. the weights
+    a model save writes) does not fit in the free space of the file system `path` lies on (its
+    nearest existing folder). Checked before the first write, so a run that would certainly end
+    on a full disk is not started; what it writes beyond `nbytes` is still guarded by the atomic
+    writers (`WriteError`)."""
+    base = _nearest_existing(Path(path).expanduser())
+    try:
+        st = os.statvfs(base)
+    except (OSError, AttributeError):  # no statvfs (not POSIX) or an unreadable place: the writers report
+        return
+    free = st.f_bavail * st.f_frsize
+    if nbytes > free:
+        raise UserError(f"{what} {str(path)!r}: needs at least {nbytes / 2**20:.1f} MiB but only "
+                        f"{free / 2**20:.1f} MiB is free on its file system; free some space or choose another place")
 
 
 def check_output_file(path: str | os.PathLike | None, what: str = "--output",

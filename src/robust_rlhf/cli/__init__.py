@@ -106,6 +106,19 @@ def main(argv: list[str] | None = None) -> int:
         _close_progress_bars()
         print(f"robust-rlhf: error: {where}: {os_cause(e)}", file=sys.stderr)
         return 1
+    except MemoryError:
+        _close_progress_bars()
+        print("robust-rlhf: error: out of memory (the machine's memory or `ulimit -v`); use smaller inputs or "
+              "batches, or a machine with more memory", file=sys.stderr)
+        return 1
+    except RuntimeError as e:  # torch's allocators: "can't allocate memory", "CUDA out of memory"
+        first = (str(e).strip().splitlines() or [""])[0]
+        if not any(k in first.lower() for k in ("out of memory", "can't allocate memory", "cannot allocate memory")):
+            raise
+        _close_progress_bars()
+        print(f"robust-rlhf: error: out of memory ({first[:200]}); use a smaller batch_size or max_length, or "
+              "a machine with more memory", file=sys.stderr)
+        return 1
     except Terminated as e:
         _close_progress_bars()
         print(f"robust-rlhf: {e} (temporary files removed)", file=sys.stderr)

@@ -168,12 +168,18 @@ def cmd_sample(args) -> int:
 
     from robust_rlhf.utils import check_output_file, check_seed
 
+    from robust_rlhf.config import MAX_CONFIG_INT
+
     if args.num_samples < 1 or args.batch_size < 1:
         raise UserError("--num-samples and --batch-size must be >= 1")
-    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
-        raise UserError(f"--temperature must be a finite number > 0, got {args.temperature}")
     if args.max_new_tokens is not None and args.max_new_tokens < 1:
         raise UserError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    for flag in ("num_samples", "batch_size", "max_new_tokens"):  # absurd sizes: a typo, not a request
+        value = getattr(args, flag)
+        if value is not None and value > MAX_CONFIG_INT:
+            raise UserError(f"--{flag.replace('_', '-')} {value} is absurdly large (limit {MAX_CONFIG_INT:,})")
+    if args.temperature is not None and not (math.isfinite(args.temperature) and args.temperature > 0):
+        raise UserError(f"--temperature must be a finite number > 0, got {args.temperature}")
     check_seed(args.seed, "--seed")
     check_output_file(args.output, inputs=[args.prompts])
     prompts = load_prompts_file(args.prompts)

@@ -203,11 +203,11 @@ def cmd_score(args) -> int:
     from robust_rlhf.data.preferences import iter_scoring_inputs
     from robust_rlhf.data.text import render_pair
     from robust_rlhf.reward.model import RewardModel
-    from robust_rlhf.utils import atomic_writer, check_output_file, dumps_json
+    from robust_rlhf.utils import atomic_writer, check_line_cap, check_output_file, dumps_json
 
     _check_batch_size(args.batch_size)
-    if args.max_line_bytes is not None and args.max_line_bytes < 1:
-        raise UserError(f"--max-line-bytes must be >= 1, got {args.max_line_bytes}")
+    if args.max_line_bytes is not None:
+        check_line_cap(args.max_line_bytes, "--max-line-bytes")
     model_files = [Path(args.model) / n for n in ("reward_config.json", "heads.safetensors")]
     check_output_file(args.output, inputs=[args.input, *model_files])
     # Two streamed passes, memory bounded by one chunk: every row is validated before the model

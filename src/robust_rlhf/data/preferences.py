@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -132,8 +133,9 @@ def _iter_rows(path: Path) -> Iterator[tuple[str, dict]]:
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        from robust_rlhf.utils import check_fits_in_memory
+        from robust_rlhf.utils import check_fits_in_memory, check_regular_file
 
+        check_regular_file(path)
         check_fits_in_memory(path)
         try:
             table = pq.read_table(path)
@@ -177,13 +179,8 @@ def iter_source(source: str | Path) -> tuple[str, Iterator[tuple[str, dict]]]:
             split = "train" if "train" in ds else next(iter(ds))
             ds = ds[split]
         return str(path), _iter_dataset(ds, str(path))
-    from robust_rlhf.utils import check_regular_file
-
-    check_regular_file(path)
-    try:
-        path.open("rb").close()
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    if not os.access(path, os.R_OK):  # not open(): opening a FIFO would block (the reader refuses one)
+        raise UserError(f"{path}: cannot read (permission denied)")
     return str(path), _iter_rows(path)
 
 
@@ -337,13 +334,13 @@ def iter_jsonl_lines(path: str | Path, max_line_bytes: int | None = None) -> Ite
     """(line number, parsed JSON) of every non-blank line of a JSON Lines file, streamed: memory
     stays at one line, at most `max_line_bytes` (default `utils.max_line_bytes()`); a longer
     line is refused with its number and size, without reading it into memory."""
-    from robust_rlhf.utils import max_line_bytes as default_cap
+    from robust_rlhf.utils import check_line_cap, max_line_bytes as default_cap
 
     path = Path(path)
-    cap = default_cap() if max_line_bytes is None else max_line_bytes
+    cap = default_cap() if max_line_bytes is None else check_line_cap(max_line_bytes)
     from robust_rlhf.utils import check_regular_file
 
-    check_regular_file(path)
+    check_regular_file(path)  # the lowest reader of a streamed file: the one check of it
     try:
         f = path.open("rb")
     except OSError as e:

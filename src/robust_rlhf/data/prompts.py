@@ -74,16 +74,13 @@ def load_prompts_file(path: str) -> list[str]:
     from robust_rlhf.data.preferences import _json_loads, _read_text, _text_field, iter_source
     from robust_rlhf.errors import UserError
 
-    from robust_rlhf.utils import check_regular_file
-
-    p = Path(path)
-    check_regular_file(p, "prompts file")
+    p = Path(path)  # a FIFO or device is refused by the reader (`_read_text`, `_iter_rows`)
     if str(path).startswith("hf:") or p.is_dir() or p.suffix.lower() in (".jsonl", ".json", ".csv", ".parquet"):
         if not str(path).startswith("hf:") and not p.exists():
             raise UserError(f"prompts file {str(path)!r} does not exist")
         name, rows = iter_source(path)
     else:
-        if not p.is_file():
+        if not p.exists():
             raise UserError(f"prompts file {str(path)!r} does not exist")
         name, lines = str(p), _read_text(p).split("\n")
         numbered = [(i, line.removesuffix("\r")) for i, line in enumerate(lines, 1) if line.strip()]

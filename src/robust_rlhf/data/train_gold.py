@@ -35,16 +35,26 @@ def train_learned_gold(cfg: LearnedGoldConfig, task_dir: str | Path, features_di
                        output_dir: str | Path) -> dict:
     """Train the learned gold on the large task in `task_dir`, save it to `output_dir` and (unless
     it holds a split out) write its scores of every completion into the task's rows. Returns its report."""
-    import torch
-    from safetensors.torch import save_file
-
-    from robust_rlhf.utils import atomic_write_json, atomic_write_jsonl, check_output_dir
+    from robust_rlhf.utils import FolderLock, check_output_dir
 
     task_dir, features_dir = Path(task_dir), Path(features_dir)
     output_dir = check_output_dir(output_dir)
     rows, meta = load_large_task(task_dir)
     if meta["config"]["policy"] != cfg.base:
         raise UserError(f"base={cfg.base!r}: the task was sampled (and its features taken) with {meta['config']['policy']!r}")
+    # the task's rows are rewritten with this gold's scores: one train-gold per task at a time
+    with FolderLock(task_dir, "`data train-gold`"):
+        return _fit_and_save(cfg, task_dir, features_dir, output_dir, rows, meta)
+
+
+def _fit_and_save(cfg: LearnedGoldConfig, task_dir: Path, features_dir: Path, output_dir: Path,
+                  rows: list[dict], meta: dict) -> dict:
+    """`train_learned_gold` once the task is read, checked and locked."""
+    import torch
+    from safetensors.torch import save
+
+    from robust_rlhf.utils import atomic_write_bytes, atomic_write_json, atomic_write_jsonl
+
     feats = task_features(task_dir, features_dir, rows, meta)  # (P, n, H)
     P, n, H = feats.shape
     rng = random.Random(cfg.seed)
@@ -101,7 +111,7 @@ def train_learned_gold(cfg: LearnedGoldConfig, task_dir: str | Path, features_di
     output_dir.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().contiguous() for k, v in head.state_dict().items()}
     sd.update(feature_mean=mean.contiguous(), feature_std=std.contiguous())
-    save_file(sd, str(output_dir / HEAD))
+    atomic_write_bytes(output_dir / HEAD, save(sd))  # whole or absent: never a torn head on a full disk
     atomic_write_json(output_dir / CONFIG, report)
     if not cfg.holdout_split:
         for r, sc in zip(rows, scores.tolist()):

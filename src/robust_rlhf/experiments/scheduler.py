@@ -80,6 +80,12 @@ class Execution:
             raise UserError(f"--workers must be a positive integer or auto, got {self.workers!r}")
         if self.executor not in EXECUTORS:
             raise UserError(f"--executor must be one of {', '.join(EXECUTORS)}, got {self.executor!r}")
+        cores = os.cpu_count() or 1
+        if self.executor == "local" and self.workers != "auto" and self.workers > cores:
+            # each local worker is a process holding its own models: more than the cores only thrash
+            # (a Ray cluster's size is not known up front, so --executor ray takes any positive N)
+            raise UserError(f"--workers {self.workers}: this machine has {cores} CPU cores; give at most {cores} "
+                            "local workers (or auto), or --executor ray for a cluster")
         if self.address is not None and self.executor != "ray":
             raise UserError("--address needs --executor ray")
         if self.gpus_per_unit is not None and not 0 <= self.gpus_per_unit <= 8:

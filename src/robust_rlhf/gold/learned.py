@@ -116,7 +116,10 @@ def _read_config(folder: Path) -> tuple[LearnedGoldConfig, dict]:
         raise UserError(f"{path}: cannot read ({e})") from None
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         raise UserError(f"{path}: needs a 'model' object (the LearnedGoldConfig it was trained with)")
-    return build_dataclass(LearnedGoldConfig, raw["model"], str(path)), raw
+    try:  # the key named from the file's top: 'model.steps'
+        return build_dataclass(LearnedGoldConfig, raw["model"], "model"), raw
+    except UserError as e:
+        raise UserError(f"{path}: {str(e).removeprefix('config: ')}") from None
 
 
 class LearnedGold:

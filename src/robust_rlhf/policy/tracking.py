@@ -208,7 +208,8 @@ class Run:
         self.rows.append(row)
         if not self.is_main:
             return
-        with open(self.dir / "metrics.jsonl", "a", encoding="utf-8") as f:
+        log_path = self.dir / "metrics.jsonl"
+        with write_errors(log_path), open(log_path, "a", encoding="utf-8") as f:  # a refused append names the file
             f.write(dumps_json(row) + "\n")
         self._write_csv()
         step = int(row["step"])

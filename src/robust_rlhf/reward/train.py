@@ -44,6 +44,7 @@ from robust_rlhf.utils import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
+    check_free_space,
     check_output_dir,
     is_inside,
     remove_stale_temps,
@@ -350,6 +351,8 @@ def _validate_and_load(cfg: RewardTrainConfig, output_dir: str | Path) -> _Run:
     val = load_preferences(cfg.data.validation) if cfg.data.validation else None
     model = RewardModel(RewardModelConfig(**config_to_dict(cfg.model)), tokenizer=tokenizer).to(device)
     _check_backbone_fits(cfg, model)
+    saved = [*model.heads.parameters(), *(model.backbone.parameters() if cfg.stage1.enabled else ())]
+    check_free_space(out, sum(p.numel() * p.element_size() for p in saved))  # the model save, at least
     for pairs in (train, val or []):
         check_prompt_lengths(pairs, model.tokenizer, cfg.model.max_length)
     return _Run(cfg, out, accelerator, device, model, train, val, t0)
