@@ -346,9 +346,9 @@ def test_full_and_read_only_tmpfs_give_one_line_each(tmp_path):
 
 
 def test_rm_eval_and_rm_train_on_a_full_disk_print_one_line(tmp_path, rm_folder, capsys):
-    """`rm eval` (metrics + plots) into a 24 KiB tmpfs, and `rm train` whose first stage-1
-    checkpoint does not fit on a 2 MiB one: exit 2, one line naming what could not be written,
-    no temp file left."""
+    """`rm eval` (metrics + plots) into a 24 KiB tmpfs; `rm train` whose model cannot fit a 2 MiB one
+    (refused before the first write) and whose first stage-1 checkpoint does not fit a 120 MiB one:
+    exit 2, one line naming what could not be written, no temp file left."""
     from robust_rlhf.cli import main
 
     pairs = tmp_path / "pairs.jsonl"
@@ -360,14 +360,20 @@ def test_rm_eval_and_rm_train_on_a_full_disk_print_one_line(tmp_path, rm_folder,
         assert len(err) == 1 and err[0].startswith(f"robust-rlhf: error: cannot write '{small}/")
         assert err[0].endswith("no space left on the device")
         assert _leftovers(small) == []
-    with _tmpfs(tmp_path / "two", "size=2m") as two:
-        assert main(["rm", "train", "--config", "rm_tiny", "--output-dir", str(two / "rm"), f"data.train={pairs}",
-                     "data.validation=null", "stage1.max_steps=1", "stage1.checkpoint_every=1", "stage1.batch_size=4",
-                     "model.max_length=16"]) == 2
+    train = ["rm", "train", "--config", "rm_tiny", f"data.train={pairs}", "data.validation=null", "stage1.max_steps=1",
+             "stage1.checkpoint_every=1", "stage1.batch_size=4", "model.max_length=16"]
+    with _tmpfs(tmp_path / "two", "size=2m") as two:  # the model save cannot fit: refused before the first write
+        assert main([*train, "--output-dir", str(two / "rm")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
-        assert err[-1] == f"robust-rlhf: error: cannot write '{two / 'rm' / 'checkpoints' / 'stage1'}': " \
+        assert err[-1].startswith(f"robust-rlhf: error: --output-dir '{two / 'rm'}': needs at least ") and \
+            err[-1].endswith("free some space or choose another place"), err[-3:]
+        assert list(two.iterdir()) == []
+    with _tmpfs(tmp_path / "big", "size=120m") as big:  # the model fits, its stage-1 checkpoint (+ Adam state) does not
+        assert main([*train, "--output-dir", str(big / "rm")]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert err[-1] == f"robust-rlhf: error: cannot write '{big / 'rm' / 'checkpoints' / 'stage1'}': " \
                           "no space left on the device", err[-3:]
-        assert _leftovers(two) == []
+        assert _leftovers(big) == []
 
 
 def test_feature_cache_on_a_full_disk_is_skipped_not_fatal(tmp_path, minilm_rm_factory, caplog):
