@@ -40,7 +40,7 @@ def _umask() -> int:
 
 # ---------------------------------------------------------------------------------------------
 # Machine faults: one line per OS error, owner-tagged temp files, signals, folder locks.
-_CAUSES = {
+_DISK_CAUSES = {  # a place that refuses a write (also matched in a library's error text: `disk_error`)
     errno.ENOSPC: "no space left on the device",
     errno.EDQUOT: "disk quota exceeded",
     errno.EFBIG: "file too large (a file-size limit, e.g. `ulimit -f`, or the file system's maximum)",
@@ -54,13 +54,11 @@ _CAUSES = {
     errno.EIO: "input/output error (a failing disk or network file system)",
     errno.EEXIST: "exists and is not a folder (a symlink loop or a dangling symlink?)",
 }
-_DISK_ERRNOS = frozenset(_CAUSES)
-_CAUSES.update({  # resources of the machine that are not a place to write
-    errno.EMFILE: "too many open files (raise the limit: `ulimit -n`)",
-    errno.ENFILE: "too many open files on this machine",
-    errno.ENOMEM: "out of memory",
-    errno.ESTALE: "stale file handle (a network file system lost the file)",
-})
+_CAUSES = {**_DISK_CAUSES,  # and resources of the machine that are not a place to write
+           errno.EMFILE: "too many open files (raise the limit: `ulimit -n`)",
+           errno.ENFILE: "too many open files on this machine",
+           errno.ENOMEM: "out of memory",
+           errno.ESTALE: "stale file handle (a network file system lost the file)"}
 MACHINE_ERRNOS = frozenset(_CAUSES)
 
 
@@ -79,7 +77,7 @@ class WriteError(UserError):
 
 
 _ERRNO_IN_TEXT = re.compile(r"os error (\d+)|\[Errno (\d+)\]")
-_STRERRORS = {os.strerror(n).lower(): n for n in _DISK_ERRNOS}  # what a library's failed write may say
+_STRERRORS = {os.strerror(n).lower(): n for n in _DISK_CAUSES}  # what a library's failed write may say
 
 
 def disk_error(e: BaseException, where: str | os.PathLike | None = None) -> OSError | None:

@@ -116,16 +116,19 @@ REPORT_KEYS = ("methods", "reference", "reward_models")
 
 
 def cmd_report(args) -> int:
+    import contextlib
     import json
     from pathlib import Path
 
     from robust_rlhf.errors import UserError
+    from robust_rlhf.experiments.scheduler import LOCK_FILE
     from robust_rlhf.report.html import write_report
-
-    from robust_rlhf.utils import check_fits_in_memory, check_output_dir
+    from robust_rlhf.utils import FolderLock, check_fits_in_memory, check_output_dir
 
     out = check_output_dir(args.output_dir)
     results = Path(out) / "results.json"
+    # no results.json: write_report's own one-line refusal, and no lock file left in a folder that is no experiment
+    lock = contextlib.nullcontext()
     if results.is_file():  # a folder of another kind (an rm eval, a simulation) has another results.json
         check_fits_in_memory(results, "results file")
         try:
@@ -136,13 +139,8 @@ def cmd_report(args) -> int:
         if missing:
             raise UserError(f"{results}: not an experiment's results (no {', '.join(repr(k) for k in missing)}); "
                             f"--output-dir must be a folder written by `robust-rlhf experiment run`")
-    from robust_rlhf.experiments.scheduler import LOCK_FILE
-    from robust_rlhf.utils import FolderLock
-
-    if not results.is_file():
-        path = write_report(out)  # its own one-line refusal; no lock file is left in a folder that is no experiment
-    else:
-        with FolderLock(out, "`experiment run` or `experiment report`", LOCK_FILE):  # not while a run writes here
-            path = write_report(out)
+        lock = FolderLock(out, "`experiment run` or `experiment report`", LOCK_FILE)  # not while a run writes here
+    with lock:
+        path = write_report(out)
     print(f"report: {path}")
     return 0

@@ -334,12 +334,10 @@ def iter_jsonl_lines(path: str | Path, max_line_bytes: int | None = None) -> Ite
     """(line number, parsed JSON) of every non-blank line of a JSON Lines file, streamed: memory
     stays at one line, at most `max_line_bytes` (default `utils.max_line_bytes()`); a longer
     line is refused with its number and size, without reading it into memory."""
-    from robust_rlhf.utils import check_line_cap, max_line_bytes as default_cap
+    from robust_rlhf.utils import check_line_cap, check_regular_file, max_line_bytes as default_cap
 
     path = Path(path)
     cap = default_cap() if max_line_bytes is None else check_line_cap(max_line_bytes)
-    from robust_rlhf.utils import check_regular_file
-
     check_regular_file(path)  # the lowest reader of a streamed file: the one check of it
     try:
         f = path.open("rb")

@@ -185,6 +185,7 @@ def step_overscoring(steps: list[int], kl: list[float], per_head: np.ndarray, go
     per_head = np.asarray(per_head, dtype=float)
     gold = np.asarray(gold, dtype=float)
     steps_a, kl_a = np.asarray(steps), np.asarray(kl, dtype=float)
+    spread = per_head.shape[1] > 1  # one head: no spread to judge
     rows = []
     for s in sorted(set(steps_a.tolist())):
         m = steps_a == s
@@ -192,7 +193,6 @@ def step_overscoring(steps: list[int], kl: list[float], per_head: np.ndarray, go
         std = text_std(per_head[m])[None, :]
         g = gold[m][None, :]
         ov = overscoring(proxy, g, std, quantile)
-        spread = per_head.shape[1] > 1
         rows.append({"step": int(s), "num_samples": int(m.sum()), "kl": float(kl_a[m].mean()),
                      "mean_std": float(std.mean()), "gold": float(g.mean()), "proxy": float(proxy.mean()),
                      "overscoring_auroc": _num(ov["auroc"]) if spread else None,
